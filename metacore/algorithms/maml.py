@@ -1,0 +1,123 @@
+"""MAML (Finn et al. 2017) with the exact second-order meta-gradient, and first-order MAML.
+
+The other gradient-based methods subclass this: they change what adapts (ANIL), how fast
+(Meta-SGD), or how the outer update is formed (Reptile).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from metacore.data import Task, stack_tasks
+from metacore.inner import LogitsFn, Snapshot, inner_loop, run_to_end
+from metacore.models import Backbone, Params, init_head, linear_head
+
+
+class MAML:
+    """Meta-learns the backbone initialisation; a fresh any-way head (zero or prototype) per task."""
+
+    name = "maml"
+    first_order = False
+    adapted_keys: tuple[str, ...] | None = None  # None: every parameter adapts
+
+    def __init__(self, backbone: Backbone, inner_lr: float = 0.4, inner_steps: int = 5, head: str = "zero") -> None:
+        self.backbone = backbone
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = int(inner_steps)
+        self.head = head
+        self.params: Params = dict(backbone.params)  # the meta-parameters (an outer optimiser updates them)
+
+    # -- forward -----------------------------------------------------------------------------
+    def logits(self, params: Params, x: Tensor) -> Tensor:
+        return linear_head(self.backbone.features(params, x), params)
+
+    def prepare(
+        self, params: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor | None, way: int
+    ) -> tuple[LogitsFn, Params, Tensor, Tensor | None]:
+        """The inner loop's inputs: a logits function, the starting parameters (body plus a new
+        head for `way` classes), and the support/query inputs that function takes."""
+        if self.head == "zero":
+            features = support_x.new_zeros(1, self.backbone.feature_dim)
+        else:
+            features = self.backbone.features(params, support_x)
+        return self.logits, {**params, **init_head(self.head, features, support_y, way)}, support_x, query_x
+
+    def inner_lrs(self, params: Params) -> float | Params:
+        return self.inner_lr
+
+    # -- the inner loop ----------------------------------------------------------------------
+    def adapt(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor | None = None,
+        query_y: Tensor | None = None,
+        *,
+        steps: int | None = None,
+        lr: float | None = None,
+        way: int | None = None,
+        params: Params | None = None,
+        first_order: bool | None = None,
+        query_every_step: bool = True,
+    ) -> Iterator[Snapshot]:
+        """Yield one snapshot per inner step (0 = before adapting). Never modifies `self.params`."""
+        params = self.params if params is None else params
+        way = way if way is not None else int(support_y.max()) + 1
+        logits_fn, start, support_in, query_in = self.prepare(_without_lrs(params), support_x, support_y, query_x, way)
+        return inner_loop(
+            logits_fn, start, support_in, support_y,
+            steps=self.inner_steps if steps is None else steps,
+            lr=self.inner_lrs(params) if lr is None else lr,
+            query_x=query_in, query_y=query_y,
+            adapt_keys=self.adapted_keys,
+            first_order=self.first_order if first_order is None else first_order,
+            query_every_step=query_every_step,
+        )
+
+    # -- the outer loop ----------------------------------------------------------------------
+    def task_loss(self, params: Params, task: Task) -> tuple[Tensor, Tensor]:
+        """Query loss and accuracy after adaptation, differentiable w.r.t. `params`."""
+        last = run_to_end(
+            self.adapt(task.support_x, task.support_y, task.query_x, task.query_y,
+                       way=task.way, params=params, query_every_step=False)
+        )
+        return last.query_loss, last.query_acc
+
+    def meta_loss(self, tasks: list[Task], vectorize: bool = False) -> tuple[Tensor, Tensor]:
+        """Mean query loss/accuracy over a meta-batch: one `vmap` call, or a loop over tasks."""
+        if vectorize:
+            batch = stack_tasks(tasks)
+
+            def one_task(params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
+                return self.task_loss(params, Task(sx, sy, qx, qy, batch.classes))
+
+            losses, accs = torch.func.vmap(one_task, in_dims=(None, 0, 0, 0, 0))(
+                self.params, batch.support_x, batch.support_y, batch.query_x, batch.query_y
+            )
+            return losses.mean(), accs.mean()
+        results = [self.task_loss(self.params, task) for task in tasks]
+        return torch.stack([r[0] for r in results]).mean(), torch.stack([r[1] for r in results]).mean()
+
+    def outer_step(self, optimizer: torch.optim.Optimizer, tasks: list[Task], vectorize: bool = False) -> dict:
+        optimizer.zero_grad(set_to_none=True)
+        loss, acc = self.meta_loss(tasks, vectorize)
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.item(), "accuracy": acc.item()}
+
+    def config(self) -> dict:
+        return {"algorithm": self.name, "inner_lr": self.inner_lr, "inner_steps": self.inner_steps, "head": self.head}
+
+
+def _without_lrs(params: Params) -> Params:
+    return {k: v for k, v in params.items() if not k.startswith("lr.")}
+
+
+class FOMAML(MAML):
+    """First-order MAML: inner gradients are treated as constants in the outer backward pass."""
+
+    name = "fomaml"
+    first_order = True

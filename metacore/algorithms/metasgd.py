@@ -1,0 +1,28 @@
+"""Meta-SGD (Li et al. 2017): MAML that also meta-learns one inner learning rate per parameter entry."""
+
+from __future__ import annotations
+
+import torch
+
+from metacore.algorithms.maml import MAML
+from metacore.models import Backbone, Params
+
+
+class MetaSGD(MAML):
+    """The meta-parameters gain `lr.<name>` tensors. The head's rates are shared across classes
+    (shape (1, dim) and (1,)) so that one set of rates serves any number of ways."""
+
+    name = "metasgd"
+
+    def __init__(self, backbone: Backbone, inner_lr: float = 0.4, inner_steps: int = 5, head: str = "zero",
+                 lrs: Params | None = None) -> None:
+        super().__init__(backbone, inner_lr, inner_steps, head)
+        if lrs is None:
+            shapes = {k: v.shape for k, v in backbone.params.items()}
+            shapes |= {"head.weight": torch.Size([1, backbone.feature_dim]), "head.bias": torch.Size([1])}
+            like = next(iter(backbone.params.values()))
+            lrs = {f"lr.{k}": torch.full(s, self.inner_lr, dtype=like.dtype, device=like.device) for k, s in shapes.items()}
+        self.params |= lrs
+
+    def inner_lrs(self, params: Params) -> Params:
+        return {k[3:]: v for k, v in params.items() if k.startswith("lr.")}

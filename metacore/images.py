@@ -1,0 +1,133 @@
+"""Image loading and the one preprocessing function per backbone input spec.
+
+Every path into a model (training, evaluation, CLI, app uploads) goes through
+`load_image` and `preprocess`, so a photo from a phone and an Omniglot PNG are
+treated the same way.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from metacore.errors import MetacoreError
+
+# Images above this many pixels are refused before decoding (decompression bombs).
+MAX_PIXELS = 40_000_000
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a backbone expects: size, channels, stroke inversion, normalisation."""
+
+    size: int = 28
+    channels: int = 1
+    invert: str = "auto"  # "auto": make strokes bright on a dark ground; "never"
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputSpec:
+        d = dict(d)
+        for key in ("mean", "std"):
+            if key in d:
+                d[key] = tuple(float(v) for v in d[key])
+        return cls(**d)
+
+
+CHARACTER_SPEC = InputSpec()
+
+
+def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -> Image.Image:
+    """Open and fully decode an image, raising MetacoreError with a clear reason."""
+    label = name or (str(source) if isinstance(source, (str, Path)) else "image")
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise MetacoreError(f"{label}: file not found")
+        data = path.read_bytes()
+    elif isinstance(source, bytes):
+        data = source
+    else:
+        data = source.read()
+    if len(data) == 0:
+        raise MetacoreError(f"{label}: the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise MetacoreError(
+                    f"{label}: image is too large ({width}x{height} pixels, limit {MAX_PIXELS:,});"
+                    " it may be a decompression bomb"
+                )
+            image.load()
+    except MetacoreError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise MetacoreError(f"{label}: image is too large; refused as a possible decompression bomb") from None
+    except UnidentifiedImageError:
+        raise MetacoreError(f"{label}: not an image file (or an unsupported format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise MetacoreError(f"{label}: the image is corrupt or truncated ({exc})") from None
+    return image
+
+
+def to_standard_mode(image: Image.Image) -> Image.Image:
+    """Apply EXIF orientation and convert any PIL mode to 'L' or 'RGB'."""
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return image
+    if mode == "1":
+        return image.convert("L")
+    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float greyscale
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        return Image.fromarray(((arr - lo) * scale).astype(np.uint8), mode="L")
+    if mode == "P":
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        ground = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(ground, rgba).convert("RGB")
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
+
+
+def preprocess(image: Image.Image, spec: InputSpec) -> torch.Tensor:
+    """PIL image -> float tensor of shape (channels, size, size) for a backbone."""
+    image = to_standard_mode(image)
+    image = image.convert("L" if spec.channels == 1 else "RGB")
+    image = image.resize((spec.size, spec.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(arr.copy())
+    tensor = tensor.unsqueeze(0) if spec.channels == 1 else tensor.permute(2, 0, 1)
+    if spec.invert == "auto" and tensor.mean() > 0.5:
+        tensor = 1.0 - tensor  # dark strokes on a light ground -> bright strokes
+    mean = torch.tensor(spec.mean).view(-1, 1, 1)
+    std = torch.tensor(spec.std).view(-1, 1, 1)
+    return (tensor - mean) / std
+
+
+def load_image(source: str | Path | bytes | BinaryIO, spec: InputSpec, name: str | None = None) -> torch.Tensor:
+    """Open, decode and preprocess one image."""
+    return preprocess(open_image(source, name), spec)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly inside a folder, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

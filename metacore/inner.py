@@ -1,0 +1,101 @@
+"""The inner loop shared by every gradient-based algorithm: a generator of per-step snapshots.
+
+Gradients are taken with `torch.func.grad`, which composes with both `torch.func.vmap`
+(one call over a meta-batch of tasks) and ordinary autograd (the outer, meta-level
+backward pass). With `first_order=False` the outer gradient flows through the inner
+gradients themselves: the exact second-order MAML meta-gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from metacore.models import Params
+
+LogitsFn = Callable[[Params, Tensor], Tensor]
+
+
+@dataclass
+class Snapshot:
+    """The state after `step` inner updates (step 0 = before adaptation). Values are tensors."""
+
+    step: int
+    params: Params
+    support_loss: Tensor
+    support_acc: Tensor
+    support_logits: Tensor
+    query_logits: Tensor | None = None
+    query_loss: Tensor | None = None
+    query_acc: Tensor | None = None
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    return (logits.argmax(-1) == labels).to(logits.dtype).mean()
+
+
+def sgd_update(params: Params, grads: Params, lr: float | Params) -> Params:
+    """One gradient step; `lr` is a scalar or (Meta-SGD) a tensor per parameter. Builds new tensors."""
+    if isinstance(lr, dict):
+        return {k: p - lr[k] * grads[k] for k, p in params.items()}
+    return {k: p - lr * grads[k] for k, p in params.items()}
+
+
+def inner_loop(
+    logits_fn: LogitsFn,
+    params: Params,
+    support_x: Tensor,
+    support_y: Tensor,
+    *,
+    steps: int,
+    lr: float | Params,
+    query_x: Tensor | None = None,
+    query_y: Tensor | None = None,
+    adapt_keys: Collection[str] | None = None,
+    first_order: bool = False,
+    query_every_step: bool = True,
+) -> Iterator[Snapshot]:
+    """Adapt `params` to the support set by `steps` gradient steps, yielding steps+1 snapshots.
+
+    `adapt_keys` limits which parameters move (e.g. ANIL: the head only); the others pass
+    through unchanged. The input dict and its tensors are never modified.
+    """
+    keys = set(params) if adapt_keys is None else set(adapt_keys)
+    fast = {k: v for k, v in params.items() if k in keys}
+    frozen = {k: v for k, v in params.items() if k not in keys}
+
+    def support_objective(fast: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        logits = logits_fn({**frozen, **fast}, support_x)
+        loss = F.cross_entropy(logits, support_y)
+        return loss, (loss, logits)
+
+    for step in range(steps + 1):
+        current = {**frozen, **fast}
+        if step < steps:
+            grads, (loss, logits) = torch.func.grad(support_objective, has_aux=True)(fast)
+        else:
+            loss, logits = support_objective(fast)[1]
+        snapshot = Snapshot(step, current, loss, accuracy(logits, support_y), logits)
+        if query_x is not None and (query_every_step or step == steps):
+            snapshot.query_logits = logits_fn(current, query_x)
+            if query_y is not None:
+                snapshot.query_loss = F.cross_entropy(snapshot.query_logits, query_y)
+                snapshot.query_acc = accuracy(snapshot.query_logits, query_y)
+        yield snapshot
+        if step < steps:
+            if first_order:
+                grads = {k: g.detach() for k, g in grads.items()}
+            fast = sgd_update(fast, grads, lr if not isinstance(lr, dict) else {k: lr[k] for k in fast})
+
+
+def run_to_end(snapshots: Iterator[Snapshot]) -> Snapshot:
+    """Consume an inner loop and return its last snapshot."""
+    last = None
+    for last in snapshots:
+        pass
+    assert last is not None
+    return last

@@ -1,0 +1,141 @@
+"""Backbones with a functional forward over explicit parameter dicts, and the task heads.
+
+A `Backbone` is an immutable pairing of an architecture and its meta-learned parameters.
+Nothing here ever writes into those parameters: every forward takes a parameter dict,
+so many threads can adapt from one shared backbone at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metacore.errors import MetacoreError
+from metacore.images import CHARACTER_SPEC, InputSpec
+
+Params = dict[str, Tensor]
+HEAD_KEYS = ("head.weight", "head.bias")
+
+
+def conv_block(in_channels: int, out_channels: int, groups: int) -> nn.Sequential:
+    """3x3 conv, GroupNorm (per image, so predictions never depend on the batch), ReLU, 2x2 max-pool."""
+    norm = nn.GroupNorm(groups, out_channels) if groups else nn.Identity()
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1), norm, nn.ReLU(), nn.MaxPool2d(2)
+    )
+
+
+class Conv4(nn.Module):
+    """The classic few-shot Conv-4: 4 x [conv 3x3, norm, ReLU, max-pool 2x2], flattened features."""
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, groups: int = 8) -> None:
+        super().__init__()
+        channels = [in_channels, hidden, hidden, hidden, hidden]
+        self.blocks = nn.Sequential(*[conv_block(channels[i], channels[i + 1], groups) for i in range(4)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(x).flatten(1)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registry entry: how to build the architecture, what input it takes, its feature size."""
+
+    build: Callable[..., nn.Module]
+    input_spec: InputSpec
+    feature_dim: Callable[[dict], int]
+    defaults: dict = field(default_factory=dict)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "conv4": BackboneSpec(
+        build=Conv4,
+        input_spec=CHARACTER_SPEC,
+        feature_dim=lambda kw: kw.get("hidden", 64),  # 28 -> 14 -> 7 -> 3 -> 1 pixels
+        defaults={"in_channels": 1, "hidden": 64, "groups": 8},
+    ),
+}
+
+
+class Backbone:
+    """An architecture from the registry plus its (meta-learned) parameters.
+
+    `features(params, x)` runs the architecture with any parameter dict. The module used
+    for the call is a per-thread template built on the meta device: `functional_call` swaps
+    parameters into the module it is given, so sharing one module across threads would race.
+    """
+
+    def __init__(self, name: str, params: Params | None = None, input_spec: InputSpec | None = None, **kwargs) -> None:
+        if name not in BACKBONES:
+            raise MetacoreError(f"unknown backbone '{name}' (known: {', '.join(BACKBONES)})")
+        entry = BACKBONES[name]
+        self.name = name
+        self.kwargs = {**entry.defaults, **kwargs}
+        self.input_spec = input_spec or entry.input_spec
+        self.feature_dim = entry.feature_dim(self.kwargs)
+        if params is None:
+            params = dict(entry.build(**self.kwargs).named_parameters())
+        self.params: Params = {k: v.detach() for k, v in params.items()}
+        self._local = threading.local()
+        expected = set(self._template().state_dict())
+        if set(self.params) != expected:
+            missing, extra = sorted(expected - set(self.params)), sorted(set(self.params) - expected)
+            raise MetacoreError(f"parameters do not fit backbone '{name}' (missing {missing[:3]}, unexpected {extra[:3]})")
+
+    def _template(self) -> nn.Module:
+        module = getattr(self._local, "module", None)
+        if module is None:
+            with torch.device("meta"):
+                module = BACKBONES[self.name].build(**self.kwargs)
+            self._local.module = module
+        return module
+
+    def features(self, params: Params, x: Tensor) -> Tensor:
+        """Feature vectors of images `x` under the body parameters in `params` (other keys are ignored)."""
+        body = {k: params[k] for k in self.params}
+        return functional_call(self._template(), body, (x,))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Backbone:
+        params = {k: v.to(device, dtype) if dtype else v.to(device) for k, v in self.params.items()}
+        return Backbone(self.name, params, self.input_spec, **self.kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+
+def linear_head(features: Tensor, params: Params) -> Tensor:
+    return features @ params["head.weight"].T + params["head.bias"]
+
+
+def zero_head(way: int, dim: int, like: Tensor) -> Params:
+    """All-zero head (Kao et al. 2022): any number of classes, no bias toward any class at step 0."""
+    return {"head.weight": like.new_zeros(way, dim), "head.bias": like.new_zeros(way)}
+
+
+def class_means(features: Tensor, labels: Tensor, way: int) -> Tensor:
+    onehot = F.one_hot(labels, way).to(features.dtype)
+    return (onehot.T @ features) / onehot.sum(0).unsqueeze(1)
+
+
+def proto_head(features: Tensor, labels: Tensor, way: int) -> Params:
+    """ProtoMAML head (Triantafillou et al. 2020): W = 2c_k, b = -|c_k|^2, i.e. -|x - c_k|^2 up to a per-x constant."""
+    means = class_means(features, labels, way)
+    return {"head.weight": 2 * means, "head.bias": -(means**2).sum(1)}
+
+
+HEADS = ("zero", "proto")
+
+
+def init_head(kind: str, features: Tensor, labels: Tensor, way: int) -> Params:
+    if kind == "zero":
+        return zero_head(way, features.shape[-1], features)
+    if kind == "proto":
+        return proto_head(features, labels, way)
+    raise MetacoreError(f"unknown head '{kind}' (choose: {', '.join(HEADS)})")

@@ -1,0 +1,38 @@
+"""Shared test helpers: tiny models and synthetic tasks the tests make themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from metacore.data import Task
+from metacore.models import Backbone
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+OMNIGLOT = SHARED_DATA / "omniglot-py"
+
+needs_omniglot = pytest.mark.skipif(
+    not OMNIGLOT.is_dir(), reason=f"Omniglot not found at {OMNIGLOT} (the shared data folder is absent)"
+)
+
+
+def tiny_backbone(dtype: torch.dtype = torch.float64, seed: int = 0) -> Backbone:
+    torch.manual_seed(seed)
+    return Backbone("conv4", hidden=4, groups=2).to("cpu", dtype)
+
+
+def random_task(way: int = 3, shot: int = 2, query: int = 3, dtype: torch.dtype = torch.float64, seed: int = 0) -> Task:
+    """Class-dependent synthetic images: each class has its own mean pattern plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.rand(way, 1, 28, 28, generator=g, dtype=dtype)
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(way).repeat_interleave(n)
+        images = patterns[labels] + 0.3 * torch.randn(len(labels), 1, 28, 28, generator=g, dtype=dtype)
+        return images, labels
+
+    sx, sy = draw(shot)
+    qx, qy = draw(query)
+    return Task(sx, sy, qx, qy, [f"class{i}" for i in range(way)])
