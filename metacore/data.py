@@ -56,6 +56,25 @@ class ImageClasses:
         batch = torch.stack([self._load(f) for f in files])
         return torch.rot90(batch, cls.rotation // 90, dims=(2, 3)) if cls.rotation else batch
 
+    def subset(self, indices: list[int], description: str) -> ImageClasses:
+        """Some of the classes, sharing this dataset's decoded images."""
+        part = ImageClasses([self.classes[i] for i in indices], self.spec, description)
+        part._cache = self._cache
+        return part
+
+    def split_held_out(self, fraction: float) -> tuple[ImageClasses, ImageClasses]:
+        """(training classes, held-out validation classes): the last `fraction` of the sorted class list,
+        so Omniglot's held-out classes are whole alphabets' characters with all their rotations."""
+        n_val = max(2, round(len(self) * fraction))
+        if len(self) - n_val < 2:
+            raise MetacoreError(f"too few classes ({len(self)}) to hold out {n_val} for validation")
+        cut = len(self) - n_val
+        # Keep all rotations of one character on one side of the cut.
+        while 0 < cut < len(self) and self.classes[cut].files == self.classes[cut - 1].files:
+            cut -= 1
+        return (self.subset(list(range(cut)), f"{self.description} (training classes)"),
+                self.subset(list(range(cut, len(self))), f"{self.description} (held-out classes)"))
+
     def preload(self, progress: bool = False) -> None:
         """Decode every image now (in threads), so episodes are sampled from memory."""
         files = sorted({f for c in self.classes for f in c.files} - set(self._cache))

@@ -1,0 +1,65 @@
+"""The standard few-shot protocol: mean query accuracy and its 95% confidence interval over episodes."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm import tqdm
+
+from metacore.algorithms import MAML
+from metacore.data import EpisodeSampler
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the normal-approximation 95% confidence interval."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, 1.96 * std / math.sqrt(n)
+
+
+def evaluate(
+    learner: MAML,
+    sampler: EpisodeSampler,
+    episodes: int = 600,
+    steps: int | None = None,
+    lr: float | None = None,
+    device: torch.device | str = "cpu",
+    every_step: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Adapt on each episode's support set and score its query set. Accuracies are in percent.
+
+    With `every_step`, also report accuracy after each inner step 0..steps.
+    """
+    steps = learner.inner_steps if steps is None else steps
+    final: list[float] = []
+    per_step: list[list[float]] = []
+    dtype = next(iter(learner.params.values())).dtype
+    for _ in tqdm(range(episodes), desc="evaluating", disable=not progress, leave=False):
+        task = sampler.sample().to(device, dtype)
+        with torch.no_grad():  # no outer graph: the inner loop's own gradients still flow
+            snapshots = list(
+                learner.adapt(task.support_x, task.support_y, task.query_x, task.query_y,
+                              steps=steps, lr=lr, way=task.way, query_every_step=every_step)
+            )
+        final.append(100.0 * snapshots[-1].query_acc.item())
+        if every_step:
+            per_step.append([100.0 * s.query_acc.item() for s in snapshots])
+    accuracy, ci95 = mean_ci95(final)
+    result = {
+        "accuracy": accuracy, "ci95": ci95, "episodes": episodes,
+        "way": sampler.way[0] if sampler.way[0] == sampler.way[1] else list(sampler.way),
+        "shot": sampler.shot[0] if sampler.shot[0] == sampler.shot[1] else list(sampler.shot),
+        "query": sampler.query, "steps": steps if learner.name != "protonet" else 0,
+        "inner_lr": learner.inner_lr if lr is None else lr,
+    }
+    if every_step:
+        result["per_step"] = [
+            {"step": i, "accuracy": m, "ci95": c}
+            for i, (m, c) in enumerate(mean_ci95([run[i] for run in per_step]) for i in range(len(per_step[0])))
+        ]
+    return result
