@@ -29,10 +29,16 @@ def default_data_root() -> str:
 
 def add_common(p: argparse.ArgumentParser, *, checkpoint: bool = True, data: bool = True, episode: bool = True) -> None:
     if checkpoint:
-        p.add_argument("--checkpoint", default=None, help=f"model file (default: {DEFAULT_CHECKPOINT.relative_to(PROJECT_ROOT)})")
+        p.add_argument(
+            "--checkpoint", default=None, help=f"model file (default: {DEFAULT_CHECKPOINT.relative_to(PROJECT_ROOT)})"
+        )
     if data:
-        p.add_argument("--data-root", default=default_data_root(), help="folder holding the data sets (default: %(default)s)")
-        p.add_argument("--dataset", default="omniglot", help="folder name under the data root; 'omniglot' reads omniglot-py/")
+        p.add_argument(
+            "--data-root", default=default_data_root(), help="folder holding the data sets (default: %(default)s)"
+        )
+        p.add_argument(
+            "--dataset", default="omniglot", help="folder name under the data root; 'omniglot' reads omniglot-py/"
+        )
         p.add_argument("--split", default=None, help="omniglot: background / evaluation; folder data sets: a subfolder")
     if episode:
         p.add_argument("--way", default="5", help="classes per task (N), or a range like 5-20 for training")
@@ -46,8 +52,9 @@ def add_common(p: argparse.ArgumentParser, *, checkpoint: bool = True, data: boo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m metacore", description="Few-shot meta-learning: train, evaluate, "
-                                     "classify, embed, benchmark.")
+    parser = argparse.ArgumentParser(
+        prog="python -m metacore", description="Few-shot meta-learning: train, evaluate, classify, embed, benchmark."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="meta-train a backbone on episodes", description="Meta-train a backbone.")
@@ -63,32 +70,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-steps", type=int, default=None, help="inner steps at validation/test (default: --steps)")
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--val-episodes", type=int, default=100)
-    p.add_argument("--vectorize", default="auto", choices=["auto", "on", "off"],
-                   help="one vmap call per meta-batch (auto: on GPU only)")
+    p.add_argument(
+        "--vectorize",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="one vmap call per meta-batch (auto: on GPU only)",
+    )
     p.add_argument("--out", default=None, help="checkpoint path (default: runs/<algo>.pt)")
     p.add_argument("--resume", action="store_true", help="continue training the checkpoint at --out")
 
-    p = sub.add_parser("evaluate", help="mean accuracy and 95%% CI over test episodes",
-                       description="Standard protocol: accuracy (percent) with a 95%% confidence interval.")
+    p = sub.add_parser(
+        "evaluate",
+        help="mean accuracy and 95%% CI over test episodes",
+        description="Standard protocol: accuracy (percent) with a 95%% confidence interval.",
+    )
     add_common(p)
     p.add_argument("--episodes", type=int, default=600)
     p.add_argument("--every-step", action="store_true", help="also report accuracy after each inner step")
 
-    p = sub.add_parser("classify", help="adapt to a support folder, then classify query images",
-                       description="Adapt to a folder of class subfolders and classify query files or folders.")
+    p = sub.add_parser(
+        "classify",
+        help="adapt to a support folder, then classify query images",
+        description="Adapt to a folder of class subfolders and classify query files or folders.",
+    )
     add_common(p, data=False, episode=False)
     p.add_argument("--support", required=True, help="folder with one subfolder of images per class")
     p.add_argument("queries", nargs="+", help="query image files or folders")
 
-    p = sub.add_parser("embed", help="feature vectors of images, before and after adaptation",
-                       description="Write feature vectors (CSV or NPY) before and, given --support, after adaptation.")
+    p = sub.add_parser(
+        "embed",
+        help="feature vectors of images, before and after adaptation",
+        description="Write feature vectors (CSV or NPY) before and, given --support, after adaptation.",
+    )
     add_common(p, data=False, episode=False)
     p.add_argument("--support", default=None, help="class-folder support set to adapt to first")
     p.add_argument("--out", required=True, help="output file: .csv or .npy")
     p.add_argument("images", nargs="+", help="image files or folders")
 
-    p = sub.add_parser("bench", help="meta-training throughput vs higher and a naive loop",
-                       description="Tasks/s of second-order MAML (5w1s15q, meta-batch 32) and inner-step latency.")
+    p = sub.add_parser(
+        "bench",
+        help="meta-training throughput vs higher and a naive loop",
+        description="Tasks/s of second-order MAML (5w1s15q, meta-batch 32) and inner-step latency.",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--meta-batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=1, help="inner steps per task")
@@ -121,12 +144,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     check_steps(args)
     cfg = TrainConfig(
-        algorithm=args.algo, data_root=args.data_root, dataset=args.dataset, split=args.split, rotations=args.rotations,
-        backbone=args.backbone, head=args.head, way=args.way, shot=args.shot, query=args.query,
-        meta_batch=args.meta_batch, inner_lr=0.4 if args.inner_lr is None else args.inner_lr,
-        inner_steps=1 if args.steps is None else args.steps, eval_steps=args.eval_steps, meta_lr=args.meta_lr,
-        cosine=args.cosine, iterations=args.iterations, val_every=args.val_every, val_episodes=args.val_episodes,
-        device=args.device, vectorize=args.vectorize, seed=args.seed, out=args.out or f"runs/{args.algo}.pt",
+        algorithm=args.algo,
+        data_root=args.data_root,
+        dataset=args.dataset,
+        split=args.split,
+        rotations=args.rotations,
+        backbone=args.backbone,
+        head=args.head,
+        way=args.way,
+        shot=args.shot,
+        query=args.query,
+        meta_batch=args.meta_batch,
+        inner_lr=0.4 if args.inner_lr is None else args.inner_lr,
+        inner_steps=1 if args.steps is None else args.steps,
+        eval_steps=args.eval_steps,
+        meta_lr=args.meta_lr,
+        cosine=args.cosine,
+        iterations=args.iterations,
+        val_every=args.val_every,
+        val_episodes=args.val_episodes,
+        device=args.device,
+        vectorize=args.vectorize,
+        seed=args.seed,
+        out=args.out or f"runs/{args.algo}.pt",
         resume=args.resume,
     )
     from metacore.algorithms import ALGORITHMS
@@ -137,9 +177,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"done: {summary['algorithm']}, {summary['iterations']} iterations in {summary['seconds']:.0f} s on "
-              f"{summary['device']}; held-out validation {summary['val_accuracy']:.1f}% ± {summary['val_ci95']:.1f}; "
-              f"saved {summary['checkpoint']}")
+        print(
+            f"done: {summary['algorithm']}, {summary['iterations']} iterations in {summary['seconds']:.0f} s on "
+            f"{summary['device']}; held-out validation {summary['val_accuracy']:.1f}% ± {summary['val_ci95']:.1f}; "
+            f"saved {summary['checkpoint']}"
+        )
     return 0
 
 
@@ -154,14 +196,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     split = args.split or ("evaluation" if args.dataset == "omniglot" else None)
     dataset = open_dataset(args.data_root, args.dataset, split, learner.backbone.input_spec)
     sampler = EpisodeSampler(dataset, args.way, args.shot, args.query, args.seed)
-    result = evaluate(learner, sampler, args.episodes, args.steps, args.inner_lr, device, args.every_step,
-                      progress=not args.json)
+    dataset.preload(progress=not args.json)
+    result = evaluate(
+        learner, sampler, args.episodes, args.steps, args.inner_lr, device, args.every_step, progress=not args.json
+    )
     result |= {"dataset": args.dataset, "split": split, "algorithm": learner.name, "seed": args.seed}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['way']}-way {result['shot']}-shot, {result['episodes']} episodes, {result['steps']} steps: "
-              f"{result['accuracy']:.2f}% ± {result['ci95']:.2f} (95% CI)")
+        print(
+            f"{result['way']}-way {result['shot']}-shot, {result['episodes']} episodes, {result['steps']} steps: "
+            f"{result['accuracy']:.2f}% ± {result['ci95']:.2f} (95% CI)"
+        )
         for row in result.get("per_step", []):
             print(f"  step {row['step']:2d}: {row['accuracy']:.2f}% ± {row['ci95']:.2f}")
     return 0
@@ -178,8 +224,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     params = adapted_params(learner, support, args.steps, args.inner_lr)
     probs = predict_proba(learner, params, images)
     rows = [
-        {"file": str(f), "predicted": support.classes[int(p.argmax())],
-         "probabilities": {c: round(float(v), 6) for c, v in zip(support.classes, p)}}
+        {
+            "file": str(f),
+            "predicted": support.classes[int(p.argmax())],
+            "probabilities": {c: round(float(v), 6) for c, v in zip(support.classes, p)},
+        }
         for f, p in zip(files, probs)
     ]
     if args.json:
@@ -222,8 +271,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
                     writer.writerow([str(file), stage, *[f"{v:.6g}" for v in row]])
         written.append(str(out))
     summary = {"images": len(files), "dim": stages["before"].shape[1], "stages": list(stages), "written": written}
-    print(json.dumps(summary) if args.json else f"wrote {', '.join(written)} ({len(files)} images, "
-          f"{summary['dim']} features, {' + '.join(stages)})")
+    print(
+        json.dumps(summary)
+        if args.json
+        else f"wrote {', '.join(written)} ({len(files)} images, {summary['dim']} features, {' + '.join(stages)})"
+    )
     return 0
 
 
@@ -242,8 +294,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "classify": cmd_classify, "embed": cmd_embed,
-            "bench": cmd_bench}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "classify": cmd_classify,
+    "embed": cmd_embed,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,11 +28,15 @@ def synthetic_tasks(count: int, way: int, shot: int, query: int, device: torch.d
     tasks = []
     for _ in range(count):
         labels = torch.arange(way)
-        tasks.append(Task(
-            torch.rand(way * shot, 1, 28, 28, generator=g).to(device), labels.repeat_interleave(shot).to(device),
-            torch.rand(way * query, 1, 28, 28, generator=g).to(device), labels.repeat_interleave(query).to(device),
-            [str(i) for i in range(way)],
-        ))
+        tasks.append(
+            Task(
+                torch.rand(way * shot, 1, 28, 28, generator=g).to(device),
+                labels.repeat_interleave(shot).to(device),
+                torch.rand(way * query, 1, 28, 28, generator=g).to(device),
+                labels.repeat_interleave(query).to(device),
+                [str(i) for i in range(way)],
+            )
+        )
     return tasks
 
 
@@ -81,8 +85,9 @@ def higher_step(model: nn.Module, optimizer: torch.optim.Optimizer, tasks: list[
     optimizer.step()
 
 
-def run_bench(device_name: str = "auto", meta_batch: int = 32, steps: int = 1, repeats: int = 5,
-              progress: bool = True) -> dict:
+def run_bench(
+    device_name: str = "auto", meta_batch: int = 32, steps: int = 1, repeats: int = 5, progress: bool = True
+) -> dict:
     device = resolve_device(device_name)
     torch.manual_seed(0)
     tasks = synthetic_tasks(meta_batch, WAY, SHOT, QUERY, device)
@@ -133,7 +138,14 @@ def run_bench(device_name: str = "auto", meta_batch: int = 32, steps: int = 1, r
     if results["higher"]:
         ratios["vs_higher"] = ours / results["higher"]["tasks_per_s"]
     return {
-        "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "task": f"{WAY}-way {SHOT}-shot {QUERY}-query", "meta_batch": meta_batch, "inner_steps": steps,
-        "second_order": True, "meta_training": results, "ratios": ratios, "inner_step_ms": 1000 * step_s,
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "task": f"{WAY}-way {SHOT}-shot {QUERY}-query",
+        "meta_batch": meta_batch,
+        "inner_steps": steps,
+        "second_order": True,
+        "meta_training": results,
+        "ratios": ratios,
+        "inner_step_ms": 1000 * step_s,
     }

@@ -18,9 +18,7 @@ FORMAT = "metacore-checkpoint"
 VERSION = 1
 
 
-def build_learner(
-    algorithm: str, backbone: Backbone, inner_lr: float, inner_steps: int, head: str = "zero"
-) -> MAML:
+def build_learner(algorithm: str, backbone: Backbone, inner_lr: float, inner_steps: int, head: str = "zero") -> MAML:
     if algorithm not in ALGORITHMS:
         raise MetacoreError(f"unknown algorithm '{algorithm}' (choose: {', '.join(ALGORITHMS)})")
     return ALGORITHMS[algorithm](backbone, inner_lr, inner_steps, head)
@@ -55,9 +53,21 @@ def read_checkpoint(path: str | Path) -> dict:
         raise MetacoreError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError,
-            AttributeError, TypeError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        KeyError,
+        AttributeError,
+        TypeError,
+        OSError,
+    ) as exc:
+        text = str(exc).strip()
+        if "WeightsUnpickler error:" in text:  # torch's long advice text: keep only the cause
+            text = text.split("WeightsUnpickler error:", 1)[1].split(" was not ", 1)[0].strip() + " is not allowed"
+        reason = text.splitlines()[0] if text else type(exc).__name__
         raise MetacoreError(f"{path} is not a readable metacore checkpoint ({reason[:160]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise MetacoreError(f"{path} is not a metacore checkpoint (no '{FORMAT}' header)")

@@ -72,8 +72,10 @@ class ImageClasses:
         # Keep all rotations of one character on one side of the cut.
         while 0 < cut < len(self) and self.classes[cut].files == self.classes[cut - 1].files:
             cut -= 1
-        return (self.subset(list(range(cut)), f"{self.description} (training classes)"),
-                self.subset(list(range(cut, len(self))), f"{self.description} (held-out classes)"))
+        return (
+            self.subset(list(range(cut)), f"{self.description} (training classes)"),
+            self.subset(list(range(cut, len(self))), f"{self.description} (held-out classes)"),
+        )
 
     def preload(self, progress: bool = False) -> None:
         """Decode every image now (in threads), so episodes are sampled from memory."""
@@ -197,16 +199,21 @@ class Task:
             return x.to(device, dtype) if cast and dtype is not None else x.to(device)
 
         return Task(
-            move(self.support_x, True), move(self.support_y, False),
-            move(self.query_x, True), move(self.query_y, False), self.classes,
+            move(self.support_x, True),
+            move(self.support_y, False),
+            move(self.query_x, True),
+            move(self.query_y, False),
+            self.classes,
         )
 
 
 def stack_tasks(tasks: list[Task]) -> Task:
     """Tasks of one shape -> one Task with a leading task axis (for vectorised meta-batches)."""
     return Task(
-        torch.stack([t.support_x for t in tasks]), torch.stack([t.support_y for t in tasks]),
-        torch.stack([t.query_x for t in tasks]), torch.stack([t.query_y for t in tasks]),
+        torch.stack([t.support_x for t in tasks]),
+        torch.stack([t.support_y for t in tasks]),
+        torch.stack([t.query_x for t in tasks]),
+        torch.stack([t.query_y for t in tasks]),
         tasks[0].classes,
     )
 
@@ -258,8 +265,10 @@ class EpisodeSampler:
             query.append(images[shot:])
         labels = torch.arange(way)
         return Task(
-            torch.cat(support), labels.repeat_interleave(shot),
-            torch.cat(query), labels.repeat_interleave(self.query),
+            torch.cat(support),
+            labels.repeat_interleave(shot),
+            torch.cat(query),
+            labels.repeat_interleave(self.query),
             [self.dataset.classes[i].name for i in chosen],
         )
 

@@ -43,18 +43,29 @@ def evaluate(
         task = sampler.sample().to(device, dtype)
         with torch.no_grad():  # no outer graph: the inner loop's own gradients still flow
             snapshots = list(
-                learner.adapt(task.support_x, task.support_y, task.query_x, task.query_y,
-                              steps=steps, lr=lr, way=task.way, query_every_step=every_step)
+                learner.adapt(
+                    task.support_x,
+                    task.support_y,
+                    task.query_x,
+                    task.query_y,
+                    steps=steps,
+                    lr=lr,
+                    way=task.way,
+                    query_every_step=every_step,
+                )
             )
         final.append(100.0 * snapshots[-1].query_acc.item())
         if every_step:
             per_step.append([100.0 * s.query_acc.item() for s in snapshots])
     accuracy, ci95 = mean_ci95(final)
     result = {
-        "accuracy": accuracy, "ci95": ci95, "episodes": episodes,
+        "accuracy": accuracy,
+        "ci95": ci95,
+        "episodes": episodes,
         "way": sampler.way[0] if sampler.way[0] == sampler.way[1] else list(sampler.way),
         "shot": sampler.shot[0] if sampler.shot[0] == sampler.shot[1] else list(sampler.shot),
-        "query": sampler.query, "steps": steps if learner.name != "protonet" else 0,
+        "query": sampler.query,
+        "steps": steps if learner.name != "protonet" else 0,
         "inner_lr": learner.inner_lr if lr is None else lr,
     }
     if every_step:

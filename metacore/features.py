@@ -57,8 +57,11 @@ def adapted_params(learner: MAML, support: LabelledImages, steps: int | None = N
     """The learner's parameters after adapting to `support` (no outer graph is kept)."""
     device = next(iter(learner.params.values())).device
     with torch.no_grad():
-        last = run_to_end(learner.adapt(support.images.to(device), support.labels.to(device), steps=steps, lr=lr,
-                                        way=len(support.classes)))
+        last = run_to_end(
+            learner.adapt(
+                support.images.to(device), support.labels.to(device), steps=steps, lr=lr, way=len(support.classes)
+            )
+        )
     return last.params
 
 
@@ -67,8 +70,10 @@ def embed(learner: MAML, images: Tensor, params: Params | None = None, batch_siz
     params = learner.params if params is None else params
     device = next(iter(params.values())).device
     with torch.no_grad():
-        chunks = [learner.backbone.features(params, images[i:i + batch_size].to(device))
-                  for i in range(0, len(images), batch_size)]
+        chunks = [
+            learner.backbone.features(params, images[i : i + batch_size].to(device))
+            for i in range(0, len(images), batch_size)
+        ]
     return torch.cat(chunks).cpu() if chunks else torch.empty(0, learner.backbone.feature_dim)
 
 
@@ -76,8 +81,10 @@ def predict_proba(learner: MAML, params: Params, images: Tensor, batch_size: int
     """Class probabilities under adapted `params` (which include the task head)."""
     device = next(iter(params.values())).device
     with torch.no_grad():
-        chunks = [learner.logits(params, images[i:i + batch_size].to(device)).softmax(-1)
-                  for i in range(0, len(images), batch_size)]
+        chunks = [
+            learner.logits(params, images[i : i + batch_size].to(device)).softmax(-1)
+            for i in range(0, len(images), batch_size)
+        ]
     return torch.cat(chunks).cpu()
 
 
@@ -85,5 +92,13 @@ def load_images(files: list[Path], spec: InputSpec) -> Tensor:
     return torch.stack([load_image(f, spec) for f in files])
 
 
-__all__ = ["LabelledImages", "adapted_params", "embed", "image_files", "load_images", "load_support_folder",
-           "predict_proba", "query_files"]
+__all__ = [
+    "LabelledImages",
+    "adapted_params",
+    "embed",
+    "image_files",
+    "load_images",
+    "load_support_folder",
+    "predict_proba",
+    "query_files",
+]

@@ -94,8 +94,5 @@ def inner_loop(
 
 def run_to_end(snapshots: Iterator[Snapshot]) -> Snapshot:
     """Consume an inner loop and return its last snapshot."""
-    last = None
-    for last in snapshots:
-        pass
-    assert last is not None
+    *_, last = snapshots
     return last

@@ -8,8 +8,8 @@ so many threads can adapt from one shared backbone at once.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +26,7 @@ HEAD_KEYS = ("head.weight", "head.bias")
 def conv_block(in_channels: int, out_channels: int, groups: int) -> nn.Sequential:
     """3x3 conv, GroupNorm (per image, so predictions never depend on the batch), ReLU, 2x2 max-pool."""
     norm = nn.GroupNorm(groups, out_channels) if groups else nn.Identity()
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1), norm, nn.ReLU(), nn.MaxPool2d(2)
-    )
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), norm, nn.ReLU(), nn.MaxPool2d(2))
 
 
 class Conv4(nn.Module):
@@ -86,7 +84,9 @@ class Backbone:
         expected = set(self._template().state_dict())
         if set(self.params) != expected:
             missing, extra = sorted(expected - set(self.params)), sorted(set(self.params) - expected)
-            raise MetacoreError(f"parameters do not fit backbone '{name}' (missing {missing[:3]}, unexpected {extra[:3]})")
+            raise MetacoreError(
+                f"parameters do not fit backbone '{name}' (missing {missing[:3]}, unexpected {extra[:3]})"
+            )
 
     def _template(self) -> nn.Module:
         module = getattr(self._local, "module", None)

@@ -96,9 +96,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     def save(iteration: int, seconds: float) -> None:
         save_checkpoint(
-            out, learner, config=asdict(cfg),
-            training={"iteration": iteration, "seconds": seconds, "optimizer": optimizer.state_dict(),
-                      "history": history, "device": str(device), "torch": torch.__version__},
+            out,
+            learner,
+            config=asdict(cfg),
+            training={
+                "iteration": iteration,
+                "seconds": seconds,
+                "optimizer": optimizer.state_dict(),
+                "history": history,
+                "device": str(device),
+                "torch": str(torch.__version__),
+            },
         )
 
     def validate() -> dict:
@@ -106,8 +114,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         return evaluate(learner, val_sampler, cfg.val_episodes, cfg.eval_steps, None, device)
 
     started = time.perf_counter()
-    bar = tqdm(range(start_iteration, cfg.iterations), desc=f"meta-training {cfg.algorithm}",
-               disable=not progress, initial=start_iteration, total=cfg.iterations)
+    bar = tqdm(
+        range(start_iteration, cfg.iterations),
+        desc=f"meta-training {cfg.algorithm}",
+        disable=not progress,
+        initial=start_iteration,
+        total=cfg.iterations,
+    )
     running: dict[str, float] = {}
     for iteration in bar:
         if cfg.cosine:
@@ -126,16 +139,31 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if done % cfg.val_every == 0 or done == cfg.iterations:
             val = validate()
             seconds = elapsed_before + time.perf_counter() - started
-            history.append({"iteration": done, "train_loss": running["loss"], "train_accuracy": 100 * running["accuracy"],
-                            "val_accuracy": val["accuracy"], "val_ci95": val["ci95"], "seconds": seconds})
-            _log(f"iter {done}/{cfg.iterations}  loss {running['loss']:.3f}  train acc {100 * running['accuracy']:.1f}%  "
-                 f"val {val['way']}w{val['shot']}s {val['accuracy']:.1f}% ± {val['ci95']:.1f}  ({seconds:.0f} s)")
+            history.append(
+                {
+                    "iteration": done,
+                    "train_loss": running["loss"],
+                    "train_accuracy": 100 * running["accuracy"],
+                    "val_accuracy": val["accuracy"],
+                    "val_ci95": val["ci95"],
+                    "seconds": seconds,
+                }
+            )
+            _log(
+                f"iter {done}/{cfg.iterations}  loss {running['loss']:.3f}  acc {100 * running['accuracy']:.1f}%  "
+                f"val {val['way']}w{val['shot']}s {val['accuracy']:.1f}% ± {val['ci95']:.1f}  ({seconds:.0f} s)"
+            )
             save(done, seconds)
     seconds = elapsed_before + time.perf_counter() - started
     last = history[-1] if history else {}
     return {
-        "checkpoint": str(out), "algorithm": cfg.algorithm, "iterations": cfg.iterations,
-        "seconds": round(seconds, 1), "device": str(device), "vectorized": vectorize,
-        "val_accuracy": last.get("val_accuracy"), "val_ci95": last.get("val_ci95"),
+        "checkpoint": str(out),
+        "algorithm": cfg.algorithm,
+        "iterations": cfg.iterations,
+        "seconds": round(seconds, 1),
+        "device": str(device),
+        "vectorized": vectorize,
+        "val_accuracy": last.get("val_accuracy"),
+        "val_ci95": last.get("val_ci95"),
         "history": history,
     }

@@ -6,8 +6,6 @@ from metacore.algorithms.metasgd import MetaSGD
 from metacore.algorithms.protonet import ProtoNet
 from metacore.algorithms.reptile import Reptile
 
-ALGORITHMS: dict[str, type[MAML]] = {
-    cls.name: cls for cls in (MAML, FOMAML, Reptile, ANIL, MetaSGD, ProtoNet)
-}
+ALGORITHMS: dict[str, type[MAML]] = {cls.name: cls for cls in (MAML, FOMAML, Reptile, ANIL, MetaSGD, ProtoNet)}
 
 __all__ = ["ALGORITHMS", "ANIL", "FOMAML", "MAML", "MetaSGD", "ProtoNet", "Reptile"]

@@ -68,10 +68,14 @@ class MAML:
         way = way if way is not None else int(support_y.max()) + 1
         logits_fn, start, support_in, query_in = self.prepare(_without_lrs(params), support_x, support_y, query_x, way)
         return inner_loop(
-            logits_fn, start, support_in, support_y,
+            logits_fn,
+            start,
+            support_in,
+            support_y,
             steps=self.inner_steps if steps is None else steps,
             lr=self.inner_lrs(params) if lr is None else lr,
-            query_x=query_in, query_y=query_y,
+            query_x=query_in,
+            query_y=query_y,
             adapt_keys=self.adapted_keys,
             first_order=self.first_order if first_order is None else first_order,
             query_every_step=query_every_step,
@@ -81,8 +85,15 @@ class MAML:
     def task_loss(self, params: Params, task: Task) -> tuple[Tensor, Tensor]:
         """Query loss and accuracy after adaptation, differentiable w.r.t. `params`."""
         last = run_to_end(
-            self.adapt(task.support_x, task.support_y, task.query_x, task.query_y,
-                       way=task.way, params=params, query_every_step=False)
+            self.adapt(
+                task.support_x,
+                task.support_y,
+                task.query_x,
+                task.query_y,
+                way=task.way,
+                params=params,
+                query_every_step=False,
+            )
         )
         return last.query_loss, last.query_acc
 

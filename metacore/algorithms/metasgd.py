@@ -14,14 +14,22 @@ class MetaSGD(MAML):
 
     name = "metasgd"
 
-    def __init__(self, backbone: Backbone, inner_lr: float = 0.4, inner_steps: int = 5, head: str = "zero",
-                 lrs: Params | None = None) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        inner_lr: float = 0.4,
+        inner_steps: int = 5,
+        head: str = "zero",
+        lrs: Params | None = None,
+    ) -> None:
         super().__init__(backbone, inner_lr, inner_steps, head)
         if lrs is None:
             shapes = {k: v.shape for k, v in backbone.params.items()}
             shapes |= {"head.weight": torch.Size([1, backbone.feature_dim]), "head.bias": torch.Size([1])}
             like = next(iter(backbone.params.values()))
-            lrs = {f"lr.{k}": torch.full(s, self.inner_lr, dtype=like.dtype, device=like.device) for k, s in shapes.items()}
+            lrs = {
+                f"lr.{k}": torch.full(s, self.inner_lr, dtype=like.dtype, device=like.device) for k, s in shapes.items()
+            }
         self.params |= lrs
 
     def inner_lrs(self, params: Params) -> Params:

@@ -43,8 +43,11 @@ class ProtoNet(MAML):
         means = class_means(support_features, support_y, way)
         support_logits = -squared_distances(support_features, means)
         snapshot = Snapshot(
-            0, {**params, **proto_head(support_features, support_y, way)},
-            F.cross_entropy(support_logits, support_y), accuracy(support_logits, support_y), support_logits,
+            0,
+            {**params, **proto_head(support_features, support_y, way)},
+            F.cross_entropy(support_logits, support_y),
+            accuracy(support_logits, support_y),
+            support_logits,
         )
         if query_x is not None:
             snapshot.query_logits = -squared_distances(self.backbone.features(params, query_x), means)

@@ -1,0 +1,136 @@
+"""Each method does what its paper says, and adaptation never touches the shared parameters."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from conftest import random_task, tiny_backbone
+
+from metacore.algorithms import ALGORITHMS, ANIL, MAML, MetaSGD, ProtoNet, Reptile
+from metacore.features import predict_proba
+from metacore.inner import run_to_end
+from metacore.models import class_means
+
+
+def test_reptile_moves_initialisation_toward_adapted_weights() -> None:
+    learner = Reptile(tiny_backbone(), inner_lr=0.1, inner_steps=3, head="proto")
+    task = random_task(seed=3)
+    start = {k: v.clone() for k, v in learner.params.items()}
+    x, y = torch.cat([task.support_x, task.query_x]), torch.cat([task.support_y, task.query_y])
+    adapted = run_to_end(learner.adapt(x, y, way=task.way)).params
+    learner.params = {k: v.clone().requires_grad_(True) for k, v in start.items()}
+    epsilon = 0.5
+    learner.outer_step(torch.optim.SGD(learner.params.values(), lr=epsilon), [task])
+    for k in start:
+        expected = start[k] + epsilon * (adapted[k] - start[k])  # the paper's interpolation step
+        assert torch.allclose(learner.params[k].detach(), expected, atol=1e-12), k
+    distance_before = sum((start[k] - adapted[k]).norm() for k in start)
+    distance_after = sum((learner.params[k].detach() - adapted[k]).norm() for k in start)
+    assert distance_after < distance_before
+
+
+def test_protonet_logits_are_negative_squared_distances_to_class_means() -> None:
+    learner = ProtoNet(tiny_backbone())
+    task = random_task(way=4, shot=3, seed=2)
+    snapshot = run_to_end(learner.adapt(task.support_x, task.support_y, task.query_x, task.query_y))
+    support_features = learner.backbone.features(learner.params, task.support_x)
+    query_features = learner.backbone.features(learner.params, task.query_x)
+    means = torch.stack([support_features[task.support_y == k].mean(0) for k in range(4)])
+    expected = -(torch.cdist(query_features, means) ** 2)
+    assert torch.allclose(snapshot.query_logits, expected, atol=1e-9)
+    # The equivalent linear head gives the same probabilities.
+    assert torch.allclose(predict_proba(learner, snapshot.params, task.query_x), expected.softmax(-1), atol=1e-9)
+    assert torch.allclose(class_means(support_features, task.support_y, 4), means, atol=1e-12)
+
+
+def test_metasgd_learns_its_inner_learning_rates() -> None:
+    learner = MetaSGD(tiny_backbone(), inner_lr=0.1, inner_steps=1, head="proto")
+    learner.params = {k: v.clone().requires_grad_(True) for k, v in learner.params.items()}
+    rates_before = {k: v.detach().clone() for k, v in learner.params.items() if k.startswith("lr.")}
+    optimizer = torch.optim.Adam(learner.params.values(), lr=1e-2)
+    tasks = [random_task(seed=s) for s in range(4)]
+    first = learner.meta_loss(tasks)[0].item()
+    for _ in range(15):
+        learner.outer_step(optimizer, tasks)
+    changed = [k for k, v in rates_before.items() if not torch.equal(v, learner.params[k].detach())]
+    assert len(changed) == len(rates_before)
+    assert learner.meta_loss(tasks)[0].item() < first
+
+
+def test_anil_adapts_only_the_head() -> None:
+    learner = ANIL(tiny_backbone(), inner_lr=0.5, inner_steps=3, head="zero")
+    task = random_task(seed=4)
+    snapshots = list(learner.adapt(task.support_x, task.support_y, task.query_x, task.query_y))
+    for k, v in learner.params.items():
+        assert snapshots[-1].params[k] is v
+    assert not torch.equal(snapshots[-1].params["head.weight"], snapshots[0].params["head.weight"])
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_inner_loop_leaves_its_input_parameters_bit_identical(name: str) -> None:
+    learner = ALGORITHMS[name](tiny_backbone(), 0.5, 3, "proto")
+    before = {k: v.clone() for k, v in learner.params.items()}
+    task = random_task(seed=5)
+    snapshots = list(learner.adapt(task.support_x, task.support_y, task.query_x, task.query_y))
+    assert len(snapshots) == (1 if name == "protonet" else 4)
+    assert [s.step for s in snapshots] == list(range(len(snapshots)))
+    for k, v in before.items():
+        assert torch.equal(learner.params[k], v), k
+    if name != "protonet":
+        first, last = snapshots[0].params, snapshots[-1].params
+        assert any(not torch.equal(first[k], last[k]) for k in first)
+
+
+@pytest.mark.parametrize("head", ["zero", "proto"])
+def test_support_loss_falls_step_by_step(head: str) -> None:
+    learner = MAML(tiny_backbone(), inner_lr=0.1 if head == "zero" else 0.01, inner_steps=5, head=head)
+    task = random_task(seed=6)
+    losses = [s.support_loss.item() for s in learner.adapt(task.support_x, task.support_y, task.query_x, task.query_y)]
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert all(
+        s.query_acc is not None for s in learner.adapt(task.support_x, task.support_y, task.query_x, task.query_y)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_one_image_alone_gets_the_same_probabilities_as_inside_a_batch(name: str) -> None:
+    learner = ALGORITHMS[name](tiny_backbone(torch.float32), 0.4, 2, "proto")
+    task = random_task(dtype=torch.float32, seed=7)
+    params = run_to_end(learner.adapt(task.support_x, task.support_y)).params
+    batch = predict_proba(learner, params, task.query_x)
+    for i in range(len(task.query_x)):
+        alone = predict_proba(learner, params, task.query_x[i : i + 1])
+        assert torch.allclose(alone[0], batch[i], atol=1e-6), i
+
+
+def test_threads_adapting_one_shared_model_get_the_same_results_as_alone() -> None:
+    learner = MAML(tiny_backbone(), inner_lr=0.3, inner_steps=4, head="zero")
+    tasks = [random_task(seed=s) for s in range(6)]
+
+    def adapt(task):
+        return [s.query_logits for s in learner.adapt(task.support_x, task.support_y, task.query_x)]
+
+    alone = [adapt(t) for t in tasks]
+    together: list = [None] * len(tasks)
+
+    def worker(i: int) -> None:
+        for _ in range(3):
+            together[i] = adapt(tasks[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(tasks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_any_way_heads_serve_any_number_of_classes() -> None:
+    learner = MAML(tiny_backbone(), 0.3, 1, "zero")
+    for way in (2, 7, 20):
+        task = random_task(way=way, shot=1, query=1, seed=way)
+        last = run_to_end(learner.adapt(task.support_x, task.support_y, task.query_x))
+        assert last.query_logits.shape == (way, way)

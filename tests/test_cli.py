@@ -1,0 +1,265 @@
+"""The CLI end to end on small data the tests make, and a one-line error for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_data import make_class_folders
+
+from metacore.__main__ import main
+from metacore.checkpoint import load_checkpoint, read_checkpoint
+from metacore.errors import MetacoreError
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    make_class_folders(root / "toy", {f"class{i:02d}": 6 for i in range(10)})
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(toy: Path) -> Path:
+    out = toy / "model.pt"
+    code = main(
+        [
+            "train",
+            "--data-root",
+            str(toy),
+            "--dataset",
+            "toy",
+            "--way",
+            "3",
+            "--shot",
+            "1",
+            "--query",
+            "2",
+            "--iterations",
+            "3",
+            "--meta-batch",
+            "2",
+            "--val-every",
+            "3",
+            "--val-episodes",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_writes_a_loadable_checkpoint(checkpoint: Path) -> None:
+    learner, meta = load_checkpoint(checkpoint)
+    assert learner.name == "maml" and meta["training"]["iteration"] == 3
+    assert meta["config"]["way"] == "3"
+
+
+def test_resume_continues_from_the_saved_iteration(toy: Path, checkpoint: Path, capsys) -> None:
+    out = toy / "resumed.pt"
+    out.write_bytes(checkpoint.read_bytes())
+    code, stdout, _ = run(
+        [
+            "train",
+            "--data-root",
+            str(toy),
+            "--dataset",
+            "toy",
+            "--iterations",
+            "5",
+            "--out",
+            str(out),
+            "--resume",
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0
+    assert json.loads(stdout)["iterations"] == 5
+    assert read_checkpoint(out)["training"]["iteration"] == 5
+
+
+def test_evaluate_json(toy: Path, checkpoint: Path, capsys) -> None:
+    code, stdout, _ = run(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--data-root",
+            str(toy),
+            "--dataset",
+            "toy",
+            "--way",
+            "3",
+            "--shot",
+            "1",
+            "--query",
+            "2",
+            "--episodes",
+            "5",
+            "--json",
+            "--every-step",
+        ],
+        capsys,
+    )
+    assert code == 0
+    result = json.loads(stdout)
+    assert 0 <= result["accuracy"] <= 100 and result["ci95"] >= 0 and result["episodes"] == 5
+    assert [row["step"] for row in result["per_step"]] == [0, 1]
+
+
+def test_classify_json(toy: Path, checkpoint: Path, capsys) -> None:
+    code, stdout, _ = run(
+        [
+            "classify",
+            "--checkpoint",
+            str(checkpoint),
+            "--support",
+            str(toy / "toy"),
+            str(toy / "toy" / "class01" / "0.png"),
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0
+    [row] = json.loads(stdout)
+    assert row["predicted"] in row["probabilities"] and len(row["probabilities"]) == 10
+    assert abs(sum(row["probabilities"].values()) - 1) < 1e-4
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy"])
+def test_embed_before_and_after(toy: Path, checkpoint: Path, tmp_path: Path, suffix: str, capsys) -> None:
+    out = tmp_path / f"features{suffix}"
+    code, stdout, _ = run(
+        [
+            "embed",
+            "--checkpoint",
+            str(checkpoint),
+            "--support",
+            str(toy / "toy"),
+            str(toy / "toy" / "class02"),
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["images"] == 6 and summary["stages"] == ["before", "after"]
+    if suffix == ".csv":
+        lines = out.read_text().splitlines()
+        assert len(lines) == 1 + 12 and lines[0].startswith("file,stage,f0")
+    else:
+        import numpy as np
+
+        assert np.load(out).shape == np.load(tmp_path / "features_adapted.npy").shape == (6, 64)
+
+
+def bad_inputs(toy: Path, checkpoint: Path, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    make_class_folders(tmp_path / "empty_class" / "a", {"x": 3})
+    (tmp_path / "empty_class" / "b").mkdir()
+    make_class_folders(tmp_path / "few", {"a": 2, "b": 2, "c": 2})
+    corrupt = tmp_path / "corrupt"
+    make_class_folders(corrupt, {"a": 3, "b": 3})
+    (corrupt / "b" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    ck, data = ["--checkpoint", str(checkpoint)], ["--data-root", str(toy), "--dataset", "toy"]
+    return {
+        "missing data root": (["evaluate", *ck, "--data-root", str(tmp_path / "nowhere")], "data root not found"),
+        "missing dataset": (
+            ["evaluate", *ck, "--data-root", str(toy), "--dataset", "nope"],
+            "dataset folder not found",
+        ),
+        "empty class": (["classify", *ck, "--support", str(tmp_path / "empty_class"), str(toy)], "has no images"),
+        "too few images": (
+            [
+                "evaluate",
+                *ck,
+                "--data-root",
+                str(tmp_path),
+                "--dataset",
+                "few",
+                "--way",
+                "2",
+                "--shot",
+                "1",
+                "--query",
+                "5",
+            ],
+            "at least shot\\+query",
+        ),
+        "way too large": (["evaluate", *ck, *data, "--way", "50"], "larger than the number of classes"),
+        "corrupt image": (
+            ["evaluate", *ck, "--data-root", str(tmp_path), "--dataset", "corrupt", "--way", "2", "--query", "1"],
+            "corrupt or truncated|not an image",
+        ),
+        "wrong checkpoint": (["evaluate", "--checkpoint", str(foreign), *data], "not a metacore checkpoint"),
+        "garbage checkpoint": (["evaluate", "--checkpoint", str(garbage), *data], "not a readable metacore checkpoint"),
+        "missing checkpoint": (["evaluate", "--checkpoint", str(tmp_path / "none.pt"), *data], "checkpoint not found"),
+        "bad range": (["train", *data, "--way", "many"], "--way must be"),
+        "unknown algorithm": (["train", *data, "--algo", "magic"], "unknown --algo"),
+        "bad embed output": (["embed", *ck, str(toy), "--out", str(tmp_path / "f.txt")], "must end in .csv or .npy"),
+        "missing query": (
+            ["classify", *ck, "--support", str(toy / "toy"), str(tmp_path / "nope.png")],
+            "query path not found",
+        ),
+        "negative steps": (["evaluate", *ck, *data, "--steps", "-1"], "--steps must be"),
+        "no cuda": (["evaluate", *ck, *data, "--device", "cuda"], "CUDA")
+        if not torch.cuda.is_available()
+        else (["evaluate", *ck, *data, "--device", "tpu"], "unknown device"),
+    }
+
+
+def test_every_bad_input_gives_one_clear_line_and_nonzero_exit(
+    toy: Path, checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    for case, (args, message) in bad_inputs(toy, checkpoint, tmp_path).items():
+        code, _, err = run(args, capsys)
+        assert code != 0, case
+        lines = err.split("\r")[-1].strip().splitlines()  # what a terminal shows once progress bars are cleared
+        assert len(lines) == 1 and lines[0].startswith("error: "), (case, err)
+        assert re.search(message, lines[0]), (case, lines[0])
+        assert "Traceback" not in err
+
+
+def test_real_process_prints_no_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "metacore", "evaluate", "--checkpoint", str(tmp_path / "x.pt")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: checkpoint not found: {tmp_path / 'x.pt'}"
+
+
+def test_help_for_every_command() -> None:
+    for command in ("train", "evaluate", "classify", "embed", "bench"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+
+
+def test_checkpoint_without_header_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "plain.pt"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(MetacoreError, match="not a metacore checkpoint"):
+        read_checkpoint(path)
