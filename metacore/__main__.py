@@ -71,10 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--val-episodes", type=int, default=100)
     p.add_argument(
-        "--vectorize",
+        "--batching",
         default="auto",
-        choices=["auto", "on", "off"],
-        help="one vmap call per meta-batch (auto: on GPU only)",
+        choices=["auto", "loop", "vmap", "threads"],
+        help="how a meta-batch is computed (auto: one vmap call on GPU, a task per CPU thread on CPU)",
     )
     p.add_argument("--out", default=None, help="checkpoint path (default: runs/<algo>.pt)")
     p.add_argument("--resume", action="store_true", help="continue training the checkpoint at --out")
@@ -164,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_every=args.val_every,
         val_episodes=args.val_episodes,
         device=args.device,
-        vectorize=args.vectorize,
+        batching=args.batching,
         seed=args.seed,
         out=args.out or f"runs/{args.algo}.pt",
         resume=args.resume,

@@ -100,13 +100,13 @@ def run_bench(
     learner.params = {k: v.clone().requires_grad_(True) for k, v in learner.params.items()}
     opt = torch.optim.Adam(learner.params.values(), 1e-3)
     results: dict[str, dict] = {}
-    for vectorize in (False, True):
-        name = "metacore_vmap" if vectorize else "metacore_loop"
-        say(f"timing {name} ...")
-        seconds = time_per_call(lambda v=vectorize: learner.outer_step(opt, tasks, v), repeats, device)
-        results[name] = {"seconds_per_step": seconds, "tasks_per_s": meta_batch / seconds}
-    best = max(("metacore_loop", "metacore_vmap"), key=lambda k: results[k]["tasks_per_s"])
-    results["metacore"] = dict(results[best], mode=best.split("_")[1])
+    modes = ("loop", "vmap", "threads") if device.type == "cpu" else ("loop", "vmap")
+    for mode in modes:
+        say(f"timing metacore ({mode}) ...")
+        seconds = time_per_call(lambda m=mode: learner.outer_step(opt, tasks, m), repeats, device)
+        results[f"metacore_{mode}"] = {"seconds_per_step": seconds, "tasks_per_s": meta_batch / seconds}
+    best = max(modes, key=lambda m: results[f"metacore_{m}"]["tasks_per_s"])
+    results["metacore"] = dict(results[f"metacore_{best}"], mode=best)
 
     model = nn.Sequential(Conv4(), nn.Linear(64, WAY)).to(device)
     opt_model = torch.optim.Adam(model.parameters(), 1e-3)

@@ -43,7 +43,7 @@ class TrainConfig:
     val_episodes: int = 100
     val_fraction: float = 0.1
     device: str = "auto"
-    vectorize: str = "auto"  # auto: vmap on GPU, per-task loop on CPU (faster there)
+    batching: str = "auto"  # how a meta-batch is computed: loop, vmap, threads; auto: vmap on GPU, threads on CPU
     seed: int = 0
     out: str = "runs/model.pt"
     resume: bool = False
@@ -91,7 +91,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     optimizer = torch.optim.Adam(learner.params.values(), lr=cfg.meta_lr)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
-    vectorize = device.type != "cpu" if cfg.vectorize == "auto" else cfg.vectorize == "on"
+    batching = cfg.batching if cfg.batching != "auto" else ("threads" if device.type == "cpu" else "vmap")
+    if batching not in ("loop", "vmap", "threads"):
+        raise MetacoreError(f"unknown --batching '{cfg.batching}' (choose: auto, loop, vmap, threads)")
     dtype = next(iter(learner.params.values())).dtype
 
     def save(iteration: int, seconds: float) -> None:
@@ -127,7 +129,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.meta_lr * 0.5 * (1 + math.cos(math.pi * iteration / cfg.iterations))
         tasks = [t.to(device, dtype) for t in sampler.sample_batch(cfg.meta_batch)]
-        metrics = learner.outer_step(optimizer, tasks, vectorize)
+        metrics = learner.outer_step(optimizer, tasks, batching)
         if learner.name == "metasgd":  # rates must stay non-negative to remain a descent step
             with torch.no_grad():
                 for k, v in learner.params.items():
@@ -162,7 +164,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "iterations": cfg.iterations,
         "seconds": round(seconds, 1),
         "device": str(device),
-        "vectorized": vectorize,
+        "batching": batching,
         "val_accuracy": last.get("val_accuracy"),
         "val_ci95": last.get("val_ci95"),
         "history": history,

@@ -86,3 +86,13 @@ def test_vectorised_meta_batch_equals_per_task_loop(cls: type[MAML], head: str) 
     vectorised = meta_gradient(cls(tiny_backbone(), 0.3, 2, head), tasks, vectorize=True)
     for k in looped:
         assert torch.allclose(looped[k], vectorised[k], rtol=0, atol=1e-10), k
+
+
+def test_threaded_meta_batch_equals_per_task_loop() -> None:
+    tasks = [random_task(seed=s) for s in range(4)]
+    looped = meta_gradient(MAML(tiny_backbone(), 0.3, 2, "proto"), tasks, vectorize=False)
+    learner = MAML(tiny_backbone(), 0.3, 2, "proto")
+    learner.params = {k: v.detach().clone().requires_grad_(True) for k, v in learner.params.items()}
+    _, _, threaded = learner.threaded_meta_gradient(tasks, workers=2)
+    for k in looped:
+        assert torch.allclose(looped[k], threaded[k], rtol=0, atol=1e-10), k

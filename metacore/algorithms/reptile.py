@@ -17,7 +17,7 @@ class Reptile(MAML):
     name = "reptile"
     first_order = True
 
-    def outer_step(self, optimizer: torch.optim.Optimizer, tasks: list[Task], vectorize: bool = False) -> dict:
+    def outer_step(self, optimizer: torch.optim.Optimizer, tasks: list[Task], mode: str = "loop") -> dict:
         optimizer.zero_grad(set_to_none=True)
         init = {k: v.detach() for k, v in self.params.items()}
         shift = {k: torch.zeros_like(v) for k, v in init.items()}
