@@ -96,3 +96,13 @@ def run_to_end(snapshots: Iterator[Snapshot]) -> Snapshot:
     """Consume an inner loop and return its last snapshot."""
     *_, last = snapshots
     return last
+
+
+def layer_shift(start: Params, now: Params) -> dict[str, float]:
+    """L2 distance moved by each layer's parameters (grouped by name prefix, e.g. `blocks.0`, `head`)."""
+    moved: dict[str, float] = {}
+    for k, v in now.items():
+        if k in start:
+            layer = k.rsplit(".", 2)[0] if k.startswith("blocks.") else k.split(".")[0]
+            moved[layer] = moved.get(layer, 0.0) + float(((v.detach() - start[k].detach()) ** 2).sum())
+    return {layer: total**0.5 for layer, total in moved.items()}

@@ -1,0 +1,15 @@
+"""The few-shot learning lab: build a task, watch MAML adapt, look at the features."""
+
+import streamlit as st
+
+st.set_page_config(page_title="Few-shot lab", page_icon="🧪", layout="wide")
+
+pages = [
+    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+    st.Page("pages/build.py", title="Build a task", icon="🧩"),
+    st.Page("pages/adapt.py", title="Adapt step by step", icon="📉"),
+    st.Page("pages/features.py", title="Features", icon="🗺️"),
+    st.Page("pages/classify.py", title="Classify", icon="🔎"),
+    st.Page("pages/learn.py", title="Learn", icon="📚"),
+]
+st.navigation(pages).run()

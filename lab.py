@@ -1,0 +1,257 @@
+"""State and helpers shared by the lab's pages: the cached model, the session's task and runs.
+
+All learning happens in `metacore`; this module only keeps what a browser session has built.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image
+
+from metacore.algorithms import MAML, ProtoNet
+from metacore.checkpoint import load_checkpoint
+from metacore.device import resolve_device
+from metacore.errors import MetacoreError
+from metacore.images import InputSpec, open_image, preprocess, to_standard_mode
+from metacore.inner import layer_shift
+from metacore.models import Backbone
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_MODEL = ROOT / "models" / "omniglot_conv4.pt"
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+INITS = {
+    "maml": "Shipped MAML init",
+    "random": "Random init (no meta-learning)",
+    "protonet": "ProtoNet (shipped features, no steps)",
+}
+
+
+def data_root() -> Path:
+    """METACORE_DATA_ROOT, else ../shared/data beside the project, else ./data."""
+    env = os.environ.get("METACORE_DATA_ROOT")
+    if env:
+        return Path(env)
+    shared = ROOT.parent / "shared" / "data"
+    return shared if shared.is_dir() else ROOT / "data"
+
+
+# -- the shared, never-mutated models ----------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading the meta-trained model ...")
+def shared_model(path: str = str(DEFAULT_MODEL)) -> tuple[MAML, dict]:
+    device = resolve_device("auto")
+    learner, meta = load_checkpoint(path, device)
+    return learner, meta
+
+
+@st.cache_resource
+def random_init_model(path: str = str(DEFAULT_MODEL)) -> MAML:
+    shipped, _ = shared_model(path)
+    torch.manual_seed(0)
+    backbone = Backbone(shipped.backbone.name, input_spec=shipped.backbone.input_spec, **shipped.backbone.kwargs)
+    return MAML(backbone.to(shipped.backbone.device), shipped.inner_lr, shipped.inner_steps, shipped.head)
+
+
+def learner_for(init: str) -> MAML:
+    shipped, _ = shared_model()
+    if init == "random":
+        return random_init_model()
+    if init == "protonet":
+        return ProtoNet(shipped.backbone)
+    return shipped
+
+
+# -- the session's task ------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """One image a user added: its (EXIF-upright, L/RGB, at most 256 px) picture and a name."""
+
+    name: str
+    image: Image.Image
+
+    def thumbnail(self, size: int = 72) -> Image.Image:
+        thumb = self.image.copy()
+        thumb.thumbnail((size, size))
+        return thumb
+
+
+_class_ids = itertools.count()
+
+
+@dataclass
+class TaskClass:
+    name: str
+    support: list[Item] = field(default_factory=list)
+    query: list[Item] = field(default_factory=list)
+    uid: int = field(default_factory=lambda: next(_class_ids))  # stable widget keys across edits
+
+
+def make_item(name: str, data: bytes | Image.Image) -> Item:
+    """Validate and normalise an upload; raises MetacoreError with a message for the user."""
+    if isinstance(data, bytes) and len(data) > MAX_UPLOAD_BYTES:
+        raise MetacoreError(f"{name}: file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+    image = open_image(data, name) if isinstance(data, bytes) else data
+    image = to_standard_mode(image)
+    image.thumbnail((256, 256))
+    return Item(name, image)
+
+
+def session_classes() -> list[TaskClass]:
+    if "classes" not in st.session_state:
+        st.session_state.classes = [TaskClass("class 1"), TaskClass("class 2")]
+    return st.session_state.classes
+
+
+def add_uploads(target: list[Item], files: list[tuple[str, bytes]]) -> list[str]:
+    """Add every valid file to `target`; return one message per file that was refused."""
+    problems = []
+    for name, data in files:
+        try:
+            target.append(make_item(name, data))
+        except MetacoreError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def load_example(task: dict[str, dict[str, list[Image.Image]]], label: str) -> None:
+    st.session_state.classes = [
+        TaskClass(
+            name,
+            [make_item(f"{name} support {i + 1}", im) for i, im in enumerate(parts["support"])],
+            [make_item(f"{name} query {i + 1}", im) for i, im in enumerate(parts["query"])],
+        )
+        for name, parts in task.items()
+    ]
+    st.session_state.example = label
+    reset_runs()
+
+
+def task_problems(classes: list[TaskClass]) -> list[str]:
+    problems = []
+    if len(classes) < 2:
+        problems.append("A task needs at least 2 classes.")
+    names = [c.name.strip() for c in classes]
+    if any(not n for n in names):
+        problems.append("Every class needs a name.")
+    if len(set(names)) < len(names):
+        problems.append("Class names must be different.")
+    for c in classes:
+        if not c.support:
+            problems.append(f"Class '{c.name}' has no images: add at least one support image.")
+    return problems
+
+
+@dataclass
+class TaskTensors:
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor | None
+    query_y: torch.Tensor | None
+    names: list[str]
+    support_items: list[Item]
+    query_items: list[Item]
+
+
+def task_tensors(classes: list[TaskClass], spec: InputSpec, device: torch.device) -> TaskTensors:
+    support, s_labels, query, q_labels, s_items, q_items = [], [], [], [], [], []
+    for label, c in enumerate(classes):
+        for item in c.support:
+            support.append(preprocess(item.image, spec))
+            s_labels.append(label)
+            s_items.append(item)
+        for item in c.query:
+            query.append(preprocess(item.image, spec))
+            q_labels.append(label)
+            q_items.append(item)
+    return TaskTensors(
+        torch.stack(support).to(device),
+        torch.tensor(s_labels, device=device),
+        torch.stack(query).to(device) if query else None,
+        torch.tensor(q_labels, device=device) if query else None,
+        [c.name for c in classes],
+        s_items,
+        q_items,
+    )
+
+
+# -- adaptation runs -----------------------------------------------------------------------------
+
+
+def reset_runs() -> None:
+    st.session_state.runs = {}
+
+
+def session_runs() -> dict[str, list[dict]]:
+    if "runs" not in st.session_state:
+        reset_runs()
+    return st.session_state.runs
+
+
+@torch.no_grad()  # applied around each step of the generator, not across its pauses
+def adaptation_records(learner: MAML, tensors: TaskTensors, steps: int, lr: float):
+    """Yield one plain record per inner step (floats, numpy, detached parameters) for charts and replay."""
+    start = None
+    snapshots = learner.adapt(
+        tensors.support_x,
+        tensors.support_y,
+        tensors.query_x,
+        tensors.query_y,
+        steps=steps,
+        lr=lr,
+        way=len(tensors.names),
+    )
+    for snap in snapshots:
+        params = {k: v.detach() for k, v in snap.params.items()}
+        start = start or params
+        yield {
+            "step": snap.step,
+            "support_loss": float(snap.support_loss),
+            "support_acc": float(snap.support_acc),
+            "query_loss": None if snap.query_loss is None else float(snap.query_loss),
+            "query_acc": None if snap.query_acc is None else float(snap.query_acc),
+            "query_probs": None if snap.query_logits is None else snap.query_logits.softmax(-1).cpu().numpy(),
+            "shift": layer_shift(start, params),
+            "params": params,
+        }
+
+
+def image_to_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def sidebar() -> None:
+    """Device and model card, on every page."""
+    with st.sidebar:
+        try:
+            learner, meta = shared_model()
+        except MetacoreError as exc:
+            st.error(f"Model could not be loaded: {exc}")
+            return
+        st.caption(f"Device: **{learner.backbone.device}**")
+        card = meta.get("card", {})
+        st.caption(f"Model: **{DEFAULT_MODEL.name}** ({learner.name}, {learner.head} head)")
+        if card.get("accuracy"):
+            st.caption(
+                "Omniglot evaluation accuracy: "
+                + ", ".join(f"{k} {v['accuracy']:.1f}%" for k, v in card["accuracy"].items())
+            )
+        st.caption(f"Default inner lr {learner.inner_lr}, {learner.inner_steps} steps")
+        with st.expander("Model card"):
+            st.json({k: v for k, v in meta.items() if k not in ("training",)}, expanded=False)
+
+
+def probs_table(probs: np.ndarray, names: list[str]) -> dict[str, float]:
+    return {n: float(p) for n, p in zip(names, probs)}

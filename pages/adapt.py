@@ -1,0 +1,192 @@
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+import lab
+
+MAX_STEPS = 200
+
+lab.sidebar()
+st.title("📉 Adapt step by step")
+
+classes = lab.session_classes()
+problems = lab.task_problems(classes)
+if problems:
+    for problem in problems:
+        st.warning(problem)
+    st.page_link("pages/build.py", label="Build a task first", icon="🧩")
+    st.stop()
+
+shipped, _ = lab.shared_model()
+controls = st.columns([3, 2, 2])
+init = controls[0].selectbox("Starting point", list(lab.INITS), format_func=lab.INITS.get, key="init")
+lr = controls[1].number_input("Inner learning rate", 0.0, 10.0, float(shipped.inner_lr), 0.05, format="%.3f", key="lr")
+run_steps = controls[2].slider("Steps per Run", 1, 50, max(shipped.inner_steps, 10), key="run_steps")
+learner = lab.learner_for(init)
+tensors = lab.task_tensors(classes, shipped.backbone.input_spec, shipped.backbone.device)
+has_query = tensors.query_x is not None
+
+runs = lab.session_runs()
+run = runs.get(init)
+if run is None or run["lr"] != lr:
+    run = runs[init] = {"lr": lr, "records": [], "gen": lab.adaptation_records(learner, tensors, MAX_STEPS, lr)}
+records: list[dict] = run["records"]
+
+
+def advance(count: int) -> None:
+    for _ in range(count):
+        record = next(run["gen"], None)
+        if record is None:
+            break
+        records.append(record)
+
+
+def curves_figure(records: list[dict]) -> go.Figure:
+    rows = []
+    for r in records:
+        rows.append({"step": r["step"], "value": r["support_loss"], "metric": "loss", "set": "support"})
+        rows.append({"step": r["step"], "value": 100 * r["support_acc"], "metric": "accuracy %", "set": "support"})
+        if r["query_loss"] is not None:
+            rows.append({"step": r["step"], "value": r["query_loss"], "metric": "loss", "set": "query"})
+            rows.append({"step": r["step"], "value": 100 * r["query_acc"], "metric": "accuracy %", "set": "query"})
+    fig = px.line(pd.DataFrame(rows), x="step", y="value", color="set", facet_col="metric", markers=True)
+    fig.update_yaxes(matches=None, showticklabels=True)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    fig.update_layout(height=320, margin={"t": 30, "b": 10}, legend_title_text="")
+    return fig
+
+
+buttons = st.columns([1, 1, 1, 4])
+step_clicked = buttons[0].button("Step", icon="👣", help="one inner gradient step", type="primary")
+run_clicked = buttons[1].button(f"Run {run_steps}", icon="▶️")
+if buttons[2].button("Reset", icon="↩️"):
+    runs.pop(init, None)
+    st.rerun()
+
+chart = st.empty()
+if step_clicked:
+    advance(2 if not records else 1)  # the first click also records step 0 (before adapting)
+if run_clicked:
+    progress = st.progress(0.0, text="adapting ...")
+    target = len(records) + run_steps + (0 if records else 1)
+    while len(records) < target:
+        before = len(records)
+        advance(1)
+        if len(records) == before:
+            break
+        chart.plotly_chart(curves_figure(records), key=f"live_{len(records)}")
+        progress.progress(min(1.0, len(records) / target), text=f"step {records[-1]['step']}")
+    progress.empty()
+
+if init == "protonet":
+    st.info("ProtoNet does not take gradient steps: it classifies by distance to each class's mean feature.")
+if not records:
+    st.info("Press **Step** to take the first inner gradient step, or **Run** for several.")
+    st.stop()
+
+chart.plotly_chart(curves_figure(records), key="curves")
+last = records[-1]
+summary = (
+    f"Step {last['step']}: support loss {last['support_loss']:.3f}, support accuracy {100 * last['support_acc']:.0f}%"
+)
+if has_query:
+    summary += f", query accuracy **{100 * last['query_acc']:.1f}%**"
+st.markdown(summary)
+
+shown = st.slider("Look at step", 0, len(records) - 1, len(records) - 1, key="scrub") if len(records) > 1 else 0
+st.session_state.chosen_step = {"init": init, "step": shown}
+record = records[shown]
+left, right = st.columns(2)
+with left:
+    st.subheader("Query predictions")
+    if has_query:
+        labels = [
+            f"{tensors.names[int(y)]} · {item.name[-8:]}" for y, item in zip(tensors.query_y, tensors.query_items)
+        ]
+        heat = px.imshow(
+            record["query_probs"],
+            x=tensors.names,
+            y=labels,
+            zmin=0,
+            zmax=1,
+            aspect="auto",
+            color_continuous_scale="Blues",
+            labels={"color": "p"},
+        )
+        heat.update_layout(height=max(250, 18 * len(labels)), margin={"t": 10, "b": 10})
+        st.plotly_chart(heat, key="heat")
+        true_p = [r["query_probs"][np.arange(len(tensors.query_y)), tensors.query_y.cpu().numpy()] for r in records]
+        per_class = (
+            pd.DataFrame(
+                [
+                    {"step": r["step"], "class": tensors.names[int(y)], "p(true class)": p}
+                    for r, ps in zip(records, true_p)
+                    for y, p in zip(tensors.query_y, ps)
+                ]
+            )
+            .groupby(["step", "class"], as_index=False)
+            .mean()
+        )
+        st.plotly_chart(
+            px.line(per_class, x="step", y="p(true class)", color="class", markers=True, height=260), key="truep"
+        )
+    else:
+        st.caption("Add query images on the Build page to see predictions on held-out images.")
+with right:
+    st.subheader("How far each layer moved")
+    shift = pd.DataFrame(
+        [{"step": r["step"], "layer": k, "distance": v} for r in records for k, v in r["shift"].items()]
+    )
+    if len(shift):
+        st.plotly_chart(
+            px.line(
+                shift,
+                x="step",
+                y="distance",
+                color="layer",
+                markers=True,
+                height=300,
+                labels={"distance": "‖θ_step − θ_0‖"},
+            ),
+            key="shift",
+        )
+    st.caption(
+        "L2 distance of each layer's weights from where adaptation started. In MAML the head moves most: "
+        "a good initialisation needs only small changes to the body."
+    )
+
+st.divider()
+st.subheader("Side by side: meta-learned init vs random init vs ProtoNet")
+if st.button(f"Compare ({run_steps} steps each)", icon="⚖️"):
+    comparison = {}
+    with st.status("Adapting from each starting point ...") as status:
+        for key, title in lab.INITS.items():
+            status.update(label=f"{title} ...")
+            comparison[key] = list(lab.adaptation_records(lab.learner_for(key), tensors, run_steps, lr))
+        status.update(label="Done", state="complete")
+    st.session_state.comparison = comparison
+comparison = st.session_state.get("comparison")
+if comparison:
+    metric = "query_acc" if has_query else "support_loss"
+    rows = []
+    for key, recs in comparison.items():
+        steps_seen = [r["step"] for r in recs] if key != "protonet" else list(range(run_steps + 1))
+        values = [r[metric] for r in recs] if key != "protonet" else [recs[0][metric]] * (run_steps + 1)
+        for s, v in zip(steps_seen, values):
+            rows.append({"step": s, "start": lab.INITS[key], metric: 100 * v if metric.endswith("acc") else v})
+    fig = px.line(
+        pd.DataFrame(rows),
+        x="step",
+        y=metric,
+        color="start",
+        markers=True,
+        height=340,
+        labels={"query_acc": "query accuracy %", "support_loss": "support loss"},
+    )
+    st.plotly_chart(fig, key="compare")
+    st.caption(
+        "Meta-learning's point: from the MAML initialisation a few steps on a few images go a long way; "
+        "from a random initialisation the same steps barely help."
+    )

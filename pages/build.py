@@ -1,0 +1,116 @@
+import streamlit as st
+
+import lab
+from metacore.errors import MetacoreError
+from metacore.examples import digits_task, download_omniglot, omniglot_available, omniglot_task
+
+lab.sidebar()
+st.title("🧩 Build a task")
+st.write(
+    "A task is 2 to 20 classes, each with a few **support** images the model adapts to, and optionally "
+    "**query** images held out to measure accuracy."
+)
+
+classes = lab.session_classes()
+messages: dict = st.session_state.setdefault("upload_messages", {})
+
+with st.expander("Start from an example", expanded=not any(c.support for c in classes)):
+    cols = st.columns(3)
+    way = cols[0].slider("Classes (N)", 2, 20, 5, key="ex_way")
+    shot = cols[1].slider("Support images per class (K)", 1, 10, 1, key="ex_shot")
+    query = cols[2].slider("Query images per class", 0, 10, 5, key="ex_query")
+    left, right = st.columns(2)
+    if left.button(
+        "Handwritten digits (built in)",
+        icon="✍️",
+        disabled=way > 10,
+        help="scikit-learn's bundled 8x8 digits: 10 classes, no download",
+    ):
+        lab.load_example(
+            digits_task(way, shot, query, seed=st.session_state.get("ex_seed", 0)), f"digits {way}-way {shot}-shot"
+        )
+        st.session_state.ex_seed = st.session_state.get("ex_seed", 0) + 1
+        st.rerun()
+    root = lab.data_root()
+    if omniglot_available(root):
+        if right.button("Omniglot characters (evaluation alphabets)", icon="🔣"):
+            seed = st.session_state.get("ex_seed", 0)
+            try:
+                lab.load_example(omniglot_task(root, way, shot, query, seed), f"Omniglot {way}-way {shot}-shot")
+            except MetacoreError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state.ex_seed = seed + 1
+                st.rerun()
+    else:
+        right.caption(f"Omniglot not found under `{root}` (set METACORE_DATA_ROOT).")
+        if right.button("Download Omniglot with torchvision", icon="⬇️"):
+            with st.status("Downloading Omniglot ...") as status:
+                try:
+                    download_omniglot(root)
+                    status.update(label="Omniglot downloaded", state="complete")
+                except MetacoreError as exc:
+                    status.update(label="Download failed", state="error")
+                    st.error(str(exc))
+
+top = st.columns([1, 1, 4])
+if top[0].button("Add a class", icon="➕", disabled=len(classes) >= 20):
+    classes.append(lab.TaskClass(f"class {len(classes) + 1}"))
+    lab.reset_runs()
+    st.rerun()
+if top[1].button("Clear all", icon="🗑️"):
+    st.session_state.classes = [lab.TaskClass("class 1"), lab.TaskClass("class 2")]
+    st.session_state.pop("example", None)
+    lab.reset_runs()
+    st.rerun()
+
+for index, cls in enumerate(list(classes)):
+    with st.container(border=True):
+        head = st.columns([4, 1])
+        new_name = head[0].text_input("Class name", cls.name, key=f"name_{cls.uid}", max_chars=40)
+        if new_name != cls.name:
+            cls.name = new_name
+        if head[1].button("Remove class", key=f"remove_{cls.uid}", disabled=len(classes) <= 2):
+            classes.pop(index)
+            lab.reset_runs()
+            st.rerun()
+        for part in ("support", "query"):
+            items = getattr(cls, part)
+            counter = f"upload_{part}_{cls.uid}"
+            st.session_state.setdefault(counter, 0)
+            cols = st.columns([3, 2])
+            files = cols[0].file_uploader(
+                f"{part.capitalize()} images" + (" (held out, optional)" if part == "query" else ""),
+                accept_multiple_files=True,
+                key=f"{counter}_{st.session_state[counter]}",
+            )
+            photo = None
+            if cols[1].toggle("Camera", key=f"cam_on_{part}_{cls.uid}"):
+                photo = cols[1].camera_input("Take a photo", key=f"cam_{part}_{cls.uid}")
+            new = [(f.name, f.getvalue()) for f in files or []]
+            if photo is not None and st.session_state.get(f"cam_last_{part}_{cls.uid}") != photo.file_id:
+                st.session_state[f"cam_last_{part}_{cls.uid}"] = photo.file_id
+                new.append((f"photo {len(items) + 1}", photo.getvalue()))
+            if new:
+                messages[(cls.uid, part)] = lab.add_uploads(items, new)
+                st.session_state[counter] += 1  # a fresh, empty uploader: files are added once
+                lab.reset_runs()
+                st.rerun()
+            for problem in messages.get((cls.uid, part), []):
+                st.error(problem, icon="🚫")
+            if items:
+                grid = st.columns(10)
+                for i, item in enumerate(list(items)):
+                    with grid[i % 10]:
+                        st.image(item.thumbnail(), caption=item.name[:14], width=64)
+                        if st.button("✕", key=f"del_{part}_{cls.uid}_{i}", help=f"remove {item.name}"):
+                            items.pop(i)
+                            lab.reset_runs()
+                            st.rerun()
+
+problems = lab.task_problems(classes)
+for problem in problems:
+    st.warning(problem)
+if not problems:
+    st.success(f"Ready: {len(classes)}-way task with {sum(len(c.support) for c in classes)} support images.")
+    st.page_link("pages/adapt.py", label="Adapt to it", icon="📉")

@@ -1,0 +1,66 @@
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+import torch
+
+import lab
+from metacore.features import predict_proba
+from metacore.images import preprocess
+
+lab.sidebar()
+st.title("🔎 Classify new images")
+
+classes = lab.session_classes()
+problems = lab.task_problems(classes)
+if problems:
+    for problem in problems:
+        st.warning(problem)
+    st.page_link("pages/build.py", label="Build a task first", icon="🧩")
+    st.stop()
+
+shipped, _ = lab.shared_model()
+tensors = lab.task_tensors(classes, shipped.backbone.input_spec, shipped.backbone.device)
+runs = lab.session_runs()
+chosen = st.session_state.get("chosen_step", {})
+init = chosen.get("init") if chosen.get("init") in runs and runs[chosen["init"]]["records"] else None
+if init:
+    records = runs[init]["records"]
+    record = records[min(chosen.get("step", len(records) - 1), len(records) - 1)]
+    learner, params = lab.learner_for(init), record["params"]
+    st.caption(f"Using {lab.INITS[init]} adapted for {record['step']} steps (chosen on the Adapt page).")
+else:
+    learner = shipped
+    params = list(lab.adaptation_records(shipped, tensors, shipped.inner_steps, shipped.inner_lr))[-1]["params"]
+    st.caption(f"Using the shipped model adapted for its default {shipped.inner_steps} steps.")
+
+counter = st.session_state.setdefault("classify_upload", 0)
+left, right = st.columns(2)
+files = left.file_uploader("Images to classify", accept_multiple_files=True, key=f"classify_{counter}")
+photo = right.camera_input("…or take a photo", key="classify_cam") if right.toggle("Camera") else None
+new = [(f.name, f.getvalue()) for f in files or []] + ([("photo", photo.getvalue())] if photo is not None else [])
+pending: list = st.session_state.setdefault("to_classify", [])
+if new:
+    st.session_state.classify_problems = lab.add_uploads(pending, new)
+    st.session_state.classify_upload += 1
+    st.rerun()
+for problem in st.session_state.get("classify_problems", []):
+    st.error(problem, icon="🚫")
+if pending and st.button("Clear", icon="🗑️"):
+    pending.clear()
+    st.rerun()
+if not pending:
+    st.info("Upload or photograph images: each gets the adapted model's prediction.")
+    st.stop()
+
+batch = torch.stack([preprocess(item.image, shipped.backbone.input_spec) for item in pending])
+probs = predict_proba(learner, params, batch).numpy()
+for item, p in zip(pending, probs):
+    with st.container(border=True):
+        a, b = st.columns([1, 4])
+        a.image(item.thumbnail(128), caption=item.name)
+        best = int(p.argmax())
+        b.markdown(f"**{tensors.names[best]}** — {100 * p[best]:.1f}% confident")
+        frame = pd.DataFrame({"class": tensors.names, "probability": p})
+        fig = px.bar(frame, x="probability", y="class", orientation="h", range_x=[0, 1], height=60 + 22 * len(p))
+        fig.update_layout(margin={"t": 5, "b": 5})
+        b.plotly_chart(fig, key=f"bars_{id(item)}")

@@ -1,0 +1,182 @@
+import base64
+import io
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+import torch
+
+import lab
+from metacore.errors import MetacoreError
+from metacore.features import embed
+from metacore.projection import project, separation_scores, valid_perplexity
+
+lab.sidebar()
+st.title("🗺️ What the features learned")
+
+classes = lab.session_classes()
+problems = lab.task_problems(classes)
+if problems:
+    for problem in problems:
+        st.warning(problem)
+    st.page_link("pages/build.py", label="Build a task first", icon="🧩")
+    st.stop()
+
+shipped, _ = lab.shared_model()
+tensors = lab.task_tensors(classes, shipped.backbone.input_spec, shipped.backbone.device)
+runs = lab.session_runs()
+chosen = st.session_state.get("chosen_step", {})
+init = chosen.get("init", "maml") if chosen.get("init") in runs else "maml"
+learner = lab.learner_for(init)
+records = runs.get(init, {}).get("records") or []
+if records and init != "protonet":
+    step = min(chosen.get("step", len(records) - 1), len(records) - 1)
+    adapted = records[step]["params"]
+    source = f"{lab.INITS[init]}, step {records[step]['step']} (from the Adapt page)"
+else:
+    steps = shipped.inner_steps
+    adapted = list(lab.adaptation_records(shipped, tensors, steps, shipped.inner_lr))[-1]["params"]
+    source = f"{lab.INITS['maml']}, {steps} steps (the model's default; pick another step on the Adapt page)"
+    learner = shipped
+st.caption(f"After adaptation = {source}.")
+
+images = [tensors.support_x] + ([tensors.query_x] if tensors.query_x is not None else [])
+all_x = torch.cat(images)
+labels = torch.cat([tensors.support_y] + ([tensors.query_y] if tensors.query_y is not None else [])).cpu().numpy()
+items = tensors.support_items + tensors.query_items
+sets = ["support"] * len(tensors.support_items) + ["query"] * len(tensors.query_items)
+before = embed(learner, all_x).numpy()
+after = embed(learner, all_x, adapted).numpy()
+
+controls = st.columns([2, 3, 2])
+method = controls[0].radio("Map", ["t-SNE", "PCA"], horizontal=True, key="proj")
+n = len(all_x)
+if n < 3:
+    st.warning("A map needs at least 3 images in the task.")
+    st.stop()
+max_perplexity = valid_perplexity(n, 50)
+perplexity = controls[1].slider(
+    "t-SNE perplexity",
+    1.0,
+    max(1.01, max_perplexity),
+    min(30.0, max_perplexity),
+    disabled=method == "PCA",
+    help=f"kept below (n−1)/3 = {max_perplexity:.1f} for {n} images",
+)
+thumbs = controls[2].toggle("Draw the images", value=n <= 60, key="thumbs")
+
+
+@st.cache_data(show_spinner="Computing the map ...", max_entries=32)
+def cached_projection(features: np.ndarray, method: str, perplexity: float) -> np.ndarray:
+    return project(features, "pca" if method == "PCA" else "tsne", perplexity)
+
+
+def png_uri(item: lab.Item) -> str:
+    buffer = io.BytesIO()
+    item.thumbnail(48).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def scatter(coords: np.ndarray, title: str):
+    frame = pd.DataFrame(
+        {
+            "x": coords[:, 0],
+            "y": coords[:, 1],
+            "class": [tensors.names[i] for i in labels],
+            "set": sets,
+            "image": [i.name for i in items],
+        }
+    )
+    fig = px.scatter(
+        frame,
+        x="x",
+        y="y",
+        color="class",
+        symbol="set",
+        hover_name="image",
+        title=title,
+        symbol_map={"support": "circle", "query": "x"},
+        height=480,
+    )
+    if thumbs:
+        span = max(np.ptp(coords[:, 0]), np.ptp(coords[:, 1]), 1e-6)
+        for (x, y), item in zip(coords, items):
+            fig.add_layout_image(
+                source=png_uri(item),
+                x=x,
+                y=y,
+                xref="x",
+                yref="y",
+                sizex=span / 12,
+                sizey=span / 12,
+                xanchor="center",
+                yanchor="middle",
+                opacity=0.8,
+                layer="below",
+            )
+    fig.update_layout(margin={"t": 40, "b": 10}, legend_title_text="")
+    fig.update_xaxes(showticklabels=False, title="")
+    fig.update_yaxes(showticklabels=False, title="")
+    return fig
+
+
+try:
+    coords_before = cached_projection(before, method, perplexity)
+    coords_after = cached_projection(after, method, perplexity)
+except MetacoreError as exc:
+    st.error(str(exc))
+    st.stop()
+
+left, right = st.columns(2)
+for column, coords, feats, title, key in (
+    (left, coords_before, before, "Before adaptation", "before"),
+    (right, coords_after, after, "After adaptation", "after"),
+):
+    with column:
+        st.plotly_chart(scatter(coords, title), key=f"map_{key}")
+        scores = separation_scores(feats, labels)
+        a, b = st.columns(2)
+        a.metric(
+            "Silhouette",
+            "–" if scores["silhouette"] is None else f"{scores['silhouette']:.3f}",
+            help="how tightly each class clusters, −1 to 1 (in feature space, not the 2-D map)",
+        )
+        b.metric(
+            "Nearest-class-mean accuracy",
+            f"{100 * scores['nearest_mean_accuracy']:.0f}%",
+            help="each image, left out, assigned to the closest class mean of the others",
+        )
+
+rows = [
+    {
+        "image": it.name,
+        "class": tensors.names[int(y)],
+        "set": s,
+        "stage": stage,
+        **{f"f{i}": v for i, v in enumerate(f)},
+    }
+    for stage, feats in (("before", before), ("after", after))
+    for it, y, s, f in zip(items, labels, sets, feats)
+]
+d1, d2 = st.columns(2)
+d1.download_button(
+    "Download features (CSV)", pd.DataFrame(rows).to_csv(index=False), "features.csv", "text/csv", icon="⬇️"
+)
+buffer = io.BytesIO()
+torch.save(
+    {
+        "format": "metacore-adapted",
+        "classes": tensors.names,
+        "backbone": shipped.backbone.name,
+        "params": {k: v.cpu() for k, v in adapted.items()},
+    },
+    buffer,
+)
+d2.download_button(
+    "Download the adapted model (.pt)",
+    buffer.getvalue(),
+    "adapted_model.pt",
+    icon="⬇️",
+    help="parameters after adaptation, including the task head; torch.load(..., weights_only=True)",
+)

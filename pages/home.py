@@ -1,0 +1,47 @@
+import streamlit as st
+
+import lab
+from metacore.errors import MetacoreError
+from metacore.examples import digits_task
+
+lab.sidebar()
+st.title("🧪 Few-shot learning lab")
+st.markdown(
+    "Give a **meta-trained** network a handful of images per class and watch it **adapt step by step** "
+    "with MAML. Then see what its features learned, and classify new images."
+)
+
+try:
+    learner, meta = lab.shared_model()
+except MetacoreError as exc:
+    st.error(f"The shipped model could not be loaded: {exc}")
+    st.stop()
+
+if "classes" not in st.session_state or not any(c.support for c in st.session_state.classes):
+    lab.load_example(digits_task(way=5, shot=1, query=5, seed=0), "digits 5-way 1-shot")
+
+classes = lab.session_classes()
+left, right = st.columns([3, 2])
+with left:
+    st.subheader("1 · Your task")
+    label = st.session_state.get("example")
+    st.write(
+        f"**{len(classes)} classes**, {sum(len(c.support) for c in classes)} support and "
+        f"{sum(len(c.query) for c in classes)} query images" + (f" (example: {label})." if label else ".")
+    )
+    for c in classes:
+        cols = st.columns([2, 8])
+        cols[0].markdown(f"**{c.name}**")
+        cols[1].image([i.thumbnail(48) for i in c.support + c.query][:12], width=40)
+    st.page_link("pages/build.py", label="Change the task: upload, photograph or pick an example", icon="🧩")
+with right:
+    st.subheader("2 · Adapt")
+    st.write(
+        f"The shipped model ({learner.name}, {learner.head} head) adapts with inner lr {learner.inner_lr} "
+        f"for {learner.inner_steps} steps by default."
+    )
+    st.page_link("pages/adapt.py", label="Watch it adapt", icon="📉")
+    st.subheader("3 · Look")
+    st.page_link("pages/features.py", label="t-SNE of the features, before and after", icon="🗺️")
+    st.page_link("pages/classify.py", label="Classify new images", icon="🔎")
+    st.page_link("pages/learn.py", label="What is MAML?", icon="📚")

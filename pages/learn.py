@@ -1,0 +1,50 @@
+import streamlit as st
+
+import lab
+
+lab.sidebar()
+st.title("📚 How MAML learns to learn")
+
+st.markdown(
+    "**Few-shot learning**: classify among *N* new classes from *K* examples each (an *N-way K-shot task*). "
+    "**Meta-learning** trains on many such tasks so that learning the next one is fast. MAML (Finn et al. 2017) "
+    "does it by learning an *initialisation* θ from which a few gradient steps fit any task."
+)
+st.subheader("The inner loop: adapting to one task")
+st.latex(r"\theta'_i \;=\; \theta - \alpha \,\nabla_\theta \mathcal{L}^{\text{support}}_{\mathcal{T}_i}(\theta)")
+st.markdown(
+    "This is what **Step** on the *Adapt* page does, with α the *inner learning rate*. Repeating it gives the "
+    "curve of support and query loss you see there. The head starts at zero (or at the class prototypes), "
+    "so the same model serves any number of classes."
+)
+st.subheader("The outer loop: learning the initialisation")
+st.latex(
+    r"\min_\theta \; \sum_{\mathcal{T}_i \sim p(\mathcal{T})} \mathcal{L}^{\text{query}}_{\mathcal{T}_i}"
+    r"\big(\theta - \alpha \nabla_\theta \mathcal{L}^{\text{support}}_{\mathcal{T}_i}(\theta)\big)"
+)
+st.latex(
+    r"\theta \;\leftarrow\; \theta - \beta \,\nabla_\theta \sum_i \mathcal{L}^{\text{query}}_{\mathcal{T}_i}(\theta'_i)"
+)
+st.markdown(
+    "The outer loop runs once, offline, when the shipped model is meta-trained (`python -m metacore train`). "
+    "It judges θ by how well the *adapted* weights do on held-out query images, which is why a few steps "
+    "from θ work so well. Compare with **Random init** on the *Adapt* page: the same steps barely help."
+)
+st.subheader("First- vs second-order")
+st.latex(
+    r"\nabla_\theta \mathcal{L}(\theta'_i) \;=\; \big(I - \alpha \nabla^2_\theta "
+    r"\mathcal{L}^{\text{support}}(\theta)\big)\, \nabla_{\theta'} \mathcal{L}^{\text{query}}(\theta'_i)"
+)
+st.markdown(
+    "The exact meta-gradient contains a Hessian term: it differentiates *through* the inner step. "
+    "**First-order MAML** drops it (treats the bracket as *I*), which is cheaper; **Reptile** moves θ toward "
+    "the adapted weights; **ANIL** adapts only the head; **Meta-SGD** also learns α per weight; **ProtoNet** "
+    "skips gradient steps and classifies by distance to class means. `metacore` computes the exact term "
+    "(checked against finite differences in its tests)."
+)
+st.subheader("Where to see it")
+st.markdown(
+    "- *Adapt*: each **Step** is one inner update; the layer-distance chart shows the body barely moves.\n"
+    "- *Features*: before vs after adaptation in t-SNE — meta-learned features already separate new classes.\n"
+    "- *Classify*: the adapted model on images it has never seen."
+)
