@@ -6,8 +6,8 @@ import threading
 
 import pytest
 import torch
-from conftest import random_task, tiny_backbone
 
+from conftest import random_task, tiny_backbone
 from metacore.algorithms import ALGORITHMS, ANIL, MAML, MetaSGD, ProtoNet, Reptile
 from metacore.features import predict_proba
 from metacore.inner import run_to_end

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_data import make_class_folders
 
 from metacore.__main__ import main
 from metacore.checkpoint import load_checkpoint, read_checkpoint
 from metacore.errors import MetacoreError
+from test_data import make_class_folders
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import OMNIGLOT, needs_omniglot
 from PIL import Image
 
+from conftest import OMNIGLOT, needs_omniglot
 from metacore.data import EpisodeSampler, open_dataset, parse_range
 from metacore.errors import MetacoreError
 from metacore.images import CHARACTER_SPEC, InputSpec, load_image, open_image

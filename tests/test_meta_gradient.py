@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_task, tiny_backbone
 
+from conftest import random_task, tiny_backbone
 from metacore.algorithms import FOMAML, MAML, MetaSGD
 from metacore.models import Params
 

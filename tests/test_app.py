@@ -1,0 +1,140 @@
+"""The Streamlit lab driven page by page with streamlit.testing (no browser)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import OMNIGLOT
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def png(seed: int, size: int = 40) -> bytes:
+    """A random 'character': a few dark strokes on white."""
+    rng = np.random.default_rng(seed)
+    arr = np.full((size, size), 255, np.uint8)
+    for _ in range(3):
+        r, c = rng.integers(4, size - 4, 2)
+        if rng.random() < 0.5:
+            arr[r : r + 2, 4 : size - 4] = 0
+        else:
+            arr[4 : size - 4, c : c + 2] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def start() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def page(at: AppTest, name: str) -> AppTest:
+    at.switch_page(f"pages/{name}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def button(at: AppTest, label: str):
+    matches = [b for b in at.button if b.label.startswith(label)]
+    assert matches, f"no button '{label}' among {[b.label for b in at.button]}"
+    return matches[0]
+
+
+def test_home_opens_with_the_shipped_model_and_an_example_ready() -> None:
+    at = start()
+    assert at.title[0].value.startswith("🧪")
+    assert any("5 classes" in m.value for m in at.markdown)
+    assert any("Device" in c.value for c in at.sidebar.caption)
+
+
+def test_build_by_upload_then_step_and_the_support_loss_falls() -> None:
+    at = page(start(), "build")
+    button(at, "Clear all").click().run()
+    uploaders = at.file_uploader  # class 1 support, class 1 query, class 2 support, class 2 query
+    uploaders[0].set_value([(f"a{i}.png", png(i), "image/png") for i in range(3)])
+    at.run()
+    at.file_uploader[2].set_value([(f"b{i}.png", png(100 + i), "image/png") for i in range(3)])
+    at.run()
+    classes = at.session_state["classes"]
+    assert [len(c.support) for c in classes] == [3, 3]
+    assert any("Ready: 2-way task" in s.value for s in at.success)
+
+    at = page(at, "adapt")
+    at.number_input[0].set_value(0.05).run()
+    button(at, "Step").click().run()
+    button(at, "Run").click().run()
+    records = at.session_state["runs"]["maml"]["records"]
+    losses = [r["support_loss"] for r in records]
+    assert len(records) >= 5 and losses[-1] < losses[0]
+    assert len(at.get("plotly_chart")) >= 2
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("notes.txt", b"just some text", "not an image"),
+        ("cut.png", png(1)[:50], "corrupt or truncated"),
+        ("empty.png", b"", "empty"),
+    ],
+)
+def test_bad_uploads_get_a_message_and_keep_the_rest(name: str, data: bytes, message: str) -> None:
+    at = page(start(), "build")
+    button(at, "Clear all").click().run()
+    at.file_uploader[0].set_value([("good.png", png(7), "image/png"), (name, data, "application/octet-stream")])
+    at.run()
+    assert not at.exception
+    assert any(message in e.value and name in e.value for e in at.error), [e.value for e in at.error]
+    assert [i.name for i in at.session_state["classes"][0].support] == ["good.png"]
+
+
+def test_decompression_bomb_upload_is_refused() -> None:
+    buffer = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(buffer, "PNG")
+    at = page(start(), "build")
+    at.file_uploader[0].set_value(("bomb.png", buffer.getvalue(), "image/png"))
+    at.run()
+    assert any("too large" in e.value for e in at.error)
+
+
+def test_a_class_with_no_images_is_flagged_everywhere() -> None:
+    at = page(start(), "build")
+    button(at, "Clear all").click().run()
+    at.file_uploader[0].set_value(("a.png", png(3), "image/png"))
+    at.run()
+    assert any("'class 2' has no images" in w.value for w in at.warning)
+    at = page(at, "adapt")
+    assert any("'class 2' has no images" in w.value for w in at.warning)
+
+
+def test_digits_example_then_features_and_classify() -> None:
+    at = page(start(), "build")
+    button(at, "Handwritten digits").click().run()
+    assert len(at.session_state["classes"]) == 5
+    at = page(at, "features")
+    assert len(at.get("plotly_chart")) == 2
+    labels = [m.label for m in at.metric]
+    assert labels.count("Silhouette") == 2 and labels.count("Nearest-class-mean accuracy") == 2
+    at = page(at, "classify")
+    at.file_uploader[0].set_value(("new.png", png(11), "image/png"))
+    at.run()
+    assert any("% confident" in m.value for m in at.markdown)
+
+
+@pytest.mark.skipif(not OMNIGLOT.is_dir(), reason=f"Omniglot not found at {OMNIGLOT}")
+def test_omniglot_example() -> None:
+    at = page(start(), "build")
+    button(at, "Omniglot characters").click().run()
+    assert at.session_state["example"].startswith("Omniglot 5-way")
+
+
+def test_learn_page_shows_the_maml_equations() -> None:
+    at = page(start(), "learn")
+    assert len(at.latex) >= 3
