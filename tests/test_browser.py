@@ -1,0 +1,137 @@
+"""End to end in a real headless Chromium: start the server, load an example, adapt, look at every page.
+
+Screenshots go to artifacts/screenshots/. Skipped (with the reason) where no Chromium is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("streamlit did not start within 60 s")
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser_page():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        yield page
+        browser.close()
+
+
+def wait_idle(page, timeout: float = 60) -> None:
+    """Wait until Streamlit has finished running the script (no 'Running...' status widget)."""
+    page.wait_for_timeout(500)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout * 1000)
+    page.wait_for_timeout(300)
+
+
+def go(page, title: str) -> None:
+    """Navigate inside the app (a reload would start a new session and lose the task)."""
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    wait_idle(page, 120)
+
+
+def test_load_example_adapt_and_screenshot_every_page(server: str, browser_page) -> None:
+    page = browser_page
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.goto(server)
+    page.get_by_text("Few-shot learning lab").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    assert page.get_by_text("5 classes").count() > 0
+    page.screenshot(path=SHOTS / "home.png", full_page=True)
+
+    go(page, "Build a task")
+    page.get_by_text("Start from an example").first.click()
+    page.get_by_role("button", name="Handwritten digits").click()
+    wait_idle(page)
+    assert page.get_by_text("Ready: 5-way task").count() > 0
+    page.screenshot(path=SHOTS / "build.png", full_page=True)
+
+    go(page, "Adapt step by step")
+    page.get_by_role("button", name="Run").first.click()
+    wait_idle(page, 120)
+    page.get_by_text("query accuracy").first.wait_for(timeout=60_000)
+    assert page.locator(".js-plotly-plot").count() >= 3  # curves, prediction heat map, layer distances
+    assert page.locator(".js-plotly-plot .scatterlayer .trace").count() > 0
+    page.screenshot(path=SHOTS / "adapt.png", full_page=True)
+
+    go(page, "Features")
+    assert page.locator(".js-plotly-plot").count() == 2
+    page.screenshot(path=SHOTS / "features.png", full_page=True)
+
+    for name, title in (("classify", "Classify"), ("learn", "Learn")):
+        go(page, title)
+        page.screenshot(path=SHOTS / f"{name}.png", full_page=True)
+    assert page.locator(".katex").count() >= 3
