@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 import torch
 from PIL import Image
@@ -59,6 +59,14 @@ def random_init_model(path: str = str(DEFAULT_MODEL)) -> MAML:
     torch.manual_seed(0)
     backbone = Backbone(shipped.backbone.name, input_spec=shipped.backbone.input_spec, **shipped.backbone.kwargs)
     return MAML(backbone.to(shipped.backbone.device), shipped.inner_lr, shipped.inner_steps, shipped.head)
+
+
+@st.cache_data
+def model_card(path: str = str(DEFAULT_MODEL.with_suffix(".json"))) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def learner_for(init: str) -> MAML:
@@ -226,6 +234,36 @@ def adaptation_records(learner: MAML, tensors: TaskTensors, steps: int, lr: floa
         }
 
 
+def require_task() -> tuple[list[TaskClass], TaskTensors]:
+    """The session's task as tensors, or (with a message and a link to fix it) stop the page."""
+    classes = session_classes()
+    problems = task_problems(classes)
+    if problems:
+        for problem in problems:
+            st.warning(problem)
+        st.page_link("pages/build.py", label="Build a task first", icon="🧩")
+        st.stop()
+    shipped, _ = shared_model()
+    return classes, task_tensors(classes, shipped.backbone.input_spec, shipped.backbone.device)
+
+
+def chosen_adaptation(tensors: TaskTensors) -> tuple[MAML, dict[str, torch.Tensor], str]:
+    """(learner, adapted parameters, a caption): the step picked on the Adapt page, else the shipped
+    model adapted with its default lr and steps."""
+    runs = session_runs()
+    chosen = st.session_state.get("chosen_step", {})
+    init = chosen.get("init")
+    if init in runs and runs[init]["records"]:
+        records = runs[init]["records"]
+        record = records[min(chosen.get("step", len(records) - 1), len(records) - 1)]
+        caption = f"{INITS[init]}, adapted for {record['step']} steps (chosen on the Adapt page)"
+        return learner_for(init), record["params"], caption
+    shipped, _ = shared_model()
+    params = list(adaptation_records(shipped, tensors, shipped.inner_steps, shipped.inner_lr))[-1]["params"]
+    caption = f"{INITS['maml']}, adapted for its default {shipped.inner_steps} steps (pick another on the Adapt page)"
+    return shipped, params, caption
+
+
 def image_to_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
@@ -251,7 +289,3 @@ def sidebar() -> None:
         st.caption(f"Default inner lr {learner.inner_lr}, {learner.inner_steps} steps")
         with st.expander("Model card"):
             st.json({k: v for k, v in meta.items() if k not in ("training",)}, expanded=False)
-
-
-def probs_table(probs: np.ndarray, names: list[str]) -> dict[str, float]:
-    return {n: float(p) for n, p in zip(names, probs)}

@@ -11,7 +11,7 @@ from torch import Tensor
 from metacore.algorithms import MAML
 from metacore.data import folder_classes
 from metacore.errors import MetacoreError
-from metacore.images import IMAGE_SUFFIXES, InputSpec, image_files, load_image
+from metacore.images import IMAGE_SUFFIXES, InputSpec, load_image
 from metacore.inner import run_to_end
 from metacore.models import Params
 
@@ -90,15 +90,3 @@ def predict_proba(learner: MAML, params: Params, images: Tensor, batch_size: int
 
 def load_images(files: list[Path], spec: InputSpec) -> Tensor:
     return torch.stack([load_image(f, spec) for f in files])
-
-
-__all__ = [
-    "LabelledImages",
-    "adapted_params",
-    "embed",
-    "image_files",
-    "load_images",
-    "load_support_folder",
-    "predict_proba",
-    "query_files",
-]

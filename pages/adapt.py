@@ -11,21 +11,13 @@ MAX_STEPS = 200
 lab.sidebar()
 st.title("📉 Adapt step by step")
 
-classes = lab.session_classes()
-problems = lab.task_problems(classes)
-if problems:
-    for problem in problems:
-        st.warning(problem)
-    st.page_link("pages/build.py", label="Build a task first", icon="🧩")
-    st.stop()
-
+classes, tensors = lab.require_task()
 shipped, _ = lab.shared_model()
 controls = st.columns([3, 2, 2])
 init = controls[0].selectbox("Starting point", list(lab.INITS), format_func=lab.INITS.get, key="init")
 lr = controls[1].number_input("Inner learning rate", 0.0, 10.0, float(shipped.inner_lr), 0.05, format="%.3f", key="lr")
 run_steps = controls[2].slider("Steps per Run", 1, 50, max(shipped.inner_steps, 10), key="run_steps")
 learner = lab.learner_for(init)
-tensors = lab.task_tensors(classes, shipped.backbone.input_spec, shipped.backbone.device)
 has_query = tensors.query_x is not None
 
 runs = lab.session_runs()

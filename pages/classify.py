@@ -10,28 +10,10 @@ from metacore.images import preprocess
 lab.sidebar()
 st.title("🔎 Classify new images")
 
-classes = lab.session_classes()
-problems = lab.task_problems(classes)
-if problems:
-    for problem in problems:
-        st.warning(problem)
-    st.page_link("pages/build.py", label="Build a task first", icon="🧩")
-    st.stop()
-
+_, tensors = lab.require_task()
 shipped, _ = lab.shared_model()
-tensors = lab.task_tensors(classes, shipped.backbone.input_spec, shipped.backbone.device)
-runs = lab.session_runs()
-chosen = st.session_state.get("chosen_step", {})
-init = chosen.get("init") if chosen.get("init") in runs and runs[chosen["init"]]["records"] else None
-if init:
-    records = runs[init]["records"]
-    record = records[min(chosen.get("step", len(records) - 1), len(records) - 1)]
-    learner, params = lab.learner_for(init), record["params"]
-    st.caption(f"Using {lab.INITS[init]} adapted for {record['step']} steps (chosen on the Adapt page).")
-else:
-    learner = shipped
-    params = list(lab.adaptation_records(shipped, tensors, shipped.inner_steps, shipped.inner_lr))[-1]["params"]
-    st.caption(f"Using the shipped model adapted for its default {shipped.inner_steps} steps.")
+learner, params, caption = lab.chosen_adaptation(tensors)
+st.caption(f"Using {caption}.")
 
 counter = st.session_state.setdefault("classify_upload", 0)
 left, right = st.columns(2)

@@ -15,31 +15,10 @@ from metacore.projection import project, separation_scores, valid_perplexity
 lab.sidebar()
 st.title("🗺️ What the features learned")
 
-classes = lab.session_classes()
-problems = lab.task_problems(classes)
-if problems:
-    for problem in problems:
-        st.warning(problem)
-    st.page_link("pages/build.py", label="Build a task first", icon="🧩")
-    st.stop()
-
+_, tensors = lab.require_task()
 shipped, _ = lab.shared_model()
-tensors = lab.task_tensors(classes, shipped.backbone.input_spec, shipped.backbone.device)
-runs = lab.session_runs()
-chosen = st.session_state.get("chosen_step", {})
-init = chosen.get("init", "maml") if chosen.get("init") in runs else "maml"
-learner = lab.learner_for(init)
-records = runs.get(init, {}).get("records") or []
-if records and init != "protonet":
-    step = min(chosen.get("step", len(records) - 1), len(records) - 1)
-    adapted = records[step]["params"]
-    source = f"{lab.INITS[init]}, step {records[step]['step']} (from the Adapt page)"
-else:
-    steps = shipped.inner_steps
-    adapted = list(lab.adaptation_records(shipped, tensors, steps, shipped.inner_lr))[-1]["params"]
-    source = f"{lab.INITS['maml']}, {steps} steps (the model's default; pick another step on the Adapt page)"
-    learner = shipped
-st.caption(f"After adaptation = {source}.")
+learner, adapted, caption = lab.chosen_adaptation(tensors)
+st.caption(f"After adaptation = {caption}. ProtoNet takes no steps, so its 'after' equals 'before'.")
 
 images = [tensors.support_x] + ([tensors.query_x] if tensors.query_x is not None else [])
 all_x = torch.cat(images)
