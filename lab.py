@@ -16,7 +16,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from metacore.algorithms import MAML, ProtoNet
+from metacore.algorithms import ANIL, MAML, ProtoNet
 from metacore.checkpoint import load_checkpoint
 from metacore.device import resolve_device
 from metacore.errors import MetacoreError
@@ -29,6 +29,7 @@ DEFAULT_MODEL = ROOT / "models" / "omniglot_conv4.pt"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 INITS = {
     "maml": "Shipped MAML init",
+    "anil": "Shipped MAML init, head only (ANIL)",
     "random": "Random init (no meta-learning)",
     "protonet": "ProtoNet (shipped features, no steps)",
 }
@@ -75,6 +76,8 @@ def learner_for(init: str) -> MAML:
         return random_init_model()
     if init == "protonet":
         return ProtoNet(shipped.backbone)
+    if init == "anil":
+        return ANIL(shipped.backbone, shipped.inner_lr, shipped.inner_steps, shipped.head)
     return shipped
 
 

@@ -16,7 +16,7 @@ shipped, _ = lab.shared_model()
 controls = st.columns([3, 2, 2])
 init = controls[0].selectbox("Starting point", list(lab.INITS), format_func=lab.INITS.get, key="init")
 lr = controls[1].number_input("Inner learning rate", 0.0, 10.0, float(shipped.inner_lr), 0.05, format="%.3f", key="lr")
-run_steps = controls[2].slider("Steps per Run", 1, 50, max(shipped.inner_steps, 10), key="run_steps")
+run_steps = controls[2].slider("Steps per Run", 1, 50, 5, key="run_steps")
 learner = lab.learner_for(init)
 has_query = tensors.query_x is not None
 
@@ -74,6 +74,12 @@ if run_clicked:
 
 if init == "protonet":
     st.info("ProtoNet does not take gradient steps: it classifies by distance to each class's mean feature.")
+elif init == "maml":
+    st.caption(
+        f"The shipped model was meta-trained to adapt in {shipped.inner_steps} step(s) at lr {shipped.inner_lr}: "
+        "that is where it is best. Further steps move the body away from the meta-learned features and "
+        "accuracy can fall; *head only (ANIL)* keeps the features fixed and stays stable."
+    )
 if not records:
     st.info("Press **Step** to take the first inner gradient step, or **Run** for several.")
     st.stop()
