@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {
     "maml": ["--steps", "1", "--inner-lr", "0.4"],
     "fomaml": ["--steps", "1", "--inner-lr", "0.4"],
-    "reptile": ["--steps", "5", "--inner-lr", "0.1", "--head", "proto", "--meta-lr", "0.003"],
+    "reptile": ["--steps", "3", "--inner-lr", "0.4", "--meta-batch", "4", "--meta-lr", "0.003"],
     "anil": ["--steps", "5", "--inner-lr", "0.4"],
     "metasgd": ["--steps", "1", "--inner-lr", "0.4"],
     "protonet": [],

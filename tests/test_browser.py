@@ -123,12 +123,13 @@ def test_load_example_adapt_and_screenshot_every_page(server: str, browser_page)
     page.get_by_role("button", name="Run").first.click()
     wait_idle(page, 120)
     page.get_by_text("query accuracy").first.wait_for(timeout=60_000)
-    assert page.locator(".js-plotly-plot").count() >= 3  # curves, prediction heat map, layer distances
+    # curves, prediction heat map, true-class probabilities, layer distances (drawn asynchronously)
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
     assert page.locator(".js-plotly-plot .scatterlayer .trace").count() > 0
     page.screenshot(path=SHOTS / "adapt.png", full_page=True)
 
     go(page, "Features")
-    assert page.locator(".js-plotly-plot").count() == 2
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2", timeout=60_000)
     page.screenshot(path=SHOTS / "features.png", full_page=True)
 
     for name, title in (("classify", "Classify"), ("learn", "Learn")):
