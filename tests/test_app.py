@@ -138,3 +138,41 @@ def test_omniglot_example() -> None:
 def test_learn_page_shows_the_maml_equations() -> None:
     at = page(start(), "learn")
     assert len(at.latex) >= 3
+
+
+def test_two_sessions_adapting_at_once_match_each_alone() -> None:
+    """What two browser sessions do: adapt the one cached model in two threads at the same time."""
+    import threading
+
+    import torch
+
+    import lab
+    from metacore.checkpoint import load_checkpoint
+    from metacore.examples import digits_task
+
+    shared, _ = load_checkpoint(lab.DEFAULT_MODEL)
+    before = {k: v.clone() for k, v in shared.params.items()}
+    tasks = []
+    for seed in (0, 1):
+        classes = [
+            lab.TaskClass(
+                name,
+                [lab.make_item(name, im) for im in parts["support"]],
+                [lab.make_item(name, im) for im in parts["query"]],
+            )
+            for name, parts in digits_task(4, 2, 3, seed).items()
+        ]
+        tasks.append(lab.task_tensors(classes, shared.backbone.input_spec, torch.device("cpu")))
+
+    def losses(tensors) -> list[float]:
+        return [r["support_loss"] for r in lab.adaptation_records(shared, tensors, 4, 0.05)]
+
+    alone = [losses(t) for t in tasks]
+    together: list = [None, None]
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, losses(tasks[i]))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+    assert all(torch.equal(before[k], v) for k, v in shared.params.items())
