@@ -16,6 +16,8 @@ from metacore.checkpoint import load_checkpoint, read_checkpoint
 from metacore.errors import MetacoreError
 from test_data import make_class_folders
 
+TOY_TASK = ["--dataset", "toy", "--way", "3", "--shot", "1", "--query", "2"]
+
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -32,14 +34,7 @@ def checkpoint(toy: Path) -> Path:
             "train",
             "--data-root",
             str(toy),
-            "--dataset",
-            "toy",
-            "--way",
-            "3",
-            "--shot",
-            "1",
-            "--query",
-            "2",
+            *TOY_TASK,
             "--iterations",
             "3",
             "--meta-batch",
@@ -101,14 +96,7 @@ def test_evaluate_json(toy: Path, checkpoint: Path, capsys) -> None:
             str(checkpoint),
             "--data-root",
             str(toy),
-            "--dataset",
-            "toy",
-            "--way",
-            "3",
-            "--shot",
-            "1",
-            "--query",
-            "2",
+            *TOY_TASK,
             "--episodes",
             "5",
             "--json",
