@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +22,9 @@ from metacore.errors import MetacoreError
 from metacore.images import InputSpec, open_image, preprocess, to_standard_mode
 from metacore.inner import layer_shift
 from metacore.models import Backbone
+from metacore.paths import SHIPPED_MODEL, default_data_root
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_MODEL = ROOT / "models" / "omniglot_conv4.pt"
+DEFAULT_MODEL = SHIPPED_MODEL
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 INITS = {
     "maml": "Shipped MAML init",
@@ -36,12 +35,7 @@ INITS = {
 
 
 def data_root() -> Path:
-    """METACORE_DATA_ROOT, else ../shared/data beside the project, else ./data."""
-    env = os.environ.get("METACORE_DATA_ROOT")
-    if env:
-        return Path(env)
-    shared = ROOT.parent / "shared" / "data"
-    return shared if shared.is_dir() else ROOT / "data"
+    return default_data_root()
 
 
 # -- the shared, never-mutated models ----------------------------------------------------------

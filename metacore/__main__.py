@@ -13,18 +13,9 @@ import numpy as np
 import torch
 
 from metacore.errors import MetacoreError
+from metacore.paths import PROJECT_ROOT, SHIPPED_MODEL, default_data_root
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = PROJECT_ROOT / "models" / "omniglot_conv4.pt"
-
-
-def default_data_root() -> str:
-    """METACORE_DATA_ROOT, else ../shared/data next to the project, else ./data."""
-    env = os.environ.get("METACORE_DATA_ROOT")
-    if env:
-        return env
-    shared = PROJECT_ROOT.parent / "shared" / "data"
-    return str(shared if shared.is_dir() else PROJECT_ROOT / "data")
+DEFAULT_CHECKPOINT = SHIPPED_MODEL
 
 
 def add_common(p: argparse.ArgumentParser, *, checkpoint: bool = True, data: bool = True, episode: bool = True) -> None:
@@ -34,7 +25,7 @@ def add_common(p: argparse.ArgumentParser, *, checkpoint: bool = True, data: boo
         )
     if data:
         p.add_argument(
-            "--data-root", default=default_data_root(), help="folder holding the data sets (default: %(default)s)"
+            "--data-root", default=str(default_data_root()), help="folder holding the data sets (default: %(default)s)"
         )
         p.add_argument(
             "--dataset", default="omniglot", help="folder name under the data root; 'omniglot' reads omniglot-py/"

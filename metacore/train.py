@@ -55,7 +55,8 @@ def _log(message: str) -> None:
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Run meta-training as configured; returns a summary dict. Checkpoints go to `cfg.out`."""
-    parse_range(cfg.way, "way"), parse_range(cfg.shot, "shot")
+    parse_range(cfg.way, "way")  # fail early, before loading any data
+    parse_range(cfg.shot, "shot")
     if cfg.iterations < 1 or cfg.meta_batch < 1:
         raise MetacoreError("--iterations and --meta-batch must be at least 1")
     device = resolve_device(cfg.device)
@@ -130,11 +131,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 group["lr"] = cfg.meta_lr * 0.5 * (1 + math.cos(math.pi * iteration / cfg.iterations))
         tasks = [t.to(device, dtype) for t in sampler.sample_batch(cfg.meta_batch)]
         metrics = learner.outer_step(optimizer, tasks, batching)
-        if learner.name == "metasgd":  # rates must stay non-negative to remain a descent step
-            with torch.no_grad():
-                for k, v in learner.params.items():
-                    if k.startswith("lr."):
-                        v.clamp_(min=0.0)
         running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in metrics.items()}
         bar.set_postfix(loss=f"{running['loss']:.3f}", acc=f"{100 * running['accuracy']:.1f}%")
         done = iteration + 1

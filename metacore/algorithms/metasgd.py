@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from metacore.algorithms.maml import MAML
+from metacore.data import Task
 from metacore.models import Backbone, Params
 
 
@@ -34,3 +35,11 @@ class MetaSGD(MAML):
 
     def inner_lrs(self, params: Params) -> Params:
         return {k[3:]: v for k, v in params.items() if k.startswith("lr.")}
+
+    def outer_step(self, optimizer: torch.optim.Optimizer, tasks: list[Task], mode: str = "loop") -> dict:
+        metrics = super().outer_step(optimizer, tasks, mode)
+        with torch.no_grad():  # rates must stay non-negative for the inner step to remain a descent step
+            for k, v in self.params.items():
+                if k.startswith("lr."):
+                    v.clamp_(min=0.0)
+        return metrics

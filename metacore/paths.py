@@ -1,0 +1,18 @@
+"""Where the shipped model and the data sets are found by default (CLI and app alike)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_MODEL = PROJECT_ROOT / "models" / "omniglot_conv4.pt"
+
+
+def default_data_root() -> Path:
+    """METACORE_DATA_ROOT, else ../shared/data next to the project, else ./data."""
+    env = os.environ.get("METACORE_DATA_ROOT")
+    if env:
+        return Path(env)
+    shared = PROJECT_ROOT.parent / "shared" / "data"
+    return shared if shared.is_dir() else PROJECT_ROOT / "data"
