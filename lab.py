@@ -16,15 +16,20 @@ import torch
 from PIL import Image
 
 from metacore.algorithms import ANIL, MAML, ProtoNet
+from metacore.bodies import model_inputs
 from metacore.checkpoint import load_checkpoint
 from metacore.device import resolve_device
 from metacore.errors import MetacoreError
 from metacore.images import InputSpec, open_image, preprocess, to_standard_mode
 from metacore.inner import layer_shift
 from metacore.models import Backbone
-from metacore.paths import SHIPPED_MODEL, default_data_root
+from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL, default_data_root
 
 DEFAULT_MODEL = SHIPPED_MODEL
+MODELS = {  # what the sidebar's picker offers: label -> checkpoint
+    "Characters (Conv-4, Omniglot)": SHIPPED_MODEL,
+    "Photos (EfficientNet-Lite0 + meta-learned adapter)": PHOTO_MODEL,
+}
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 INITS = {
     "maml": "Shipped MAML init",
@@ -41,23 +46,42 @@ def data_root() -> Path:
 # -- the shared, never-mutated models ----------------------------------------------------------
 
 
+def model_label() -> str:
+    """The model this session picked in the sidebar (characters by default)."""
+    label = st.session_state.get("model_label")
+    return label if label in MODELS else next(iter(MODELS))
+
+
+def model_path() -> str:
+    return str(MODELS[model_label()])
+
+
 @st.cache_resource(show_spinner="Loading the meta-trained model ...")
-def shared_model(path: str = str(DEFAULT_MODEL)) -> tuple[MAML, dict]:
-    device = resolve_device("auto")
-    learner, meta = load_checkpoint(path, device)
+def _load_model(path: str) -> tuple[MAML, dict]:
+    learner, meta = load_checkpoint(path, resolve_device("auto"))
     return learner, meta
 
 
+def shared_model() -> tuple[MAML, dict]:
+    """The picked model, loaded once per process and shared (never mutated) by every session."""
+    return _load_model(model_path())
+
+
 @st.cache_resource
-def random_init_model(path: str = str(DEFAULT_MODEL)) -> MAML:
-    shipped, _ = shared_model(path)
+def _random_init(path: str) -> MAML:
+    shipped, _ = _load_model(path)
     torch.manual_seed(0)
     backbone = Backbone(shipped.backbone.name, input_spec=shipped.backbone.input_spec, **shipped.backbone.kwargs)
-    return MAML(backbone.to(shipped.backbone.device), shipped.inner_lr, shipped.inner_steps, shipped.head)
+    return MAML(backbone.to(shipped.backbone.device), shipped.inner_lr, shipped.inner_steps, "zero")
+
+
+def random_init_model() -> MAML:
+    """The same architecture, not meta-trained, with a zero head: fine-tuning from scratch."""
+    return _random_init(model_path())
 
 
 @st.cache_data
-def model_card(path: str = str(DEFAULT_MODEL.with_suffix(".json"))) -> dict:
+def model_card(path: str) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -84,6 +108,7 @@ class Item:
 
     name: str
     image: Image.Image
+    inputs: dict[InputSpec, torch.Tensor] = field(default_factory=dict, repr=False)  # model inputs, per spec
 
     def thumbnail(self, size: int = 72) -> Image.Image:
         thumb = self.image.copy()
@@ -168,22 +193,29 @@ class TaskTensors:
     query_items: list[Item]
 
 
+def item_inputs(items: list[Item], spec: InputSpec) -> torch.Tensor:
+    """The model's inputs for these items, each computed once per spec (a photo body runs once per image)."""
+    new = [item for item in items if spec not in item.inputs]
+    if new:
+        inputs = model_inputs(torch.stack([preprocess(item.image, spec) for item in new]), spec)
+        for item, x in zip(new, inputs):
+            item.inputs[spec] = x
+    return torch.stack([item.inputs[spec] for item in items])
+
+
 def task_tensors(classes: list[TaskClass], spec: InputSpec, device: torch.device) -> TaskTensors:
-    support, s_labels, query, q_labels, s_items, q_items = [], [], [], [], [], []
+    s_labels, q_labels, s_items, q_items = [], [], [], []
     for label, c in enumerate(classes):
-        for item in c.support:
-            support.append(preprocess(item.image, spec))
-            s_labels.append(label)
-            s_items.append(item)
-        for item in c.query:
-            query.append(preprocess(item.image, spec))
-            q_labels.append(label)
-            q_items.append(item)
+        s_items += c.support
+        s_labels += [label] * len(c.support)
+        q_items += c.query
+        q_labels += [label] * len(c.query)
+    support, query = item_inputs(s_items, spec), item_inputs(q_items, spec) if q_items else []
     return TaskTensors(
-        torch.stack(support).to(device),
+        support.to(device),
         torch.tensor(s_labels, device=device),
-        torch.stack(query).to(device) if query else None,
-        torch.tensor(q_labels, device=device) if query else None,
+        query.to(device) if q_items else None,
+        torch.tensor(q_labels, device=device) if q_items else None,
         [c.name for c in classes],
         s_items,
         q_items,
@@ -270,17 +302,22 @@ def image_to_png(image: Image.Image) -> bytes:
 def sidebar() -> None:
     """Device and model card, on every page."""
     with st.sidebar:
+        label = st.radio("Model", list(MODELS), index=list(MODELS).index(model_label()), key="model_picker")
+        if label != model_label():
+            st.session_state.model_label = label
+            reset_runs()  # runs were made with the other model
+            st.rerun()
         try:
             learner, meta = shared_model()
         except MetacoreError as exc:
             st.error(f"Model could not be loaded: {exc}")
             return
         st.caption(f"Device: **{learner.backbone.device}**")
-        card = meta.get("card", {})
-        st.caption(f"Model: **{DEFAULT_MODEL.name}** ({learner.name}, {learner.head} head)")
+        card = model_card(str(Path(model_path()).with_suffix(".json")))
+        st.caption(f"Model: **{Path(model_path()).name}** ({learner.name}, {learner.head} head)")
         if card.get("accuracy"):
             st.caption(
-                "Omniglot evaluation accuracy: "
+                f"{card.get('benchmark', 'Accuracy')}: "
                 + ", ".join(f"{k} {v['accuracy']:.1f}%" for k, v in card["accuracy"].items())
             )
         st.caption(f"Default inner lr {learner.inner_lr}, {learner.inner_steps} steps")

@@ -31,6 +31,9 @@ def add_common(p: argparse.ArgumentParser, *, checkpoint: bool = True, data: boo
             "--dataset", default="omniglot", help="folder name under the data root; 'omniglot' reads omniglot-py/"
         )
         p.add_argument("--split", default=None, help="omniglot: background / evaluation; folder data sets: a subfolder")
+        p.add_argument(
+            "--images", default=None, help="a slice of each class's sorted images, e.g. 0:500 or 500: (default: all)"
+        )
     if episode:
         p.add_argument("--way", default="5", help="classes per task (N), or a range like 5-20 for training")
         p.add_argument("--shot", default="1", help="support images per class (K), or a range like 1-5")
@@ -52,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p, checkpoint=False)
     p.add_argument("--algo", default="maml", help="maml, fomaml, reptile, anil, metasgd, protonet")
     p.add_argument("--head", default="zero", choices=["zero", "proto"], help="task head initialisation")
-    p.add_argument("--backbone", default="conv4")
+    p.add_argument("--backbone", default="conv4", help="conv4 (28x28 characters) or feature_adapter (photos)")
     p.add_argument("--rotations", action="store_true", help="add 90/180/270-degree rotations as extra classes")
     p.add_argument("--meta-batch", type=int, default=16, help="tasks per outer step")
     p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the outer loop")
@@ -140,6 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         split=args.split,
         rotations=args.rotations,
+        images=args.images,
         backbone=args.backbone,
         head=args.head,
         way=args.way,
@@ -185,13 +189,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise MetacoreError("--episodes must be at least 1")
     learner, _, device = load_model(args)
     split = args.split or ("evaluation" if args.dataset == "omniglot" else None)
-    dataset = open_dataset(args.data_root, args.dataset, split, learner.backbone.input_spec)
+    dataset = open_dataset(args.data_root, args.dataset, split, learner.backbone.input_spec, images=args.images)
     sampler = EpisodeSampler(dataset, args.way, args.shot, args.query, args.seed)
     dataset.preload(progress=not args.json)
     result = evaluate(
         learner, sampler, args.episodes, args.steps, args.inner_lr, device, args.every_step, progress=not args.json
     )
-    result |= {"dataset": args.dataset, "split": split, "algorithm": learner.name, "seed": args.seed}
+    result |= {
+        "dataset": args.dataset, "split": split, "images": args.images, "algorithm": learner.name, "seed": args.seed,
+    }  # fmt: skip
     if args.json:
         print(json.dumps(result))
     else:

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metacore.bodies import cached_inputs, load_input
 from metacore.errors import MetacoreError
-from metacore.images import InputSpec, image_files, load_image
+from metacore.images import InputSpec, image_files
 
 OMNIGLOT_SPLITS = {"background": "images_background", "evaluation": "images_evaluation"}
 
@@ -46,11 +47,11 @@ class ImageClasses:
     def _load(self, path: Path) -> torch.Tensor:
         image = self._cache.get(path)
         if image is None:
-            image = self._cache[path] = load_image(path, self.spec)
+            image = self._cache[path] = load_input(path, self.spec)
         return image
 
     def images(self, index: int, picks: list[int] | None = None) -> torch.Tensor:
-        """Images of class `index` (all, or those at `picks`) as a (n, C, H, W) tensor."""
+        """Model inputs of class `index` (all, or those at `picks`): (n, C, H, W) pixels, or (n, D) body features."""
         cls = self.classes[index]
         files = cls.files if picks is None else [cls.files[i] for i in picks]
         batch = torch.stack([self._load(f) for f in files])
@@ -82,10 +83,13 @@ class ImageClasses:
         files = sorted({f for c in self.classes for f in c.files} - set(self._cache))
         if not files:
             return
+        if self.spec.body:  # features from the on-disk cache, or computed once and cached
+            self._cache.update(zip(files, cached_inputs(files, self.spec, progress)))
+            return
         from tqdm import tqdm
 
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            loaded = pool.map(lambda f: load_image(f, self.spec), files)
+            loaded = pool.map(lambda f: load_input(f, self.spec), files)
             bar = tqdm(loaded, total=len(files), desc="loading images", disable=not progress, leave=False)
             for path, tensor in zip(files, bar):
                 self._cache[path] = tensor
@@ -136,18 +140,45 @@ def open_dataset(
     split: str | None = None,
     spec: InputSpec | None = None,
     rotations: bool = False,
+    images: str | None = None,
 ) -> ImageClasses:
     """A dataset by name under a data root: `omniglot` (characters) or any folder of class folders.
 
     For a folder dataset, `split` names a subfolder (e.g. `train`/`val`) when there is one.
+    `images` ("start:stop", Python slice syntax) keeps a slice of each class's sorted files, so one
+    folder can give disjoint meta-training and evaluation images (e.g. "0:500" and "500:").
     """
     spec = spec or InputSpec()
-    root = Path(data_root).expanduser()
+    if rotations and spec.body:
+        raise MetacoreError("rotations apply to character images, not to a model that works on body features")
+    classes = _dataset_classes(Path(data_root).expanduser(), dataset, split, rotations)
+    description = f"{dataset}/{split}" if split else dataset
+    if images:
+        keep = parse_slice(images)
+        classes = [ImageClass(c.name, c.files[keep], c.rotation) for c in classes]
+        empty = [c.name for c in classes if not c.files]
+        if empty:
+            raise MetacoreError(f"--images {images} leaves no images in class '{empty[0]}'")
+        description += f" images {images}"
+    return ImageClasses(classes, spec, description)
+
+
+def parse_slice(text: str) -> slice:
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return slice(*(int(p) if p.strip() else None for p in parts))
+    except ValueError:
+        raise MetacoreError(f"images must look like start:stop (e.g. 0:500 or 500:), got '{text}'") from None
+
+
+def _dataset_classes(root: Path, dataset: str, split: str | None, rotations: bool) -> list[ImageClass]:
+    root = root.expanduser()
     if not root.is_dir():
         raise MetacoreError(f"data root not found: {root}")
     if dataset == "omniglot":
-        split = split or "background"
-        return ImageClasses(omniglot_classes(root, split, rotations), spec, f"omniglot/{split}")
+        return omniglot_classes(root, split or "background", rotations)
     folder = root / dataset
     if not folder.is_dir():
         raise MetacoreError(f"dataset folder not found: {folder}")
@@ -158,7 +189,7 @@ def open_dataset(
     classes = folder_classes(folder)
     if rotations:
         classes = [ImageClass(f"{c.name}@{r}" if r else c.name, c.files, r) for c in classes for r in (0, 90, 180, 270)]
-    return ImageClasses(classes, spec, str(folder))
+    return classes
 
 
 def parse_range(value: str | int | tuple[int, int], name: str) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Example tasks as PIL images: scikit-learn's bundled digits (no download) and Omniglot (a data root)."""
+"""Example tasks as PIL images: scikit-learn's bundled digits (no download), Omniglot and photos (a data root)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from metacore.data import EpisodeSampler, open_dataset
+from metacore.data import open_dataset
 from metacore.errors import MetacoreError
 from metacore.images import open_image
 
@@ -33,18 +33,46 @@ def digits_task(way: int = 5, shot: int = 1, query: int = 5, seed: int = 0) -> E
     return task
 
 
-def omniglot_task(data_root: str | Path, way: int = 5, shot: int = 1, query: int = 5, seed: int = 0) -> ExampleTask:
-    """An N-way K-shot task from the Omniglot evaluation alphabets (never seen in training)."""
-    dataset = open_dataset(data_root, "omniglot", "evaluation")
-    sampler = EpisodeSampler(dataset, way, shot, query, seed)
-    rng = sampler.rng
+IMAGENET_NAMES = {  # the 18 ImageNet-1k classes of imagenet-mini18
+    "n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark", "n01491361": "tiger shark",
+    "n01494475": "hammerhead", "n01496331": "electric ray", "n01498041": "stingray", "n01514668": "cock",
+    "n01514859": "hen", "n01518878": "ostrich", "n01530575": "brambling", "n01531178": "goldfinch",
+    "n01532829": "house finch", "n01534433": "junco", "n01537544": "indigo bunting", "n01558993": "robin",
+    "n01560419": "bulbul", "n01580077": "jay",
+}  # fmt: skip
+PHOTO_EXAMPLES = {  # label -> (dataset folder, split) under the data root
+    "ImageNet photos (fish and birds)": ("imagenet-mini18", "train"),
+    "CIFAR-10 photos": ("cifar10-test", None),
+}
+
+
+def dataset_task(
+    data_root: str | Path, dataset: str, split: str | None, way: int, shot: int, query: int, seed: int = 0
+) -> ExampleTask:
+    """An N-way K-shot task drawn from a data set under the data root, as PIL images with readable class names."""
+    classes = open_dataset(data_root, dataset, split).classes
+    rng = np.random.default_rng(seed)
+    if way > len(classes):
+        raise MetacoreError(f"{dataset} has {len(classes)} classes: choose at most {len(classes)}")
     task: ExampleTask = {}
-    for index in rng.choice(len(dataset), size=way, replace=False):
-        cls = dataset.classes[int(index)]
+    for index in sorted(rng.choice(len(classes), size=way, replace=False).tolist()):
+        cls = classes[index]
+        if len(cls.files) < shot + query:
+            raise MetacoreError(f"class '{cls.name}' has only {len(cls.files)} images: ask for fewer")
         files = [cls.files[i] for i in rng.choice(len(cls.files), size=shot + query, replace=False)]
         images = [open_image(f) for f in files]
-        task[cls.name.replace("/character", " #")] = {"support": images[:shot], "query": images[shot:]}
+        name = IMAGENET_NAMES.get(cls.name, cls.name.replace("/character", " #"))
+        task[name] = {"support": images[:shot], "query": images[shot:]}
     return task
+
+
+def omniglot_task(data_root: str | Path, way: int = 5, shot: int = 1, query: int = 5, seed: int = 0) -> ExampleTask:
+    """An N-way K-shot task from the Omniglot evaluation alphabets (never seen in training)."""
+    return dataset_task(data_root, "omniglot", "evaluation", way, shot, query, seed)
+
+
+def photo_examples_available(data_root: str | Path) -> dict[str, tuple[str, str | None]]:
+    return {label: ds for label, ds in PHOTO_EXAMPLES.items() if (Path(data_root) / ds[0]).is_dir()}
 
 
 def omniglot_available(data_root: str | Path) -> bool:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from metacore.algorithms import MAML
+from metacore.bodies import model_inputs
 from metacore.data import folder_classes
 from metacore.errors import MetacoreError
 from metacore.images import IMAGE_SUFFIXES, InputSpec, load_image
@@ -35,7 +36,8 @@ def load_support_folder(folder: str | Path, spec: InputSpec) -> LabelledImages:
             images.append(load_image(f, spec))
             labels.append(label)
             files.append(f)
-    return LabelledImages(torch.stack(images), torch.tensor(labels), [c.name for c in classes], files)
+    inputs = model_inputs(torch.stack(images), spec)
+    return LabelledImages(inputs, torch.tensor(labels), [c.name for c in classes], files)
 
 
 def query_files(paths: list[str | Path]) -> list[Path]:
@@ -89,4 +91,5 @@ def predict_proba(learner: MAML, params: Params, images: Tensor, batch_size: int
 
 
 def load_images(files: list[Path], spec: InputSpec) -> Tensor:
-    return torch.stack([load_image(f, spec) for f in files])
+    """Image files -> the model's inputs (pixels, or a frozen body's features)."""
+    return model_inputs(torch.stack([load_image(f, spec) for f in files]), spec)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metacore.errors import MetacoreError
-from metacore.images import CHARACTER_SPEC, InputSpec
+from metacore.images import CHARACTER_SPEC, PHOTO_SPEC, InputSpec
 
 Params = dict[str, Tensor]
 HEAD_KEYS = ("head.weight", "head.bias")
@@ -41,6 +41,28 @@ class Conv4(nn.Module):
         return self.blocks(x).flatten(1)
 
 
+class FeatureAdapter(nn.Module):
+    """The meta-learned part of a photo model, on top of a frozen body's features.
+
+    Per-image LayerNorm (no batch statistics), a low-rank residual correction (zero at initialisation,
+    so training starts from the body's own feature geometry), then L2 normalisation times a learned
+    scale: prototype distances become cosine distances with a learned temperature.
+    """
+
+    def __init__(self, in_dim: int = 1280, rank: int = 64, scale: float = 4.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.down = nn.Linear(in_dim, rank, bias=False)
+        self.up = nn.Linear(rank, in_dim, bias=False)
+        nn.init.zeros_(self.up.weight)
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm(x)
+        h = h + self.up(self.down(h))
+        return self.scale * F.normalize(h, dim=-1)
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """A registry entry: how to build the architecture, what input it takes, its feature size."""
@@ -57,6 +79,12 @@ BACKBONES: dict[str, BackboneSpec] = {
         input_spec=CHARACTER_SPEC,
         feature_dim=lambda kw: kw.get("hidden", 64),  # 28 -> 14 -> 7 -> 3 -> 1 pixels
         defaults={"in_channels": 1, "hidden": 64, "groups": 8},
+    ),
+    "feature_adapter": BackboneSpec(
+        build=FeatureAdapter,
+        input_spec=PHOTO_SPEC,
+        feature_dim=lambda kw: kw.get("in_dim", 1280),
+        defaults={"in_dim": 1280, "rank": 64, "scale": 4.0},
     ),
 }
 

@@ -27,6 +27,7 @@ class TrainConfig:
     dataset: str = "omniglot"
     split: str | None = None
     rotations: bool = False
+    images: str | None = None  # a slice of each class's sorted images, e.g. "0:500"
     backbone: str = "conv4"
     head: str = "zero"
     way: str = "5"
@@ -81,7 +82,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         backbone = Backbone(cfg.backbone).to(device)
         learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head)
 
-    dataset = open_dataset(cfg.data_root, cfg.dataset, cfg.split, learner.backbone.input_spec, cfg.rotations)
+    dataset = open_dataset(
+        cfg.data_root, cfg.dataset, cfg.split, learner.backbone.input_spec, cfg.rotations, cfg.images
+    )
     train_set, val_set = dataset.split_held_out(cfg.val_fraction)
     sampler = EpisodeSampler(train_set, cfg.way, cfg.shot, cfg.query, seed=cfg.seed + start_iteration)
     val_way, val_shot = sampler.way[0], sampler.shot[0]

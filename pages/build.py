@@ -2,7 +2,14 @@ import streamlit as st
 
 import lab
 from metacore.errors import MetacoreError
-from metacore.examples import digits_task, download_omniglot, omniglot_available, omniglot_task
+from metacore.examples import (
+    dataset_task,
+    digits_task,
+    download_omniglot,
+    omniglot_available,
+    omniglot_task,
+    photo_examples_available,
+)
 
 lab.sidebar()
 st.title("🧩 Build a task")
@@ -52,6 +59,20 @@ with st.expander("Start from an example", expanded=not any(c.support for c in cl
                 except MetacoreError as exc:
                     status.update(label="Download failed", state="error")
                     st.error(str(exc))
+    photos = photo_examples_available(root)
+    if photos:
+        st.caption("Photo tasks (pick the photo model in the sidebar for these):")
+        for column, (label, (dataset, split)) in zip(st.columns(len(photos)), photos.items()):
+            if column.button(label, icon="📷"):
+                seed = st.session_state.get("ex_seed", 0)
+                try:
+                    task = dataset_task(root, dataset, split, way, shot, query, seed)
+                except MetacoreError as exc:
+                    st.error(str(exc))
+                else:
+                    lab.load_example(task, f"{label} {way}-way {shot}-shot")
+                    st.session_state.ex_seed = seed + 1
+                    st.rerun()
 
 top = st.columns([1, 1, 4])
 if top[0].button("Add a class", icon="➕", disabled=len(classes) >= 20):

@@ -1,11 +1,9 @@
 import pandas as pd
 import plotly.express as px
 import streamlit as st
-import torch
 
 import lab
 from metacore.features import predict_proba
-from metacore.images import preprocess
 
 lab.sidebar()
 st.title("🔎 Classify new images")
@@ -34,7 +32,7 @@ if not pending:
     st.info("Upload or photograph images: each gets the adapted model's prediction.")
     st.stop()
 
-batch = torch.stack([preprocess(item.image, shipped.backbone.input_spec) for item in pending])
+batch = lab.item_inputs(pending, shipped.backbone.input_spec)
 probs = predict_proba(learner, params, batch).numpy()
 for item, p in zip(pending, probs):
     with st.container(border=True):

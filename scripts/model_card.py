@@ -1,9 +1,11 @@
 """Write the model card (JSON + Markdown) of a checkpoint: its recipe, its accuracy table, its sha256.
 
-    python scripts/model_card.py runs/shipped.pt --out models/omniglot_conv4.pt --steps 5 --inner-lr 0.4
+    python scripts/model_card.py runs/shipped.pt --out models/omniglot_conv4.pt --steps 1 --inner-lr 0.4
+    python scripts/model_card.py runs/photo_lite0.pt --suite photo --out models/photo_lite0.pt --steps 5 --inner-lr 2
 
 Copies the checkpoint to --out with the given default inner steps / lr, then measures it with exactly
-`python -m metacore evaluate ... --episodes 600 --json` on the Omniglot evaluation alphabets.
+`python -m metacore evaluate ... --episodes 600 --json` on the suite's benchmarks (Omniglot evaluation
+alphabets; or held-out ImageNet classes and unseen CIFAR-10 images for the photo model).
 """
 
 from __future__ import annotations
@@ -23,7 +25,33 @@ sys.path.insert(0, str(ROOT))
 
 from metacore.checkpoint import read_checkpoint, sha256  # noqa: E402
 
-SETTINGS = [(5, 1), (5, 5), (20, 1), (20, 5)]
+# Each benchmark: (table row, `evaluate` data arguments, way, shot). The curve: accuracy vs steps on the first.
+OMNIGLOT_EVAL = ["--split", "evaluation"]
+IMAGENET_EVAL = ["--dataset", "imagenet-mini18", "--split", "train"]
+CIFAR_EVAL = ["--dataset", "cifar10-test", "--images", "500:"]
+SUITES = {
+    "omniglot": {
+        "benchmark": "Omniglot evaluation accuracy",
+        "what": "a Conv-4 (GroupNorm) backbone",
+        "evaluation": "Omniglot images_evaluation (659 characters, 20 alphabets)",
+        "settings": [(f"{w}-way {s}-shot", OMNIGLOT_EVAL, w, s) for w, s in [(5, 1), (5, 5), (20, 1), (20, 5)]],
+    },
+    "photo": {
+        "benchmark": "Held-out accuracy",
+        "what": "a feature adapter (LayerNorm, low-rank residual, cosine features with a learned scale) on the frozen "
+        "EfficientNet-Lite0 ImageNet body",
+        "data": "CIFAR-10 test images 0-499 of each class (cifar10-test, --images 0:500); the last 10% of the sorted "
+        "classes (ship, truck) held out for validation. No ImageNet-18 image was used in meta-training.",
+        "evaluation": "ImageNet classes held out from meta-training (imagenet-mini18/train: 18 classes, 580 photos; "
+        "the frozen body was pretrained on ImageNet-1k, these classes included) and CIFAR-10 test images 500-999 "
+        "of each class (meta-training used images 0-499)",
+        "settings": [
+            ("ImageNet-18 5-way 1-shot", IMAGENET_EVAL, 5, 1),
+            ("ImageNet-18 5-way 5-shot", IMAGENET_EVAL, 5, 5),
+            ("CIFAR-10 5-way 5-shot", CIFAR_EVAL, 5, 5),
+        ],
+    },
+}
 
 
 def cpu_name() -> str:
@@ -36,7 +64,9 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def evaluate(checkpoint: Path, data_root: str, way: int, shot: int, episodes: int, every_step: bool) -> dict:
+def evaluate(
+    checkpoint: Path, data_root: str, data_args: list[str], way: int, shot: int, episodes: int, every_step: bool
+) -> dict:
     args = [
         sys.executable,
         "-m",
@@ -46,8 +76,7 @@ def evaluate(checkpoint: Path, data_root: str, way: int, shot: int, episodes: in
         str(checkpoint),
         "--data-root",
         data_root,
-        "--split",
-        "evaluation",
+        *data_args,
         "--way",
         str(way),
         "--shot",
@@ -66,9 +95,35 @@ def evaluate(checkpoint: Path, data_root: str, way: int, shot: int, episodes: in
     return json.loads(result.stdout)
 
 
+def body_package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from metacore.efficientnet import WEIGHTS_PACKAGE
+
+    try:
+        return version(WEIGHTS_PACKAGE)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def card_command(args: argparse.Namespace) -> str:
+    return (
+        f"python scripts/model_card.py {args.checkpoint} --suite {args.suite} --out {args.out} "
+        f"--steps {args.steps} --inner-lr {args.inner_lr}"
+    )
+
+
+def body_line(card: dict) -> str:
+    if "body" not in card:
+        return ""
+    b = card["body"]
+    return f"\n- **Frozen body** (not in the file): {b['source']} {b['package_version']}."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
+    parser.add_argument("--suite", default="omniglot", choices=list(SUITES), help="which benchmarks to measure")
     parser.add_argument("--out", default="models/omniglot_conv4.pt")
     parser.add_argument("--steps", type=int, required=True, help="default inner steps written into the model")
     parser.add_argument("--inner-lr", type=float, required=True, help="default inner lr written into the model")
@@ -85,17 +140,19 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, out)
 
+    suite = SUITES[args.suite]
     table = {}
-    for way, shot in SETTINGS:
-        result = evaluate(out, args.data_root, way, shot, args.episodes, False)
-        table[f"{way}-way {shot}-shot"] = {"accuracy": round(result["accuracy"], 2), "ci95": round(result["ci95"], 2)}
-        print(f"{way}w{shot}s: {result['accuracy']:.2f} ± {result['ci95']:.2f}", flush=True)
+    for label, data_args, way, shot in suite["settings"]:
+        result = evaluate(out, args.data_root, data_args, way, shot, args.episodes, False)
+        table[label] = {"accuracy": round(result["accuracy"], 2), "ci95": round(result["ci95"], 2)}
+        print(f"{label}: {result['accuracy']:.2f} ± {result['ci95']:.2f}", flush=True)
     curve_model = out.with_name(out.stem + "_curve.pt")
     shutil.copy(out, curve_model)
     curve_payload = read_checkpoint(curve_model)
     curve_payload["learner"]["inner_steps"] = args.curve_steps
     torch.save(curve_payload, curve_model)
-    curve = evaluate(curve_model, args.data_root, 5, 1, args.episodes, True)["per_step"]
+    first = suite["settings"][0]
+    curve = evaluate(curve_model, args.data_root, first[1], first[2], first[3], args.episodes, True)["per_step"]
     curve_model.unlink()
 
     training = payload["training"]
@@ -103,12 +160,11 @@ def main() -> None:
         "model": out.name,
         "sha256": sha256(out),
         "size_bytes": out.stat().st_size,
-        "data": "Omniglot images_background (964 characters, 30 alphabets) with 90/180/270-degree rotations as extra "
-        "classes; the last 10% of classes held out for validation. images_evaluation never used in training."
-        if payload["config"].get("rotations")
-        else "Omniglot images_background (964 characters); images_evaluation never used in training.",
-        "evaluation": f"Omniglot images_evaluation (659 characters, 20 alphabets), {args.episodes} episodes per "
-        "setting, 15 queries per class, seed 0",
+        "benchmark": suite["benchmark"],
+        "data": suite.get("data")
+        or "Omniglot images_background (964 characters, 30 alphabets) with 90/180/270-degree rotations as extra "
+        "classes; the last 10% of classes held out for validation. images_evaluation never used in training.",
+        "evaluation": f"{suite['evaluation']}; {args.episodes} episodes per setting, 15 queries per class, seed 0",
         "algorithm": payload["learner"]["algorithm"],
         "head": payload["learner"]["head"],
         "backbone": payload["backbone"],
@@ -125,6 +181,11 @@ def main() -> None:
         ],
         "command": args.command,
     }
+    body = payload["backbone"]["input_spec"].get("body")
+    if body:
+        from metacore.bodies import BODIES
+
+        card["body"] = {"name": body, "source": BODIES[body].source, "package_version": body_package_version()}
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 
     rows = "\n".join(f"| {k} | {v['accuracy']:.2f} ± {v['ci95']:.2f} |" for k, v in table.items())
@@ -149,13 +210,13 @@ def main() -> None:
     )
     out.with_suffix(".md").write_text(f"""# Model card: {out.name}
 
-- **What**: a Conv-4 (GroupNorm) backbone meta-trained with `metacore` ({card["algorithm"]}, {card["head"]} head:
-  any number of classes).
+- **What**: {suite["what"]}, meta-trained with `metacore` ({card["algorithm"]}, {card["head"]} head:
+  any number of classes).{body_line(card)}
 - **Data**: {card["data"]}
 - **Training**: {card["iterations"]} iterations, {card["train_seconds"] / 60:.0f} min on {card["hardware"]},
   torch {card["torch"]}. Hyperparameters: {hyper}.
 - **Reproduce**: `{card["command"] or "see config in the JSON card"}` then
-  `python scripts/model_card.py runs/shipped.pt --steps {args.steps} --inner-lr {args.inner_lr}`.
+  `{card_command(args)}`.
 - **Defaults used by the app and CLI**: inner lr {args.inner_lr}, {args.steps} steps.
 - **sha256**: `{card["sha256"]}` ({card["size_bytes"] / 1e6:.1f} MB)
 
@@ -165,7 +226,7 @@ def main() -> None:
 |---|---|
 {rows}
 
-Accuracy (5-way 1-shot) after 0..{args.curve_steps} inner steps: {curve_rows}
+Accuracy ({suite["settings"][0][0]}) after 0..{args.curve_steps} inner steps: {curve_rows}
 """)
     print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.md')}")
 

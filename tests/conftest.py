@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from metacore.data import Task
 from metacore.models import Backbone
@@ -36,3 +39,21 @@ def random_task(way: int = 3, shot: int = 2, query: int = 3, dtype: torch.dtype 
     sx, sy = draw(shot)
     qx, qy = draw(query)
     return Task(sx, sy, qx, qy, [f"class{i}" for i in range(way)])
+
+
+def photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A synthetic 'photo': a coloured disc on a textured background; the colour depends on the seed's class."""
+    rng = np.random.default_rng(seed)
+    colour = np.array([(220, 40, 40), (40, 60, 220), (40, 180, 60)][seed % 3])
+    h, w = size[1], size[0]
+    arr = rng.integers(90, 160, (h, w, 3)).astype(np.float64)
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx, r = h / 2 + rng.integers(-30, 30), w / 2 + rng.integers(-40, 40), rng.integers(50, 90)
+    arr[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = colour + rng.normal(0, 10, 3)
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()

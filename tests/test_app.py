@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import OMNIGLOT
+from conftest import OMNIGLOT, jpeg, photo
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -124,6 +124,30 @@ def test_digits_example_then_features_and_classify() -> None:
     assert labels.count("Silhouette") == 2 and labels.count("Nearest-class-mean accuracy") == 2
     at = page(at, "classify")
     at.file_uploader[0].set_value(("new.png", png(11), "image/png"))
+    at.run()
+    assert any("% confident" in m.value for m in at.markdown)
+
+
+def test_photo_model_adapts_to_uploaded_photos_and_shows_tsne() -> None:
+    at = start()
+    photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
+    at.sidebar.radio[0].set_value(photos_label).run()
+    assert at.session_state["model_label"] == photos_label
+    at = page(at, "build")
+    button(at, "Clear all").click().run()
+    for upload, (label, part) in enumerate([(0, "s"), (0, "q"), (1, "s"), (1, "q")]):
+        seeds = range(label, label + 9, 3) if part == "s" else range(label + 30, label + 36, 3)
+        at.file_uploader[upload].set_value([(f"{part}{s}.jpg", jpeg(photo(s)), "image/jpeg") for s in seeds])
+        at.run()
+    assert [(len(c.support), len(c.query)) for c in at.session_state["classes"]] == [(3, 2), (3, 2)]
+    at = page(at, "adapt")
+    button(at, "Run").click().run()
+    records = at.session_state["runs"]["maml"]["records"]
+    assert records[-1]["query_acc"] == 1.0
+    at = page(at, "features")
+    assert len(at.get("plotly_chart")) == 2
+    at = page(at, "classify")
+    at.file_uploader[0].set_value(("new.jpg", jpeg(photo(40)), "image/jpeg"))
     at.run()
     assert any("% confident" in m.value for m in at.markdown)
 
