@@ -131,7 +131,7 @@ def make_item(name: str, data: bytes | Image.Image) -> Item:
     """Validate and normalise an upload; raises MetacoreError with a message for the user."""
     if isinstance(data, bytes) and len(data) > MAX_UPLOAD_BYTES:
         raise MetacoreError(f"{name}: file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
-    image = open_image(data, name) if isinstance(data, bytes) else data
+    image = open_image(data, name, draft=512) if isinstance(data, bytes) else data  # a phone JPEG decodes at 1/4+
     image = to_standard_mode(image)
     image.thumbnail((256, 256))
     return Item(name, image)

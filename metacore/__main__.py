@@ -288,6 +288,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for k, v in result["ratios"].items():
             print(f"{k:>22}: {v:.2f}x")
         print(f"{'inner step 5w5s':>22}: {result['inner_step_ms']:.2f} ms")
+        photo = result["photo"]
+        print(f"{'photo inner step 5w5s':>22}: {photo['inner_step_ms']:.2f} ms")
+        print(f"{'25 photos -> features':>22}: {photo['extract_25_photos_s']:.2f} s ({photo['photo_size']})")
     return 0
 
 

@@ -14,3 +14,4 @@ def test_bench_reports_throughput_and_ratios() -> None:
         assert result["meta_training"][name]["tasks_per_s"] > 0, name
     assert set(result["ratios"]) == {"vs_naive_loop", "vs_higher"}
     assert result["inner_step_ms"] > 0 and result["second_order"] is True
+    assert result["photo"]["inner_step_ms"] > 0 and result["photo"]["extract_25_photos_s"] > 0
