@@ -32,8 +32,8 @@ MODELS = {  # what the sidebar's picker offers: label -> checkpoint
 }
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 INITS = {
-    "maml": "Shipped MAML init",
-    "anil": "Shipped MAML init, head only (ANIL)",
+    "maml": "Shipped meta-trained init",
+    "anil": "Shipped meta-trained init, head only (ANIL)",
     "random": "Random init (no meta-learning)",
     "protonet": "ProtoNet (shipped features, no steps)",
 }
@@ -86,6 +86,12 @@ def model_card(path: str) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def takes_drawings() -> bool:
+    """Whether the picked model reads characters (drawings make sense) rather than photos."""
+    shipped, _ = shared_model()
+    return not shipped.backbone.input_spec.body
 
 
 def learner_for(init: str) -> MAML:
@@ -289,8 +295,13 @@ def chosen_adaptation(tensors: TaskTensors) -> tuple[MAML, dict[str, torch.Tenso
         return learner_for(init), record["params"], caption
     shipped, _ = shared_model()
     params = list(adaptation_records(shipped, tensors, shipped.inner_steps, shipped.inner_lr))[-1]["params"]
-    caption = f"{INITS['maml']}, adapted for its default {shipped.inner_steps} steps (pick another on the Adapt page)"
+    steps = plural(shipped.inner_steps, "step")
+    caption = f"{INITS['maml']}, adapted for its default {steps} (pick another on the Adapt page)"
     return shipped, params, caption
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def image_to_png(image: Image.Image) -> bytes:
@@ -320,6 +331,6 @@ def sidebar() -> None:
                 f"{card.get('benchmark', 'Accuracy')}: "
                 + ", ".join(f"{k} {v['accuracy']:.1f}%" for k, v in card["accuracy"].items())
             )
-        st.caption(f"Default inner lr {learner.inner_lr}, {learner.inner_steps} steps")
+        st.caption(f"Default inner lr {learner.inner_lr}, {plural(learner.inner_steps, 'step')}")
         with st.expander("Model card"):
             st.json({k: v for k, v in meta.items() if k not in ("training",)}, expanded=False)

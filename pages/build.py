@@ -1,6 +1,7 @@
 import streamlit as st
 
 import lab
+from canvas import drawing_canvas
 from metacore.errors import MetacoreError
 from metacore.examples import (
     dataset_task,
@@ -19,6 +20,7 @@ st.write(
 )
 
 classes = lab.session_classes()
+drawable = lab.takes_drawings()
 messages: dict = st.session_state.setdefault("upload_messages", {})
 
 with st.expander("Start from an example", expanded=not any(c.support for c in classes)):
@@ -105,10 +107,15 @@ for index, cls in enumerate(list(classes)):
                 accept_multiple_files=True,
                 key=f"{counter}_{st.session_state[counter]}",
             )
-            photo = None
+            photo = drawing = None
             if cols[1].toggle("Camera", key=f"cam_on_{part}_{cls.uid}"):
                 photo = cols[1].camera_input("Take a photo", key=f"cam_{part}_{cls.uid}")
+            if drawable and cols[1].toggle("Draw", key=f"draw_on_{part}_{cls.uid}"):
+                with cols[1]:
+                    drawing = drawing_canvas(key=f"draw_{part}_{cls.uid}")
             new = [(f.name, f.getvalue()) for f in files or []]
+            if drawing:
+                new.append((f"drawing {len(items) + 1}", drawing))
             if photo is not None and st.session_state.get(f"cam_last_{part}_{cls.uid}") != photo.file_id:
                 st.session_state[f"cam_last_{part}_{cls.uid}"] = photo.file_id
                 new.append((f"photo {len(items) + 1}", photo.getvalue()))

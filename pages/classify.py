@@ -3,6 +3,7 @@ import plotly.express as px
 import streamlit as st
 
 import lab
+from canvas import drawing_canvas
 from metacore.features import predict_proba
 
 lab.sidebar()
@@ -17,7 +18,12 @@ counter = st.session_state.setdefault("classify_upload", 0)
 left, right = st.columns(2)
 files = left.file_uploader("Images to classify", accept_multiple_files=True, key=f"classify_{counter}")
 photo = right.camera_input("…or take a photo", key="classify_cam") if right.toggle("Camera") else None
+drawing = None
+if lab.takes_drawings() and right.toggle("Draw"):
+    with right:
+        drawing = drawing_canvas(key="classify_draw")
 new = [(f.name, f.getvalue()) for f in files or []] + ([("photo", photo.getvalue())] if photo is not None else [])
+new += [("drawing", drawing)] if drawing else []
 pending: list = st.session_state.setdefault("to_classify", [])
 if new:
     st.session_state.classify_problems = lab.add_uploads(pending, new)

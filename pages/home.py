@@ -38,7 +38,7 @@ with right:
     st.subheader("2 · Adapt")
     st.write(
         f"The shipped model ({learner.name}, {learner.head} head) adapts with inner lr {learner.inner_lr} "
-        f"for {learner.inner_steps} steps by default."
+        f"for {lab.plural(learner.inner_steps, 'step')} by default."
     )
     st.page_link("pages/adapt.py", label="Watch it adapt", icon="📉")
     st.subheader("3 · Look")

@@ -136,3 +136,48 @@ def test_load_example_adapt_and_screenshot_every_page(server: str, browser_page)
         go(page, title)
         page.screenshot(path=SHOTS / f"{name}.png", full_page=True)
     assert page.locator(".katex").count() >= 3
+
+
+def test_draw_a_character_on_the_canvas(server: str, browser_page) -> None:
+    page = browser_page
+    go(page, "Build a task")
+    page.get_by_role("button", name="Clear all").click()
+    wait_idle(page)
+    page.get_by_text("Draw", exact=True).first.click()
+    wait_idle(page)
+    canvas = page.locator("canvas[aria-label='drawing canvas']").first
+    canvas.wait_for(timeout=30_000)
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + 40, box["y"] + 40)
+    page.mouse.down()
+    for i in range(1, 11):  # a diagonal stroke
+        page.mouse.move(box["x"] + 40 + 12 * i, box["y"] + 40 + 12 * i)
+    page.mouse.up()
+    page.get_by_role("button", name="Add drawing").first.click()
+    wait_idle(page)
+    page.get_by_text("drawing 1").first.wait_for(timeout=30_000)
+    page.screenshot(path=SHOTS / "draw.png", full_page=True)
+
+
+def test_photo_model_on_an_imagenet_example(server: str, browser_page) -> None:
+    if not (ROOT.parent / "shared" / "data" / "imagenet-mini18").is_dir():
+        pytest.skip("imagenet-mini18 not found under ../shared/data")
+    page = browser_page
+    page.goto(server)  # a new session
+    page.get_by_text("Few-shot learning lab").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    page.get_by_text("Photos (EfficientNet-Lite0", exact=False).first.click()
+    wait_idle(page, 120)
+    go(page, "Build a task")
+    page.get_by_text("Start from an example").first.click()
+    page.get_by_role("button", name="ImageNet photos").click()
+    wait_idle(page, 120)
+    page.screenshot(path=SHOTS / "build_photos.png", full_page=True)
+    assert page.get_by_text("Ready: 5-way task").count() > 0
+    go(page, "Adapt step by step")
+    page.get_by_role("button", name="Run").first.click()
+    wait_idle(page, 120)
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
+    go(page, "Features")
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2", timeout=60_000)
+    page.screenshot(path=SHOTS / "features_photos.png", full_page=True)
