@@ -156,6 +156,7 @@ def test_draw_a_character_on_the_canvas(server: str, browser_page) -> None:
     page.get_by_role("button", name="Add drawing").first.click()
     wait_idle(page)
     page.get_by_text("drawing 1").first.wait_for(timeout=30_000)
+    wait_idle(page)
     page.screenshot(path=SHOTS / "draw.png", full_page=True)
 
 
