@@ -210,6 +210,12 @@ def bad_inputs(toy: Path, checkpoint: Path, tmp_path: Path) -> dict[str, tuple[l
             "query path not found",
         ),
         "negative steps": (["evaluate", *ck, *data, "--steps", "-1"], "--steps must be"),
+        "bad image slice": (["evaluate", *ck, *data, "--images", "first-half"], "images must look like start:stop"),
+        "empty image slice": (["evaluate", *ck, *data, "--images", "100:"], "leaves no images"),
+        "rotating photos": (
+            ["train", *data, "--backbone", "feature_adapter", "--rotations"],
+            "rotations apply to character images",
+        ),
         "no cuda": (["evaluate", *ck, *data, "--device", "cuda"], "CUDA")
         if not torch.cuda.is_available()
         else (["evaluate", *ck, *data, "--device", "tpu"], "unknown device"),

@@ -118,6 +118,25 @@ def test_sampler_is_seeded_and_shaped(tmp_path: Path) -> None:
             assert not any(torch.equal(s, q) for q in a.query_x[a.query_y == k])
 
 
+def test_image_slices_split_each_class_into_disjoint_parts(tmp_path: Path) -> None:
+    make_class_folders(tmp_path / "toy", {"a": 6, "b": 5})
+    first = open_dataset(tmp_path, "toy", images="0:3")
+    rest = open_dataset(tmp_path, "toy", images="3:")
+    assert [len(c.files) for c in first.classes] == [3, 3] and [len(c.files) for c in rest.classes] == [3, 2]
+    for one, other in zip(first.classes, rest.classes):
+        assert not set(one.files) & set(other.files)
+
+
+def test_photo_crop_keeps_the_centre_of_the_shorter_side() -> None:
+    spec = InputSpec(size=8, channels=3, invert="never", mean=(0.0,) * 3, std=(1.0,) * 3, crop=0.5)
+    arr = np.zeros((16, 32, 3), np.uint8)  # wide image: a white centre square, red everywhere else
+    arr[..., 0] = 255
+    arr[4:12, 12:20] = 255
+    tensor = load_image(png_bytes(Image.fromarray(arr)), spec)
+    assert tensor.shape == (3, 8, 8)
+    assert tensor[1:].min() > 0.9  # only the white centre is left (green and blue channels high)
+
+
 def test_sampler_errors(tmp_path: Path) -> None:
     make_class_folders(tmp_path / "toy", {"a": 3, "b": 3, "c": 2})
     dataset = open_dataset(tmp_path, "toy")
