@@ -51,8 +51,8 @@ def untrained(path: Path, backbone: str, algorithm: str, head: str) -> Path:
 
 
 class Table:
-    def __init__(self, data_root: str, episodes: int) -> None:
-        self.data_root, self.episodes = data_root, episodes
+    def __init__(self, data_root: str, episodes: int, twenty_way: bool) -> None:
+        self.data_root, self.episodes, self.twenty_way = data_root, episodes, twenty_way
 
     def score(self, checkpoint: Path, data_args: list[str], way: int, shot: int, *extra: str) -> dict:
         started = time.perf_counter()
@@ -87,7 +87,7 @@ def curve_line(result: dict) -> str:
 
 
 def omniglot_section(table: Table, runs: Path) -> list[str]:
-    settings = SUITES["omniglot"]["settings"]
+    settings = [s for s in SUITES["omniglot"]["settings"] if table.twenty_way or s[2] == 5]
     card = json.loads((ROOT / "models" / "omniglot_conv4.json").read_text())
     rows = [("**shipped** (`models/omniglot_conv4.pt`, card)", [f"{card['accuracy'][s[0]]['accuracy']:.1f} ± "
              f"{card['accuracy'][s[0]]['ci95']:.1f}" for s in settings], f"{card['default_inner_steps']}")]  # fmt: skip
@@ -113,7 +113,8 @@ def omniglot_section(table: Table, runs: Path) -> list[str]:
         "Test data: the 659 characters of `images_evaluation` (20 alphabets never seen in training). The baselines "
         "use the same Conv-4 (GroupNorm), the same training alphabets and the same evaluation command; they were "
         "meta-trained for 300 iterations (5-way 1-shot, meta-batch 8; `scripts/quick_check.py`), the shipped model "
-        "for 1200 (any-way, rotations; see its card), so the comparison of methods is at a short, equal budget.",
+        "for 1200 (any-way, rotations; see its card), so the comparison of methods is at a short, equal budget."
+        + ("" if table.twenty_way else " 20-way baselines: `--twenty-way` (about an hour more on 2 CPU cores)."),
         "",
         "| model | " + " | ".join(s[0] for s in settings) + " | inner steps |",
         "|---|" + "---|" * (len(settings) + 1),
@@ -171,15 +172,20 @@ def main() -> None:
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--sections", default="photo,omniglot", help="which sections to measure")
+    parser.add_argument(
+        "--twenty-way", action="store_true", help="also 20-way Omniglot baselines (about 1 h more on 2 CPU cores)"
+    )
     parser.add_argument("--out", default="docs/results.md")
     args = parser.parse_args()
-    table = Table(args.data_root, args.episodes)
+    table = Table(args.data_root, args.episodes, args.twenty_way)
     runs = ROOT / "runs"
     started = time.perf_counter()
     lines = [
         "# Results: the shipped models against their baselines",
         "",
-        f"Produced by `python scripts/results.py --episodes {args.episodes}` on {torch.get_num_threads()} CPU "
+        f"Produced by `python scripts/results.py --episodes {args.episodes}"
+        + (" --twenty-way" if args.twenty_way else "")
+        + f"` on {torch.get_num_threads()} CPU "
         f"threads, torch {torch.__version__}. Accuracy % with 95% confidence intervals over {args.episodes} test "
         "episodes, 15 queries per class, seed 0 (the same episodes for every model of a column).",
         "",
