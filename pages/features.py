@@ -57,6 +57,16 @@ def png_uri(item: lab.Item) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def item_index(point: dict) -> int | None:
+    """The task image behind a selected point (its custom data, which plotly may send as a list or a dict)."""
+    data = point.get("customdata")
+    if isinstance(data, dict):
+        data = list(data.values())
+    if isinstance(data, (list, tuple)):
+        data = data[0] if data else None
+    return None if data is None else int(data)
+
+
 def scatter(coords: np.ndarray, title: str):
     frame = pd.DataFrame(
         {
@@ -65,6 +75,7 @@ def scatter(coords: np.ndarray, title: str):
             "class": [tensors.names[i] for i in labels],
             "set": sets,
             "image": [i.name for i in items],
+            "index": range(len(items)),
         }
     )
     fig = px.scatter(
@@ -74,6 +85,8 @@ def scatter(coords: np.ndarray, title: str):
         color="class",
         symbol="set",
         hover_name="image",
+        custom_data=["index"],
+        hover_data={"x": False, "y": False, "index": False},
         title=title,
         symbol_map={"support": "circle", "query": "x"},
         height=480,
@@ -113,7 +126,18 @@ for column, coords, feats, title, key in (
     (right, coords_after, after, "After adaptation", "after"),
 ):
     with column:
-        st.plotly_chart(scatter(coords, title), key=f"map_{key}")
+        event = st.plotly_chart(
+            scatter(coords, title), key=f"map_{key}", on_select="rerun", selection_mode=("points", "box", "lasso")
+        )
+        picked = [i for i in map(item_index, event.selection.points) if i is not None] if event else []
+        if picked:  # clicked or lassoed points: their images, larger
+            st.image(
+                [items[i].thumbnail(96) for i in picked[:24]],
+                caption=[f"{items[i].name} ({tensors.names[labels[i]]}, {sets[i]})" for i in picked[:24]],
+                width=96,
+            )
+        else:
+            st.caption("Click a point, or drag a box or lasso, to see those images here.")
         scores = separation_scores(feats, labels)
         a, b = st.columns(2)
         a.metric(

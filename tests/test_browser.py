@@ -130,6 +130,13 @@ def test_load_example_adapt_and_screenshot_every_page(server: str, browser_page)
 
     go(page, "Features")
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2", timeout=60_000)
+    box = page.locator(".js-plotly-plot .scatterlayer .point").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # hover first, as a user would
+    page.wait_for_timeout(500)
+    page.mouse.down()
+    page.mouse.up()  # a click selects the point: its image is shown larger under the map
+    wait_idle(page)
+    page.get_by_text(", support)").first.wait_for(timeout=30_000)
     page.screenshot(path=SHOTS / "features.png", full_page=True)
 
     for name, title in (("classify", "Classify"), ("learn", "Learn")):
