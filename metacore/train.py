@@ -90,6 +90,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     val_way, val_shot = sampler.way[0], sampler.shot[0]
     val_sampler = EpisodeSampler(val_set, min(val_way, len(val_set)), val_shot, cfg.query, seed=cfg.seed + 1)
     train_set.preload(progress)
+    val_set.preload(progress)
 
     learner.params = {k: v.detach().clone().requires_grad_(True) for k, v in learner.params.items()}
     optimizer = torch.optim.Adam(learner.params.values(), lr=cfg.meta_lr)
