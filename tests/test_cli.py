@@ -162,6 +162,8 @@ def bad_inputs(toy: Path, checkpoint: Path, tmp_path: Path) -> dict[str, tuple[l
     make_class_folders(tmp_path / "empty_class" / "a", {"x": 3})
     (tmp_path / "empty_class" / "b").mkdir()
     make_class_folders(tmp_path / "few", {"a": 2, "b": 2, "c": 2})
+    for split in ("train", "val"):
+        make_class_folders(tmp_path / "split_set" / split, {"a": 2, "b": 2})
     corrupt = tmp_path / "corrupt"
     make_class_folders(corrupt, {"a": 3, "b": 3})
     (corrupt / "b" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -210,6 +212,10 @@ def bad_inputs(toy: Path, checkpoint: Path, tmp_path: Path) -> dict[str, tuple[l
             "query path not found",
         ),
         "negative steps": (["evaluate", *ck, *data, "--steps", "-1"], "--steps must be"),
+        "splits, not classes": (
+            ["evaluate", *ck, "--data-root", str(tmp_path), "--dataset", "split_set"],
+            "holds splits \\(train, val\\), not classes: choose one with --split",
+        ),
         "bad image slice": (["evaluate", *ck, *data, "--images", "first-half"], "images must look like start:stop"),
         "empty image slice": (["evaluate", *ck, *data, "--images", "100:"], "leaves no images"),
         "rotating photos": (
