@@ -128,6 +128,21 @@ def test_digits_example_then_features_and_classify() -> None:
     assert any("% confident" in m.value for m in at.markdown)
 
 
+def test_switching_model_keeps_the_task_and_clears_the_runs() -> None:
+    at = page(start(), "build")
+    assert any(t.label == "Draw" for t in at.toggle)
+    at = page(at, "adapt")
+    button(at, "Run").click().run()
+    assert at.session_state["runs"]
+    before = [(c.name, len(c.support)) for c in at.session_state["classes"]]
+    photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
+    at.sidebar.radio[0].set_value(photos_label).run()
+    assert not at.exception
+    assert all(not run["records"] for run in at.session_state["runs"].values())  # old model's steps are gone
+    assert [(c.name, len(c.support)) for c in at.session_state["classes"]] == before
+    assert not any(t.label == "Draw" for t in page(at, "build").toggle)  # the canvas: character models only
+
+
 def test_photo_model_adapts_to_uploaded_photos_and_shows_tsne() -> None:
     at = start()
     photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
