@@ -216,11 +216,10 @@ def task_tensors(classes: list[TaskClass], spec: InputSpec, device: torch.device
         s_labels += [label] * len(c.support)
         q_items += c.query
         q_labels += [label] * len(c.query)
-    support, query = item_inputs(s_items, spec), item_inputs(q_items, spec) if q_items else []
     return TaskTensors(
-        support.to(device),
+        item_inputs(s_items, spec).to(device),
         torch.tensor(s_labels, device=device),
-        query.to(device) if q_items else None,
+        item_inputs(q_items, spec).to(device) if q_items else None,
         torch.tensor(q_labels, device=device) if q_items else None,
         [c.name for c in classes],
         s_items,
