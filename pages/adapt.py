@@ -74,6 +74,12 @@ if run_clicked:
 
 if init == "protonet":
     st.info("ProtoNet does not take gradient steps: it classifies by distance to each class's mean feature.")
+elif init == "maml" and shipped.backbone.input_spec.body:
+    st.caption(
+        "The photo model's head starts at the class prototypes of a frozen ImageNet network's features, which "
+        "is already close to the best head for a few shots: step 0 is the prediction, and the steps change little "
+        "(meta-learning shaped the feature space instead; see Learn)."
+    )
 elif init == "maml":
     st.caption(
         f"The shipped model was meta-trained to adapt in {shipped.inner_steps} step(s) at lr {shipped.inner_lr}: "
