@@ -321,7 +321,7 @@ def sidebar() -> None:
             learner, meta = shared_model()
         except MetacoreError as exc:
             st.error(f"Model could not be loaded: {exc}")
-            return
+            st.stop()  # every page needs the model; the picker above stays usable
         st.caption(f"Device: **{learner.backbone.device}**")
         card = model_card(str(Path(model_path()).with_suffix(".json")))
         st.caption(f"Model: **{Path(model_path()).name}** ({learner.name}, {learner.head} head)")

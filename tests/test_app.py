@@ -143,6 +143,18 @@ def test_switching_model_keeps_the_task_and_clears_the_runs() -> None:
     assert not any(t.label == "Draw" for t in page(at, "build").toggle)  # the canvas: character models only
 
 
+def test_a_missing_model_file_gives_a_message_not_a_traceback(monkeypatch, tmp_path) -> None:
+    import lab
+
+    at = start()
+    photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
+    monkeypatch.setitem(lab.MODELS, photos_label, tmp_path / "gone.pt")
+    at.sidebar.radio[0].set_value(photos_label).run()
+    for name in ("adapt", "features", "classify"):
+        at = page(at, name)
+        assert any("Model could not be loaded" in e.value and "not found" in e.value for e in at.sidebar.error)
+
+
 def test_photo_model_adapts_to_uploaded_photos_and_shows_tsne() -> None:
     at = start()
     photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
