@@ -82,8 +82,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("METACORE_CACHE") or Path.home() / ".cache" / "metacore").expanduser()
 
 
+FEATURES_VERSION = 2  # bump whenever preprocessing or a body changes, so cached features are recomputed
+
+
 def _cache_key(files: Sequence[Path], spec: InputSpec) -> str:
-    digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps([FEATURES_VERSION, spec.to_dict()], sort_keys=True).encode())
     for f in files:
         stat = f.stat()
         digest.update(f"{f.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())

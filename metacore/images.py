@@ -34,6 +34,7 @@ class InputSpec:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     crop: float = 0.0  # 0: stretch the whole image to size x size; else keep the centre `crop` of the shorter side
+    #                    (all of it for a thumbnail under half the input size)
     body: str = ""  # a frozen pretrained body (metacore.bodies) that turns the pixels into the model's input
 
     def to_dict(self) -> dict:
@@ -126,8 +127,10 @@ def preprocess(image: Image.Image, spec: InputSpec) -> torch.Tensor:
     image = to_standard_mode(image)
     image = image.convert("L" if spec.channels == 1 else "RGB")
     if spec.crop:
-        side = round(spec.size / spec.crop)
         width, height = image.size
+        # A thumbnail (shorter side under half the input size) has no margin to spare: keep all of its shorter side.
+        keep = spec.crop if 2 * min(width, height) >= spec.size else 1.0
+        side = round(spec.size / keep)
         scale = side / min(width, height)
         image = image.resize((max(side, round(width * scale)), max(side, round(height * scale))),
                              Image.Resampling.BILINEAR, reducing_gap=2.0)  # fmt: skip

@@ -137,6 +137,14 @@ def test_photo_crop_keeps_the_centre_of_the_shorter_side() -> None:
     assert tensor[1:].min() > 0.9  # only the white centre is left (green and blue channels high)
 
 
+def test_a_thumbnail_is_not_cropped() -> None:
+    spec = InputSpec(size=8, channels=3, invert="never", mean=(0.0,) * 3, std=(1.0,) * 3, crop=0.5)
+    arr = np.full((3, 3, 3), 255, np.uint8)
+    arr[0, 0] = 0  # a black corner pixel survives: the 3x3 image (under half of 8) is used whole
+    tensor = load_image(png_bytes(Image.fromarray(arr)), spec)
+    assert tensor.shape == (3, 8, 8) and tensor[:, 0, 0].max() < 0.3  # cropped, it would be 0.57
+
+
 def test_sampler_errors(tmp_path: Path) -> None:
     make_class_folders(tmp_path / "toy", {"a": 3, "b": 3, "c": 2})
     dataset = open_dataset(tmp_path, "toy")
