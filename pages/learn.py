@@ -50,7 +50,7 @@ st.markdown(
     "the inner loop, so a step takes milliseconds. With such strong features the prototype head is already "
     "close to the best linear head for a few shots, so the steps change little: on photos, most of the work is "
     "done by what the body learned from millions of images, and meta-learning mostly adjusts the feature space "
-    "(it helps most where the body is weakest: tiny CIFAR-10 images, +5.6 points over plain prototypes)."
+    "(it helps most where the body is weakest: tiny CIFAR-10 images, +5 points over plain prototypes)."
 )
 st.subheader("Where to see it")
 st.markdown(
