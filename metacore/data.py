@@ -99,13 +99,12 @@ def folder_classes(root: Path) -> list[ImageClass]:
     """Every subfolder of `root` that holds images is a class (named after the subfolder)."""
     if not root.is_dir():
         raise MetacoreError(f"folder not found: {root}")
-    subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if subs and all(not image_files(sub) and any(p.is_dir() for p in sub.iterdir()) for sub in subs):
+    subs = {p: image_files(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    if subs and all(not files and any(p.is_dir() for p in sub.iterdir()) for sub, files in subs.items()):
         splits = ", ".join(sub.name for sub in subs)  # e.g. train/ and val/, each a folder of class folders
         raise MetacoreError(f"{root} holds splits ({splits}), not classes: choose one with --split")
     classes = []
-    for sub in subs:
-        files = image_files(sub)
+    for sub, files in subs.items():
         if not files:
             raise MetacoreError(f"class folder '{sub.name}' in {root} has no images")
         classes.append(ImageClass(sub.name, tuple(files)))

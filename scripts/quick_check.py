@@ -36,6 +36,14 @@ def cli(*args: str) -> dict:
     return json.loads(result.stdout)
 
 
+def write_page(path: str, lines: list[str]) -> None:
+    """Write a Markdown page under the project root."""
+    out = ROOT / path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
@@ -116,10 +124,7 @@ def main() -> None:
             f"| {r['algorithm']} | `{r['recipe'] or '(defaults)'}` | {r['train_s'] / 60:.1f} min | "
             f"{r['accuracy']:.1f} ± {r['ci95']:.1f} | {r['steps']} |"
         )
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_page(args.out, lines)
 
 
 if __name__ == "__main__":

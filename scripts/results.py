@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,18 +28,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from model_card import CIFAR_EVAL, IMAGENET_EVAL, OMNIGLOT_EVAL, SUITES  # noqa: E402
-from quick_check import RECIPES  # noqa: E402
+from quick_check import RECIPES, cli, write_page  # noqa: E402
 
 from metacore.checkpoint import build_learner, save_checkpoint  # noqa: E402
 from metacore.models import Backbone  # noqa: E402
-
-
-def cli(*args: str) -> dict:
-    command = [sys.executable, "-m", "metacore", *args, "--json"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"failed: python -m metacore {' '.join(args)}\n{result.stderr.strip()}")
-    return json.loads(result.stdout)
 
 
 def untrained(path: Path, backbone: str, algorithm: str, head: str) -> Path:
@@ -86,11 +77,38 @@ def curve_line(result: dict) -> str:
     return " | ".join(f"{r['accuracy']:.1f}" for r in result["per_step"])
 
 
+Row = tuple[str, list[str], str]  # model, one cell per setting, inner steps
+
+
+def shipped_row(model: str, settings: list, suite_card: dict) -> Row:
+    """The shipped model's row, from its model card (measured by scripts/model_card.py with the same command)."""
+    cells = [cell(suite_card["accuracy"][label]) for label, *_ in settings]
+    return f"**shipped** (`models/{model}`, card)", cells, str(suite_card["default_inner_steps"])
+
+
+def scratch_row(table: Table, checkpoint: Path, label: str, settings: list, pick: tuple, lrs: list[float]) -> Row:
+    """An untrained model fine-tuned for 10 steps, its inner lr picked on training data (`pick`: data, way, shot)."""
+    steps = 10
+    lr = table.pick_lr(checkpoint, *pick, steps, lrs)
+    results = [
+        table.score(checkpoint, data, way, shot, "--steps", str(steps), "--inner-lr", str(lr))
+        for _, data, way, shot in settings
+    ]
+    return f"{label} (lr {lr})", [cell(r) for r in results], str(steps)
+
+
+def table_lines(settings: list, rows: list[Row]) -> list[str]:
+    lines = [
+        "| model | " + " | ".join(s[0] for s in settings) + " | inner steps |",
+        "|---|" + "---|" * (len(settings) + 1),
+    ]
+    return lines + [f"| {name} | " + " | ".join(cells) + f" | {steps} |" for name, cells, steps in rows]
+
+
 def omniglot_section(table: Table, runs: Path) -> list[str]:
     settings = [s for s in SUITES["omniglot"]["settings"] if table.twenty_way or s[2] == 5]
     card = json.loads((ROOT / "models" / "omniglot_conv4.json").read_text())
-    rows = [("**shipped** (`models/omniglot_conv4.pt`, card)", [f"{card['accuracy'][s[0]]['accuracy']:.1f} ± "
-             f"{card['accuracy'][s[0]]['ci95']:.1f}" for s in settings], f"{card['default_inner_steps']}")]  # fmt: skip
+    rows = [shipped_row("omniglot_conv4.pt", settings, card)]
     for algo in ("maml", "fomaml", "reptile", "anil", "protonet"):
         checkpoint = runs / f"quick_{algo}.pt"
         if not checkpoint.is_file():
@@ -99,13 +117,8 @@ def omniglot_section(table: Table, runs: Path) -> list[str]:
         results = [table.score(checkpoint, data, way, shot) for _, data, way, shot in settings]
         rows.append((f"{algo}, 300 iterations", [cell(r) for r in results], str(results[0]["steps"])))
     scratch = untrained(runs / "random_conv4.pt", "conv4", "maml", "zero")
-    steps = 10
-    lr = table.pick_lr(scratch, ["--split", "background"], 5, 1, steps, [0.1, 0.4, 1.0])
-    results = [
-        table.score(scratch, data, way, shot, "--steps", str(steps), "--inner-lr", str(lr))
-        for _, data, way, shot in settings
-    ]
-    rows.append((f"random init, fine-tuned (lr {lr})", [cell(r) for r in results], str(steps)))
+    pick = (["--split", "background"], 5, 1)
+    rows.append(scratch_row(table, scratch, "random init, fine-tuned", settings, pick, [0.1, 0.4, 1.0]))
     curve = table.score(ROOT / "models" / "omniglot_conv4.pt", OMNIGLOT_EVAL, 5, 1, "--steps", "10", "--every-step")
     lines = [
         "## Omniglot characters (Conv-4, 28x28)",
@@ -116,10 +129,8 @@ def omniglot_section(table: Table, runs: Path) -> list[str]:
         "for 1200 (any-way, rotations; see its card), so the comparison of methods is at a short, equal budget."
         + ("" if table.twenty_way else " 20-way baselines: `--twenty-way` (about an hour more on 2 CPU cores)."),
         "",
-        "| model | " + " | ".join(s[0] for s in settings) + " | inner steps |",
-        "|---|" + "---|" * (len(settings) + 1),
+        *table_lines(settings, rows),
     ]
-    lines += [f"| {name} | " + " | ".join(cells) + f" | {steps} |" for name, cells, steps in rows]
     lines += ["", f"Shipped model, 5-way 1-shot accuracy after 0..10 inner steps (lr {card['default_inner_lr']}): "
               + curve_line(curve), ""]  # fmt: skip
     return lines
@@ -128,20 +139,14 @@ def omniglot_section(table: Table, runs: Path) -> list[str]:
 def photo_section(table: Table, runs: Path) -> list[str]:
     settings = SUITES["photo"]["settings"]
     card = json.loads((ROOT / "models" / "photo_lite0.json").read_text())
-    rows = [("**shipped** (`models/photo_lite0.pt`, card)", [f"{card['accuracy'][s[0]]['accuracy']:.1f} ± "
-             f"{card['accuracy'][s[0]]['ci95']:.1f}" for s in settings], str(card["default_inner_steps"]))]  # fmt: skip
+    rows = [shipped_row("photo_lite0.pt", settings, card)]
     proto = untrained(runs / "protonet_lite0.pt", "feature_adapter", "protonet", "proto")
     rows.append(("ProtoNet on the frozen features (no meta-learning)",
                  [cell(table.score(proto, data, way, shot)) for _, data, way, shot in settings], "0"))  # fmt: skip
     scratch = untrained(runs / "random_lite0.pt", "feature_adapter", "maml", "zero")
-    steps = 10
-    train_images = ["--dataset", "cifar10-test", "--images", "0:500"]
-    lr = table.pick_lr(scratch, train_images, 5, 5, steps, [0.25, 1.0, 4.0, 16.0])
-    results = [
-        table.score(scratch, data, way, shot, "--steps", str(steps), "--inner-lr", str(lr))
-        for _, data, way, shot in settings
-    ]
-    rows.append((f"fine-tuning from scratch: zero head + adapter (lr {lr})", [cell(r) for r in results], str(steps)))
+    pick = (["--dataset", "cifar10-test", "--images", "0:500"], 5, 5)  # CIFAR-10 training images
+    label = "fine-tuning from scratch: zero head + adapter"
+    rows.append(scratch_row(table, scratch, label, settings, pick, [0.25, 1.0, 4.0, 16.0]))
     curve = table.score(ROOT / "models" / "photo_lite0.pt", IMAGENET_EVAL, 5, 5, "--steps", "10", "--every-step")
     cifar_curve = table.score(ROOT / "models" / "photo_lite0.pt", CIFAR_EVAL, 5, 5, "--steps", "10", "--every-step")
     lines = [
@@ -151,10 +156,8 @@ def photo_section(table: Table, runs: Path) -> list[str]:
         "itself was pretrained on ImageNet-1k, these classes included) and CIFAR-10 test images 500-999 of each "
         "class (meta-training used images 0-499 of 8 of the classes).",
         "",
-        "| model | " + " | ".join(s[0] for s in settings) + " | inner steps |",
-        "|---|" + "---|" * (len(settings) + 1),
+        *table_lines(settings, rows),
     ]
-    lines += [f"| {name} | " + " | ".join(cells) + f" | {steps} |" for name, cells, steps in rows]
     lines += [
         "",
         f"Shipped photo model after 0..10 inner steps (lr {card['default_inner_lr']}): ImageNet-18 5-way 5-shot "
@@ -193,10 +196,7 @@ def main() -> None:
     for section in args.sections.split(","):
         lines += {"omniglot": omniglot_section, "photo": photo_section}[section](table, runs)
     lines.append(f"Total time to produce this page: {(time.perf_counter() - started) / 60:.0f} min.")
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_page(args.out, lines)
 
 
 if __name__ == "__main__":
