@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="checkpoint path (default: runs/<algo>.pt)")
     p.add_argument("--resume", action="store_true", help="continue training the checkpoint at --out")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from this checkpoint's backbone (e.g. a protonet run); algorithm, head, inner loop from the flags",
+    )
 
     p = sub.add_parser(
         "evaluate",
@@ -163,6 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         out=args.out or f"runs/{args.algo}.pt",
         resume=args.resume,
+        init=args.init,
     )
     from metacore.algorithms import ALGORITHMS
 

@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/model.pt"
     resume: bool = False
+    init: str | None = None  # a checkpoint whose backbone parameters are the starting point
 
 
 def _log(message: str) -> None:
@@ -77,9 +78,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         _log(f"resuming {out} from iteration {start_iteration}")
     else:
         torch.manual_seed(cfg.seed)
-        if cfg.backbone not in BACKBONES:
+        if cfg.init:
+            backbone = load_checkpoint(cfg.init, device)[0].backbone
+            if backbone.name != cfg.backbone:
+                raise MetacoreError(f"--init {cfg.init} holds a '{backbone.name}' backbone, not '{cfg.backbone}'")
+        elif cfg.backbone not in BACKBONES:
             raise MetacoreError(f"unknown backbone '{cfg.backbone}' (known: {', '.join(BACKBONES)})")
-        backbone = Backbone(cfg.backbone).to(device)
+        else:
+            backbone = Backbone(cfg.backbone).to(device)
         learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head)
 
     dataset = open_dataset(

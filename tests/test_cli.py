@@ -88,6 +88,34 @@ def test_resume_continues_from_the_saved_iteration(toy: Path, checkpoint: Path, 
     assert read_checkpoint(out)["training"]["iteration"] == 5
 
 
+def test_init_starts_a_new_algorithm_from_a_checkpoints_backbone(toy: Path, checkpoint: Path, capsys) -> None:
+    out = toy / "protomaml.pt"
+    args = ["train", "--data-root", str(toy), *TOY_TASK, "--algo", "fomaml", "--head", "proto", "--iterations", "1"]
+    code, _, _ = run(
+        [
+            *args,
+            "--meta-lr",
+            "0",
+            "--val-every",
+            "1",
+            "--val-episodes",
+            "1",
+            "--init",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0
+    start, _ = load_checkpoint(checkpoint)
+    learner, meta = load_checkpoint(out)
+    assert learner.name == "fomaml" and learner.head == "proto" and meta["config"]["init"] == str(checkpoint)
+    for k, v in start.backbone.params.items():  # meta-lr 0: the backbone is exactly the one it started from
+        assert torch.equal(learner.backbone.params[k], v), k
+
+
 def test_evaluate_json(toy: Path, checkpoint: Path, capsys) -> None:
     code, stdout, _ = run(
         [
@@ -206,6 +234,11 @@ def bad_inputs(toy: Path, checkpoint: Path, tmp_path: Path) -> dict[str, tuple[l
         "missing checkpoint": (["evaluate", "--checkpoint", str(tmp_path / "none.pt"), *data], "checkpoint not found"),
         "bad range": (["train", *data, "--way", "many"], "--way must be"),
         "unknown algorithm": (["train", *data, "--algo", "magic"], "unknown --algo"),
+        "missing init": (["train", *data, "--init", str(tmp_path / "none.pt")], "checkpoint not found"),
+        "init of another backbone": (
+            ["train", *data, "--init", str(checkpoint), "--backbone", "feature_adapter"],
+            "holds a 'conv4' backbone, not 'feature_adapter'",
+        ),
         "bad embed output": (["embed", *ck, str(toy), "--out", str(tmp_path / "f.txt")], "must end in .csv or .npy"),
         "missing query": (
             ["classify", *ck, "--support", str(toy / "toy"), str(tmp_path / "nope.png")],
