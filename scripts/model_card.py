@@ -120,6 +120,22 @@ def body_line(card: dict) -> str:
     return f"\n- **Frozen body** (not in the file): {b['source']} {b['package_version']}."
 
 
+HYPERPARAMETERS = ("way", "shot", "query", "meta_batch", "inner_lr", "inner_steps", "meta_lr", "cosine", "head",
+                   "rotations", "seed")  # fmt: skip
+
+
+def stage_summary(payload: dict) -> dict:
+    """One training run of a (possibly multi-stage) recipe: algorithm, iterations, time, hyperparameters."""
+    cfg, training = payload["config"], payload["training"]
+    return {
+        "algorithm": payload["learner"]["algorithm"],
+        "iterations": training["iteration"],
+        "seconds": round(training["seconds"], 1),
+        "torch": training.get("torch"),
+        "hyperparameters": ", ".join(f"{k}={cfg[k]}" for k in HYPERPARAMETERS if k in cfg),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
@@ -156,6 +172,12 @@ def main() -> None:
     curve_model.unlink()
 
     training = payload["training"]
+    stages = [stage_summary(payload)]
+    init = payload["config"].get("init")
+    while init:  # a recipe in stages (e.g. protonet, then ProtoMAML from its backbone): describe each
+        earlier = read_checkpoint(ROOT / init)
+        stages.insert(0, stage_summary(earlier))
+        init = earlier["config"].get("init")
     card = {
         "model": out.name,
         "sha256": sha256(out),
@@ -170,7 +192,8 @@ def main() -> None:
         "backbone": payload["backbone"],
         "config": payload["config"],
         "iterations": training["iteration"],
-        "train_seconds": round(training["seconds"], 1),
+        "train_seconds": round(sum(stage["seconds"] for stage in stages), 1),
+        "stages": stages,
         "hardware": f"{training.get('device', 'cpu')} ({cpu_name()}, {torch.get_num_threads()} threads)",
         "torch": training.get("torch"),
         "default_inner_lr": args.inner_lr,
@@ -190,31 +213,18 @@ def main() -> None:
 
     rows = "\n".join(f"| {k} | {v['accuracy']:.2f} ± {v['ci95']:.2f} |" for k, v in table.items())
     curve_rows = " | ".join(f"{r['accuracy']:.1f}" for r in card["accuracy_vs_steps_5w1s"])
-    cfg = payload["config"]
-    hyper = ", ".join(
-        f"{k}={cfg[k]}"
-        for k in (
-            "way",
-            "shot",
-            "query",
-            "meta_batch",
-            "inner_lr",
-            "inner_steps",
-            "meta_lr",
-            "cosine",
-            "head",
-            "rotations",
-            "seed",
-        )
-        if k in cfg
+    training_lines = "\n".join(
+        f"- **Training{f' stage {i + 1}' if len(stages) > 1 else ''}**: {stage['algorithm']}, {stage['iterations']} "
+        f"iterations, {stage['seconds'] / 60:.0f} min on {card['hardware']}, torch {stage['torch']}. "
+        f"Hyperparameters: {stage['hyperparameters']}."
+        for i, stage in enumerate(stages)
     )
     out.with_suffix(".md").write_text(f"""# Model card: {out.name}
 
 - **What**: {suite["what"]}, meta-trained with `metacore` ({card["algorithm"]}, {card["head"]} head:
   any number of classes).{body_line(card)}
 - **Data**: {card["data"]}
-- **Training**: {card["iterations"]} iterations, {card["train_seconds"] / 60:.0f} min on {card["hardware"]},
-  torch {card["torch"]}. Hyperparameters: {hyper}.
+{training_lines}
 - **Reproduce**: `{card["command"] or "see config in the JSON card"}` then
   `{card_command(args)}`.
 - **Defaults used by the app and CLI**: inner lr {args.inner_lr}, {args.steps} steps.
