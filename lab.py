@@ -115,11 +115,14 @@ class Item:
     name: str
     image: Image.Image
     inputs: dict[InputSpec, torch.Tensor] = field(default_factory=dict, repr=False)  # model inputs, per spec
+    thumbnails: dict[int, Image.Image] = field(default_factory=dict, repr=False)  # made once per size: pages rerun
 
     def thumbnail(self, size: int = 72) -> Image.Image:
-        thumb = self.image.copy()
-        thumb.thumbnail((size, size))
-        return thumb
+        if size not in self.thumbnails:
+            thumb = self.image.copy()
+            thumb.thumbnail((size, size))
+            self.thumbnails[size] = thumb
+        return self.thumbnails[size]
 
 
 _class_ids = itertools.count()
