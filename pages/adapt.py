@@ -74,17 +74,20 @@ if run_clicked:
 
 if init == "protonet":
     st.info("ProtoNet does not take gradient steps: it classifies by distance to each class's mean feature.")
-elif init == "maml" and shipped.backbone.input_spec.body:
+elif init == "maml" and shipped.head == "proto":
+    body = shipped.backbone.input_spec.body
+    features = "a frozen ImageNet network's features" if body else "its meta-learned features"
     st.caption(
-        "The photo model's head starts at the class prototypes of a frozen ImageNet network's features, which "
-        "is already close to the best head for a few shots: step 0 is the prediction, and the steps change little "
-        "(meta-learning shaped the feature space instead; see Learn)."
+        f"This model's head starts at the class prototypes of {features}, which is already close to the best head "
+        f"for a few shots: step 0 is the prediction, and its steps (lr {shipped.inner_lr}) change little (with one "
+        "image per class, almost nothing: each prototype *is* that image, so the support loss starts near 0). "
+        "Meta-learning shaped the feature space instead (see Learn). Compare with the random init below, or raise "
+        "the lr to watch the steps overshoot."
     )
 elif init == "maml":
     st.caption(
-        f"The shipped model was meta-trained to adapt in {shipped.inner_steps} step(s) at lr {shipped.inner_lr}: "
-        "that is where it is best. Further steps overshoot with this model (its features have a large scale) and "
-        "accuracy can fall; a much smaller inner lr (about 0.02) makes later steps far gentler."
+        f"This model was meta-trained to adapt in {shipped.inner_steps} step(s) at lr {shipped.inner_lr}: "
+        "that is where it is best; further steps can overshoot."
     )
 if not records:
     st.info("Press **Step** to take the first inner gradient step, or **Run** for several.")

@@ -127,12 +127,13 @@ HYPERPARAMETERS = ("way", "shot", "query", "meta_batch", "inner_lr", "inner_step
 def stage_summary(payload: dict) -> dict:
     """One training run of a (possibly multi-stage) recipe: algorithm, iterations, time, hyperparameters."""
     cfg, training = payload["config"], payload["training"]
+    unused = ("inner_lr", "inner_steps", "head") if payload["learner"]["algorithm"] == "protonet" else ()
     return {
         "algorithm": payload["learner"]["algorithm"],
         "iterations": training["iteration"],
         "seconds": round(training["seconds"], 1),
         "torch": training.get("torch"),
-        "hyperparameters": ", ".join(f"{k}={cfg[k]}" for k in HYPERPARAMETERS if k in cfg),
+        "hyperparameters": ", ".join(f"{k}={cfg[k]}" for k in HYPERPARAMETERS if k in cfg and k not in unused),
     }
 
 
@@ -227,7 +228,7 @@ def main() -> None:
 {training_lines}
 - **Reproduce**: `{card["command"] or "see config in the JSON card"}` then
   `{card_command(args)}`.
-- **Defaults used by the app and CLI**: inner lr {args.inner_lr}, {args.steps} steps.
+- **Defaults used by the app and CLI**: inner lr {args.inner_lr}, {args.steps} step{"" if args.steps == 1 else "s"}.
 - **sha256**: `{card["sha256"]}` ({card["size_bytes"] / 1e6:.1f} MB)
 
 ## Accuracy ({card["evaluation"]})

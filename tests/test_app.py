@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,8 @@ def test_build_by_upload_then_step_and_the_support_loss_falls() -> None:
     assert any("Ready: 2-way task" in s.value for s in at.success)
 
     at = page(at, "adapt")
-    at.number_input[0].set_value(0.05).run()
+    card = json.loads((Path(__file__).resolve().parents[1] / "models" / "omniglot_conv4.json").read_text())
+    assert at.number_input[0].value == card["default_inner_lr"]  # the lr field starts at the model's own
     button(at, "Step").click().run()
     button(at, "Run").click().run()
     records = at.session_state["runs"]["maml"]["records"]
