@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from metacore.data import open_dataset
+from metacore.data import ImageClass, open_dataset
 from metacore.errors import MetacoreError
 from metacore.images import open_image
 
@@ -46,11 +47,17 @@ PHOTO_EXAMPLES = {  # label -> (dataset folder, split) under the data root
 }
 
 
+@functools.lru_cache(maxsize=8)
+def listed_classes(data_root: str, dataset: str, split: str | None) -> tuple[ImageClass, ...]:
+    """A data set's classes, listed once per process (listing Omniglot's evaluation alphabets takes ~0.3 s)."""
+    return tuple(open_dataset(data_root, dataset, split).classes)
+
+
 def dataset_task(
     data_root: str | Path, dataset: str, split: str | None, way: int, shot: int, query: int, seed: int = 0
 ) -> ExampleTask:
     """An N-way K-shot task drawn from a data set under the data root, as PIL images with readable class names."""
-    classes = open_dataset(data_root, dataset, split).classes
+    classes = listed_classes(str(data_root), dataset, split)
     rng = np.random.default_rng(seed)
     if way > len(classes):
         raise MetacoreError(f"{dataset} has {len(classes)} classes: choose at most {len(classes)}")
