@@ -151,6 +151,12 @@ def main() -> None:
     args = parser.parse_args()
 
     payload = read_checkpoint(args.checkpoint)
+    stages = [stage_summary(payload)]  # read before the long evaluations: a missing earlier stage fails at once
+    init = payload["config"].get("init")
+    while init:  # a recipe in stages (e.g. protonet, then ProtoMAML from its backbone): describe each
+        earlier = read_checkpoint(ROOT / init)
+        stages.insert(0, stage_summary(earlier))
+        init = earlier["config"].get("init")
     payload["learner"] = {**payload["learner"], "inner_steps": args.steps, "inner_lr": args.inner_lr}
     payload["training"].pop("optimizer", None)  # not needed to use the model; keeps the file small
     out = ROOT / args.out
@@ -173,12 +179,6 @@ def main() -> None:
     curve_model.unlink()
 
     training = payload["training"]
-    stages = [stage_summary(payload)]
-    init = payload["config"].get("init")
-    while init:  # a recipe in stages (e.g. protonet, then ProtoMAML from its backbone): describe each
-        earlier = read_checkpoint(ROOT / init)
-        stages.insert(0, stage_summary(earlier))
-        init = earlier["config"].get("init")
     card = {
         "model": out.name,
         "sha256": sha256(out),

@@ -176,6 +176,24 @@ def photo_section(table: Table, runs: Path) -> list[str]:
     return lines
 
 
+SECTIONS = {"photo": photo_section, "omniglot": omniglot_section}
+TITLES = {"photo": "## Photos", "omniglot": "## Omniglot"}
+
+
+def earlier_sections(page: Path) -> dict[str, list[str]]:
+    """The sections of the page as it stands, so that measuring one section keeps the others."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in page.read_text().splitlines() if page.is_file() else []:
+        if line.startswith("## "):
+            current = next((key for key, title in TITLES.items() if line.startswith(title)), None)
+            if current:
+                sections[current] = []
+        if current:
+            sections[current].append(line)
+    return sections
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
@@ -210,26 +228,6 @@ def main() -> None:
         else:
             lines += kept.get(section, [f"## {section}: not measured yet (`--sections {section}`)", ""])
     write_page(args.out, lines)
-
-
-SECTIONS = {"photo": photo_section, "omniglot": omniglot_section}
-TITLES = {"photo": "## Photos", "omniglot": "## Omniglot"}
-
-
-def earlier_sections(page: Path) -> dict[str, list[str]]:
-    """The sections of the page as it stands, so that measuring one section keeps the others."""
-    sections: dict[str, list[str]] = {}
-    current = None
-    for line in page.read_text().splitlines() if page.is_file() else []:
-        if line.startswith("## "):
-            current = next((key for key, title in TITLES.items() if line.startswith(title)), None)
-            if current:
-                sections[current] = []
-        if line.startswith("Total time"):  # the footer of pages written before sections were kept
-            current = None
-        if current:
-            sections[current].append(line)
-    return sections
 
 
 if __name__ == "__main__":
