@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default="zero", choices=["zero", "proto"], help="task head initialisation")
     p.add_argument("--backbone", default="conv4", help="conv4 (28x28 characters) or feature_adapter (photos)")
     p.add_argument("--rotations", action="store_true", help="add 90/180/270-degree rotations as extra classes")
+    p.add_argument("--augment", action="store_true", help="distort each training image (random shift, rotation, scale)")
     p.add_argument("--meta-batch", type=int, default=16, help="tasks per outer step")
     p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the outer loop")
     p.add_argument("--cosine", action="store_true", help="cosine-anneal the meta learning rate to 0")
@@ -67,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batching",
         default="auto",
-        choices=["auto", "loop", "vmap", "threads"],
-        help="how a meta-batch is computed (auto: one vmap call on GPU, a task per CPU thread on CPU)",
+        choices=["auto", "loop", "vmap", "threads", "graph"],
+        help="how a meta-batch is computed (auto: one vmap call on GPU, a task per CPU thread on CPU; "
+        "graph: the vmap step recorded once as a CUDA graph and replayed, for fixed --way/--shot)",
     )
     p.add_argument("--out", default=None, help="checkpoint path (default: runs/<algo>.pt)")
     p.add_argument("--resume", action="store_true", help="continue training the checkpoint at --out")
@@ -148,6 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         split=args.split,
         rotations=args.rotations,
+        augment=args.augment,
         images=args.images,
         backbone=args.backbone,
         head=args.head,
@@ -290,13 +293,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         for name, row in result["meta_training"].items():
-            print(f"{name:>22}: {row['tasks_per_s']:8.1f} tasks/s")
+            text = "not installed" if not row else row.get("error") or f"{row['tasks_per_s']:8.1f} tasks/s"
+            print(f"{name:>22}: {text}")
         for k, v in result["ratios"].items():
             print(f"{k:>22}: {v:.2f}x")
         print(f"{'inner step 5w5s':>22}: {result['inner_step_ms']:.2f} ms")
         photo = result["photo"]
-        print(f"{'photo inner step 5w5s':>22}: {photo['inner_step_ms']:.2f} ms")
-        print(f"{'25 photos -> features':>22}: {photo['extract_25_photos_s']:.2f} s ({photo['photo_size']})")
+        if "skipped" in photo:
+            print(f"{'photo timings':>22}: skipped ({photo['skipped']})")
+        else:
+            print(f"{'photo inner step 5w5s':>22}: {photo['inner_step_ms']:.2f} ms")
+            print(f"{'25 photos -> features':>22}: {photo['extract_25_photos_s']:.2f} s ({photo['photo_size']})")
     return 0
 
 

@@ -311,3 +311,34 @@ class EpisodeSampler:
         way = int(self.rng.integers(self.way[0], self.way[1] + 1))
         shot = int(self.rng.integers(self.shot[0], self.shot[1] + 1))
         return [self.sample(way, shot) for _ in range(size)]
+
+
+def augment(
+    images: torch.Tensor, generator: torch.Generator, shift: float = 0.1, degrees: float = 10.0, scale: float = 0.1
+) -> torch.Tensor:
+    """Each image under its own small random affine map: a shift of up to `shift` of the image size,
+    a rotation of up to `degrees`, a scaling of up to 1 +/- `scale`. Edges extend the border (the
+    character's ground). Random numbers come from the CPU `generator`, so runs repeat on any device."""
+    n = images.shape[0]
+
+    def uniform(limit: float) -> torch.Tensor:
+        return (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * limit
+
+    angle, zoom = uniform(degrees) * torch.pi / 180, 1 + uniform(scale)
+    tx, ty = uniform(2 * shift), uniform(2 * shift)  # affine_grid's coordinates span [-1, 1]
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    theta = theta.to(images.device, images.dtype)
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, padding_mode="border", align_corners=False)
+
+
+def augment_task(task: Task, generator: torch.Generator) -> Task:
+    """The same episode with every support and query image independently distorted (`augment`)."""
+    return Task(
+        augment(task.support_x, generator),
+        task.support_y,
+        augment(task.query_x, generator),
+        task.query_y,
+        task.classes,
+    )

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from metacore.capture import CapturedOuterStep, check_capturable
 from metacore.checkpoint import build_learner, load_checkpoint, save_checkpoint
-from metacore.data import EpisodeSampler, open_dataset, parse_range
-from metacore.device import resolve_device
+from metacore.data import EpisodeSampler, augment_task, open_dataset, parse_range
+from metacore.device import describe, resolve_device
 from metacore.errors import MetacoreError
 from metacore.evaluate import evaluate
 from metacore.models import BACKBONES, Backbone
@@ -27,6 +28,7 @@ class TrainConfig:
     dataset: str = "omniglot"
     split: str | None = None
     rotations: bool = False
+    augment: bool = False  # small random affine distortions of every training image (metacore.data.augment)
     images: str | None = None  # a slice of each class's sorted images, e.g. "0:500"
     backbone: str = "conv4"
     head: str = "zero"
@@ -95,16 +97,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     sampler = EpisodeSampler(train_set, cfg.way, cfg.shot, cfg.query, seed=cfg.seed + start_iteration)
     val_way, val_shot = sampler.way[0], sampler.shot[0]
     val_sampler = EpisodeSampler(val_set, min(val_way, len(val_set)), val_shot, cfg.query, seed=cfg.seed + 1)
+    batching = cfg.batching if cfg.batching != "auto" else ("threads" if device.type == "cpu" else "vmap")
+    if batching not in ("loop", "vmap", "threads", "graph"):
+        raise MetacoreError(f"unknown --batching '{cfg.batching}' (choose: auto, loop, vmap, threads, graph)")
+    if batching == "graph":
+        check_capturable(learner, device, sampler, cfg.cosine)
     train_set.preload(progress)
     val_set.preload(progress)
 
     learner.params = {k: v.detach().clone().requires_grad_(True) for k, v in learner.params.items()}
-    optimizer = torch.optim.Adam(learner.params.values(), lr=cfg.meta_lr)
+    optimizer = torch.optim.Adam(learner.params.values(), lr=cfg.meta_lr, capturable=batching == "graph")
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
-    batching = cfg.batching if cfg.batching != "auto" else ("threads" if device.type == "cpu" else "vmap")
-    if batching not in ("loop", "vmap", "threads"):
-        raise MetacoreError(f"unknown --batching '{cfg.batching}' (choose: auto, loop, vmap, threads)")
     dtype = next(iter(learner.params.values())).dtype
 
     def save(iteration: int, seconds: float) -> None:
@@ -118,6 +122,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 "optimizer": optimizer.state_dict(),
                 "history": history,
                 "device": str(device),
+                "hardware": describe(device),
                 "torch": str(torch.__version__),
             },
         )
@@ -135,12 +140,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         total=cfg.iterations,
     )
     running: dict[str, float] = {}
+    distortions = torch.Generator().manual_seed(cfg.seed + start_iteration)
+    captured = None  # --batching graph: the recorded outer step, replayed for every meta-batch
     for iteration in bar:
         if cfg.cosine:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.meta_lr * 0.5 * (1 + math.cos(math.pi * iteration / cfg.iterations))
         tasks = [t.to(device, dtype) for t in sampler.sample_batch(cfg.meta_batch)]
-        metrics = learner.outer_step(optimizer, tasks, batching)
+        if cfg.augment:
+            tasks = [augment_task(t, distortions) for t in tasks]
+        if batching == "graph":
+            captured = captured or CapturedOuterStep(learner, optimizer, tasks)
+            metrics = captured(tasks)
+        else:
+            metrics = learner.outer_step(optimizer, tasks, batching)
         running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in metrics.items()}
         bar.set_postfix(loss=f"{running['loss']:.3f}", acc=f"{100 * running['accuracy']:.1f}%")
         done = iteration + 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from metacore.checkpoint import read_checkpoint, sha256  # noqa: E402
+from metacore.device import describe  # noqa: E402
 
 # Each benchmark: (table row, `evaluate` data arguments, way, shot). The curve: accuracy vs steps on the first.
 OMNIGLOT_EVAL = ["--split", "evaluation"]
@@ -52,16 +52,6 @@ SUITES = {
         ],
     },
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def evaluate(
@@ -121,7 +111,12 @@ def body_line(card: dict) -> str:
 
 
 HYPERPARAMETERS = ("way", "shot", "query", "meta_batch", "inner_lr", "inner_steps", "meta_lr", "cosine", "head",
-                   "rotations", "seed")  # fmt: skip
+                   "rotations", "augment", "seed")  # fmt: skip
+
+
+def older_run_hardware(device: str) -> str:
+    """Checkpoints from before `training.hardware` was recorded were trained on this machine's CPU."""
+    return describe(torch.device("cpu")) if device == "cpu" else device
 
 
 def stage_summary(payload: dict) -> dict:
@@ -133,6 +128,7 @@ def stage_summary(payload: dict) -> dict:
         "iterations": training["iteration"],
         "seconds": round(training["seconds"], 1),
         "torch": training.get("torch"),
+        "hardware": training.get("hardware") or older_run_hardware(training.get("device", "cpu")),
         "hyperparameters": ", ".join(f"{k}={cfg[k]}" for k in HYPERPARAMETERS if k in cfg and k not in unused),
     }
 
@@ -195,7 +191,7 @@ def main() -> None:
         "iterations": training["iteration"],
         "train_seconds": round(sum(stage["seconds"] for stage in stages), 1),
         "stages": stages,
-        "hardware": f"{training.get('device', 'cpu')} ({cpu_name()}, {torch.get_num_threads()} threads)",
+        "hardware": stages[-1]["hardware"],
         "torch": training.get("torch"),
         "default_inner_lr": args.inner_lr,
         "default_inner_steps": args.steps,
@@ -216,7 +212,7 @@ def main() -> None:
     curve_rows = " | ".join(f"{r['accuracy']:.1f}" for r in card["accuracy_vs_steps_5w1s"])
     training_lines = "\n".join(
         f"- **Training{f' stage {i + 1}' if len(stages) > 1 else ''}**: {stage['algorithm']}, {stage['iterations']} "
-        f"iterations, {stage['seconds'] / 60:.0f} min on {card['hardware']}, torch {stage['torch']}. "
+        f"iterations, {stage['seconds'] / 60:.0f} min on {stage['hardware']}, torch {stage['torch']}. "
         f"Hyperparameters: {stage['hyperparameters']}."
         for i, stage in enumerate(stages)
     )

@@ -124,7 +124,7 @@ def omniglot_section(table: Table, runs: Path) -> list[str]:
         rows.append((f"{algo}, 300 iterations", [cell(r) for r in results], str(results[0]["steps"])))
     scratch = untrained(runs / "random_conv4.pt", "conv4", "maml", "zero")
     pick = (["--split", "background"], 5, 1)
-    rows.append(scratch_row(table, scratch, "random init, fine-tuned", settings, pick, [0.1, 0.4, 1.0]))
+    rows.append(scratch_row(table, scratch, "random init, fine-tuned", settings, pick, [0.01, 0.03, 0.1, 0.4]))
     curve = table.score(ROOT / "models" / "omniglot_conv4.pt", OMNIGLOT_EVAL, 5, 1, "--steps", "10", "--every-step")
     lines = [
         "## Omniglot characters (Conv-4, 28x28)",
@@ -206,6 +206,10 @@ def main() -> None:
     )
     parser.add_argument("--out", default="docs/results.md")
     args = parser.parse_args()
+    chosen = args.sections.split(",")
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)} (choose from: {', '.join(SECTIONS)})")
     table = Table(args.data_root, args.episodes, args.twenty_way)
     runs = ROOT / "runs"
     lines = [
@@ -219,7 +223,6 @@ def main() -> None:
         "",
     ]
     kept = earlier_sections(ROOT / args.out)
-    chosen = args.sections.split(",")
     for section in SECTIONS:
         if section in chosen:
             started = time.perf_counter()

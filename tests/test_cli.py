@@ -116,6 +116,16 @@ def test_init_starts_a_new_algorithm_from_a_checkpoints_backbone(toy: Path, chec
         assert torch.equal(learner.backbone.params[k], v), k
 
 
+def test_augmented_training_runs_and_is_seeded(toy: Path, tmp_path: Path, capsys) -> None:
+    args = ["train", "--data-root", str(toy), *TOY_TASK, "--augment", "--iterations", "2", "--meta-batch", "2",
+            "--val-every", "2", "--val-episodes", "2", "--json"]  # fmt: skip
+    for name in ("a.pt", "b.pt"):
+        assert run([*args, "--out", str(tmp_path / name)], capsys)[0] == 0
+    a, b = (load_checkpoint(tmp_path / name)[0].params for name in ("a.pt", "b.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_checkpoint(tmp_path / "a.pt")["config"]["augment"] is True
+
+
 def test_evaluate_json(toy: Path, checkpoint: Path, capsys) -> None:
     code, stdout, _ = run(
         [
@@ -254,6 +264,10 @@ def bad_inputs(toy: Path, checkpoint: Path, tmp_path: Path) -> dict[str, tuple[l
         "rotating photos": (
             ["train", *data, "--backbone", "feature_adapter", "--rotations"],
             "rotations apply to character images",
+        ),
+        "graph without a GPU": (
+            ["train", *data, "--query", "2", "--batching", "graph", "--device", "cpu"],
+            "needs a CUDA GPU",
         ),
         "no cuda": (["evaluate", *ck, *data, "--device", "cuda"], "CUDA")
         if not torch.cuda.is_available()

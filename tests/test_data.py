@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import OMNIGLOT, needs_omniglot
-from metacore.data import EpisodeSampler, open_dataset, parse_range
+from metacore.data import EpisodeSampler, augment, open_dataset, parse_range
 from metacore.errors import MetacoreError
 from metacore.images import CHARACTER_SPEC, InputSpec, load_image, open_image
 
@@ -185,3 +185,16 @@ def test_real_omniglot_splits() -> None:
     assert task.query_x.shape == (75, 1, 28, 28)
     # characters are bright strokes on a dark ground after preprocessing
     assert task.support_x.mean() < 0.3
+
+
+def test_augment_distorts_each_image_its_own_way_and_repeats_with_its_seed() -> None:
+    images = torch.zeros(8, 1, 28, 28)
+    images[:, :, 8:20, 12:16] = 1.0  # one bar, the same in every image
+    out = augment(images, torch.Generator().manual_seed(0))
+    again = augment(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and torch.equal(out, again)
+    assert all(not torch.allclose(out[i], images[i], atol=1e-3) for i in range(8))  # every image moved
+    assert not torch.allclose(out[0], out[1], atol=1e-3)  # each its own way
+    assert torch.equal(augment(images, torch.Generator(), shift=0, degrees=0, scale=0), images)  # identity map
+    ground = torch.full((2, 1, 28, 28), -0.5)
+    assert torch.allclose(augment(ground, torch.Generator().manual_seed(1)), ground)  # edges repeat the ground

@@ -101,17 +101,20 @@ class MAML:
     def meta_loss(self, tasks: list[Task], vectorize: bool = False) -> tuple[Tensor, Tensor]:
         """Mean query loss/accuracy over a meta-batch: one `vmap` call, or a loop over tasks."""
         if vectorize:
-            batch = stack_tasks(tasks)
-
-            def one_task(params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
-                return self.task_loss(params, Task(sx, sy, qx, qy, batch.classes))
-
-            losses, accs = torch.func.vmap(one_task, in_dims=(None, 0, 0, 0, 0))(
-                self.params, batch.support_x, batch.support_y, batch.query_x, batch.query_y
-            )
-            return losses.mean(), accs.mean()
+            return self.vmap_loss(stack_tasks(tasks))
         results = [self.task_loss(self.params, task) for task in tasks]
         return torch.stack([r[0] for r in results]).mean(), torch.stack([r[1] for r in results]).mean()
+
+    def vmap_loss(self, batch: Task) -> tuple[Tensor, Tensor]:
+        """Mean query loss/accuracy of stacked tasks (a leading task axis), as one `vmap` call."""
+
+        def one_task(params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
+            return self.task_loss(params, Task(sx, sy, qx, qy, batch.classes))
+
+        losses, accs = torch.func.vmap(one_task, in_dims=(None, 0, 0, 0, 0))(
+            self.params, batch.support_x, batch.support_y, batch.query_x, batch.query_y
+        )
+        return losses.mean(), accs.mean()
 
     def threaded_meta_gradient(self, tasks: list[Task], workers: int) -> tuple[Tensor, Tensor, Params]:
         """Mean loss, accuracy and meta-gradient, one task per worker thread at a time.
