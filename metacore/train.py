@@ -90,6 +90,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             backbone = Backbone(cfg.backbone).to(device)
         learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head)
 
+    if cfg.augment and learner.backbone.input_spec.body:
+        raise MetacoreError("--augment distorts images; this model's inputs are body features, not pixels")
     dataset = open_dataset(
         cfg.data_root, cfg.dataset, cfg.split, learner.backbone.input_spec, cfg.rotations, cfg.images
     )

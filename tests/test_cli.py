@@ -265,6 +265,10 @@ def bad_inputs(toy: Path, checkpoint: Path, tmp_path: Path) -> dict[str, tuple[l
             ["train", *data, "--backbone", "feature_adapter", "--rotations"],
             "rotations apply to character images",
         ),
+        "augmenting photos": (
+            ["train", *data, "--backbone", "feature_adapter", "--augment"],
+            "--augment distorts images",
+        ),
         "graph without a GPU": (
             ["train", *data, "--query", "2", "--batching", "graph", "--device", "cpu"],
             "needs a CUDA GPU",
