@@ -43,8 +43,20 @@ class Conv4(nn.Module):
         # layer (few input channels) as one matrix product, and ReLU after pooling (they commute; a quarter
         # of the work).
         for conv, norm, relu, pool in self.blocks:
-            x = relu(pool(norm(few_channel_conv(conv, x) if conv.in_channels <= 3 else conv(x))))
+            x = relu(pool(norm(few_channel_conv(conv, x) if fits_few_channel_conv(conv) else conv(x))))
         return x.flatten(1)
+
+
+def fits_few_channel_conv(conv: nn.Conv2d) -> bool:
+    """Whether `few_channel_conv` computes this layer: few input channels, 3x3, stride 1, padding 1."""
+    return (
+        conv.in_channels <= 3
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+    )
 
 
 def few_channel_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from conftest import random_task, tiny_backbone
 from metacore.algorithms import ALGORITHMS, ANIL, MAML, MetaSGD, ProtoNet, Reptile
 from metacore.features import predict_proba
 from metacore.inner import run_to_end
-from metacore.models import class_means
+from metacore.models import Conv4, class_means, fits_few_channel_conv
 
 
 def test_reptile_moves_initialisation_toward_adapted_weights() -> None:
@@ -134,3 +134,14 @@ def test_any_way_heads_serve_any_number_of_classes() -> None:
         task = random_task(way=way, shot=1, query=1, seed=way)
         last = run_to_end(learner.adapt(task.support_x, task.support_y, task.query_x))
         assert last.query_logits.shape == (way, way)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_fast_conv4_forward_is_the_plain_layer_stack(in_channels: int) -> None:
+    torch.manual_seed(0)
+    model = Conv4(in_channels).double()
+    x = torch.rand(6, in_channels, 28, 28, dtype=torch.float64)
+    assert torch.allclose(model(x), model.blocks(x).flatten(1), atol=1e-12)
+    model.blocks[0][0] = torch.nn.Conv2d(in_channels, 64, 5, padding=2).double()  # not 3x3: the plain conv runs
+    assert not fits_few_channel_conv(model.blocks[0][0])
+    assert torch.allclose(model(x), model.blocks(x).flatten(1), atol=1e-12)
