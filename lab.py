@@ -18,6 +18,7 @@ from PIL import Image
 from metacore.algorithms import ANIL, MAML, ProtoNet
 from metacore.bodies import model_inputs
 from metacore.checkpoint import load_checkpoint
+from metacore.data import ImageClass, open_dataset
 from metacore.device import resolve_device
 from metacore.errors import MetacoreError
 from metacore.images import InputSpec, open_image, preprocess, to_standard_mode
@@ -78,6 +79,12 @@ def _random_init(path: str) -> MAML:
 def random_init_model() -> MAML:
     """The same architecture, not meta-trained, with a zero head: fine-tuning from scratch."""
     return _random_init(model_path())
+
+
+@st.cache_resource(show_spinner=False)
+def listed_classes(root: str, dataset: str, split: str | None) -> tuple[ImageClass, ...]:
+    """A data set's classes, listed once per server (listing Omniglot's evaluation alphabets takes ~0.3 s)."""
+    return tuple(open_dataset(root, dataset, split).classes)
 
 
 @st.cache_data

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import torch
 
+from metacore.algorithms.maml import MAML
 from metacore.data import EpisodeSampler, Task, stack_tasks
 from metacore.errors import MetacoreError
 
 
-def check_capturable(learner, device: torch.device, sampler: EpisodeSampler, cosine: bool) -> None:
+def check_capturable(learner: MAML, device: torch.device, sampler: EpisodeSampler, cosine: bool) -> None:
     """Clear errors for training setups a recorded graph cannot serve."""
     if device.type != "cuda":
         raise MetacoreError("--batching graph needs a CUDA GPU (use --device cuda)")
-    from metacore.algorithms.maml import MAML
-
     if type(learner).outer_step is not MAML.outer_step:  # Reptile and Meta-SGD step differently
         raise MetacoreError(f"--batching graph serves MAML-style algorithms, not '{learner.name}'")
     if sampler.way[0] != sampler.way[1] or sampler.shot[0] != sampler.shot[1]:
@@ -35,7 +34,7 @@ class CapturedOuterStep:
     parameters and optimizer state are put back afterwards, so training is not changed by them.
     """
 
-    def __init__(self, learner, optimizer: torch.optim.Optimizer, tasks: list[Task], warmup: int = 3) -> None:
+    def __init__(self, learner: MAML, optimizer: torch.optim.Optimizer, tasks: list[Task], warmup: int = 3) -> None:
         if not all(group.get("capturable") for group in optimizer.param_groups):
             raise MetacoreError("a recorded outer step needs an optimizer made with capturable=True")
         self.learner, self.optimizer = learner, optimizer
@@ -71,7 +70,7 @@ class CapturedOuterStep:
         return loss.detach(), accuracy.detach()
 
     def __call__(self, tasks: list[Task]) -> dict:
-        fresh = stack_tasks(tasks)
+        fresh = stack_tasks(tasks)  # one stack per field, then one copy each: fewer kernels than a copy per task
         for static, new in zip(
             (self.batch.support_x, self.batch.support_y, self.batch.query_x, self.batch.query_y),
             (fresh.support_x, fresh.support_y, fresh.query_x, fresh.query_y),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,17 +47,19 @@ PHOTO_EXAMPLES = {  # label -> (dataset folder, split) under the data root
 }
 
 
-@functools.lru_cache(maxsize=8)
-def listed_classes(data_root: str, dataset: str, split: str | None) -> tuple[ImageClass, ...]:
-    """A data set's classes, listed once per process (listing Omniglot's evaluation alphabets takes ~0.3 s)."""
-    return tuple(open_dataset(data_root, dataset, split).classes)
-
-
 def dataset_task(
-    data_root: str | Path, dataset: str, split: str | None, way: int, shot: int, query: int, seed: int = 0
+    data_root: str | Path,
+    dataset: str,
+    split: str | None,
+    way: int,
+    shot: int,
+    query: int,
+    seed: int = 0,
+    classes: Sequence[ImageClass] | None = None,
 ) -> ExampleTask:
-    """An N-way K-shot task drawn from a data set under the data root, as PIL images with readable class names."""
-    classes = listed_classes(str(data_root), dataset, split)
+    """An N-way K-shot task drawn from a data set under the data root, as PIL images with readable class names.
+    `classes`: the data set's listing when the caller already has it (listing Omniglot takes ~0.3 s)."""
+    classes = open_dataset(data_root, dataset, split).classes if classes is None else classes
     rng = np.random.default_rng(seed)
     if way > len(classes):
         raise MetacoreError(f"{dataset} has {len(classes)} classes: choose at most {len(classes)}")
@@ -73,9 +75,19 @@ def dataset_task(
     return task
 
 
-def omniglot_task(data_root: str | Path, way: int = 5, shot: int = 1, query: int = 5, seed: int = 0) -> ExampleTask:
+OMNIGLOT_EXAMPLES = ("omniglot", "evaluation")  # (dataset, split): alphabets never seen in training
+
+
+def omniglot_task(
+    data_root: str | Path,
+    way: int = 5,
+    shot: int = 1,
+    query: int = 5,
+    seed: int = 0,
+    classes: Sequence[ImageClass] | None = None,
+) -> ExampleTask:
     """An N-way K-shot task from the Omniglot evaluation alphabets (never seen in training)."""
-    return dataset_task(data_root, "omniglot", "evaluation", way, shot, query, seed)
+    return dataset_task(data_root, *OMNIGLOT_EXAMPLES, way, shot, query, seed, classes)
 
 
 def photo_examples_available(data_root: str | Path) -> dict[str, tuple[str, str | None]]:

@@ -112,6 +112,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
     dtype = next(iter(learner.params.values())).dtype
+    hardware = describe(device)  # for the checkpoint's metadata (reads /proc/cpuinfo: once, not per save)
 
     def save(iteration: int, seconds: float) -> None:
         save_checkpoint(
@@ -124,7 +125,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 "optimizer": optimizer.state_dict(),
                 "history": history,
                 "device": str(device),
-                "hardware": describe(device),
+                "hardware": hardware,
                 "torch": str(torch.__version__),
             },
         )

@@ -4,6 +4,7 @@ import lab
 from canvas import drawing_canvas
 from metacore.errors import MetacoreError
 from metacore.examples import (
+    OMNIGLOT_EXAMPLES,
     dataset_task,
     digits_task,
     download_omniglot,
@@ -45,7 +46,9 @@ with st.expander("Start from an example", expanded=not any(c.support for c in cl
         if right.button("Omniglot characters (evaluation alphabets)", icon="🔣"):
             seed = st.session_state.get("ex_seed", 0)
             try:
-                lab.load_example(omniglot_task(root, way, shot, query, seed), f"Omniglot {way}-way {shot}-shot")
+                listing = lab.listed_classes(str(root), *OMNIGLOT_EXAMPLES)
+                task = omniglot_task(root, way, shot, query, seed, listing)
+                lab.load_example(task, f"Omniglot {way}-way {shot}-shot")
             except MetacoreError as exc:
                 st.error(str(exc))
             else:
@@ -68,7 +71,8 @@ with st.expander("Start from an example", expanded=not any(c.support for c in cl
             if column.button(label, icon="📷"):
                 seed = st.session_state.get("ex_seed", 0)
                 try:
-                    task = dataset_task(root, dataset, split, way, shot, query, seed)
+                    listing = lab.listed_classes(str(root), dataset, split)
+                    task = dataset_task(root, dataset, split, way, shot, query, seed, listing)
                 except MetacoreError as exc:
                     st.error(str(exc))
                 else:
