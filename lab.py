@@ -32,6 +32,7 @@ MODELS = {  # what the sidebar's picker offers: label -> checkpoint
     "Photos (EfficientNet-Lite0 + meta-learned adapter)": PHOTO_MODEL,
 }
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+KEEP_SIDE = 320  # pixels kept of an upload's shorter side: more than any model's input needs (photos: 297, then 260)
 INITS = {
     "maml": "Shipped meta-trained init",
     "anil": "Shipped meta-trained init, head only (ANIL)",
@@ -117,7 +118,7 @@ def learner_for(init: str) -> MAML:
 
 @dataclass
 class Item:
-    """One image a user added: its (EXIF-upright, L/RGB, at most 256 px) picture and a name."""
+    """One image a user added: its (EXIF-upright, L/RGB, shorter side at most KEEP_SIDE px) picture and a name."""
 
     name: str
     image: Image.Image
@@ -147,9 +148,12 @@ def make_item(name: str, data: bytes | Image.Image) -> Item:
     """Validate and normalise an upload; raises MetacoreError with a message for the user."""
     if isinstance(data, bytes) and len(data) > MAX_UPLOAD_BYTES:
         raise MetacoreError(f"{name}: file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
-    image = open_image(data, name, draft=512) if isinstance(data, bytes) else data  # a phone JPEG decodes at 1/4+
+    image = open_image(data, name, draft=KEEP_SIDE) if isinstance(data, bytes) else data  # a phone JPEG: 1/8 scale
     image = to_standard_mode(image)
-    image.thumbnail((256, 256))
+    scale = KEEP_SIDE / min(image.size)
+    if scale < 1:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR,
+                             reducing_gap=2.0)  # fmt: skip
     return Item(name, image)
 
 

@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--val-episodes", type=int, default=100)
     p.add_argument(
+        "--val-images",
+        default=None,
+        help="validate on this slice of every class's images (e.g. 400:500) instead of holding out classes",
+    )
+    p.add_argument(
         "--batching",
         default="auto",
         choices=["auto", "loop", "vmap", "threads", "graph"],
@@ -152,6 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         rotations=args.rotations,
         augment=args.augment,
         images=args.images,
+        val_images=args.val_images,
         backbone=args.backbone,
         head=args.head,
         way=args.way,

@@ -23,7 +23,7 @@ from metacore.capture import CapturedOuterStep
 from metacore.data import Task
 from metacore.device import resolve_device
 from metacore.errors import MetacoreError
-from metacore.images import PHOTO_SPEC, load_image
+from metacore.images import PHOTO_SPEC, load_pixels
 from metacore.models import Backbone, Conv4
 from metacore.paths import PHOTO_MODEL
 
@@ -208,7 +208,7 @@ def photo_latency(repeats: int = 3) -> dict:
     encode(torch.zeros(1, 3, PHOTO_SPEC.size, PHOTO_SPEC.size), PHOTO_SPEC.body)  # load the body once
 
     def extract() -> None:
-        encode(torch.stack([load_image(p, PHOTO_SPEC) for p in photos]), PHOTO_SPEC.body)
+        encode(load_pixels(photos, PHOTO_SPEC), PHOTO_SPEC.body)
 
     extract_s = min(time_per_call(extract, 1, torch.device("cpu")) for _ in range(repeats))
     if PHOTO_MODEL.is_file():

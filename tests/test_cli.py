@@ -126,6 +126,20 @@ def test_augmented_training_runs_and_is_seeded(toy: Path, tmp_path: Path, capsys
     assert read_checkpoint(tmp_path / "a.pt")["config"]["augment"] is True
 
 
+def test_val_images_lets_every_class_train(toy: Path, tmp_path: Path, capsys) -> None:
+    """10-way training on the toy set's 10 classes needs them all: only possible when validation uses other images
+    of the same classes (--val-images) instead of holding classes out."""
+    args = ["train", "--data-root", str(toy), "--dataset", "toy", "--way", "10", "--shot", "1", "--query", "1",
+            "--images", "0:4", "--iterations", "2", "--meta-batch", "1", "--val-every", "2", "--val-episodes", "2",
+            "--out", str(tmp_path / "all.pt"), "--json"]  # fmt: skip
+    code, _, err = run(args, capsys)
+    assert code != 0 and "larger than the number of classes" in err  # 2 of the 10 classes held out
+    code, stdout, _ = run([*args, "--val-images", "4:6"], capsys)
+    assert code == 0
+    assert json.loads(stdout)["history"][-1]["val_accuracy"] is not None
+    assert read_checkpoint(tmp_path / "all.pt")["config"]["val_images"] == "4:6"
+
+
 def test_evaluate_json(toy: Path, checkpoint: Path, capsys) -> None:
     code, stdout, _ = run(
         [
@@ -261,6 +275,10 @@ def bad_inputs(toy: Path, checkpoint: Path, tmp_path: Path) -> dict[str, tuple[l
         ),
         "bad image slice": (["evaluate", *ck, *data, "--images", "first-half"], "images must look like start:stop"),
         "empty image slice": (["evaluate", *ck, *data, "--images", "100:"], "leaves no images"),
+        "overlapping validation images": (
+            ["train", *data, "--images", "0:4", "--val-images", "3:6"],
+            "--val-images 3:6 shares 10 images with the training images",
+        ),
         "rotating photos": (
             ["train", *data, "--backbone", "feature_adapter", "--rotations"],
             "rotations apply to character images",
