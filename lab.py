@@ -29,7 +29,7 @@ from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL, default_data_root
 DEFAULT_MODEL = SHIPPED_MODEL
 MODELS = {  # what the sidebar's picker offers: label -> checkpoint
     "Characters (Conv-4, Omniglot)": SHIPPED_MODEL,
-    "Photos (EfficientNet-Lite0 + meta-learned adapter)": PHOTO_MODEL,
+    "Photos (EfficientNet-Lite2 + meta-learned adapter)": PHOTO_MODEL,
 }
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 KEEP_SIDE = 320  # pixels kept of an upload's shorter side: more than any model's input needs (photos: 297, then 260)

@@ -189,7 +189,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(
             f"done: {summary['algorithm']}, {summary['iterations']} iterations in {summary['seconds']:.0f} s on "
-            f"{summary['device']}; held-out validation {summary['val_accuracy']:.1f}% ± {summary['val_ci95']:.1f}; "
+            f"{summary['device']}; validation {summary['val_accuracy']:.1f}% ± {summary['val_ci95']:.1f}; "
             f"saved {summary['checkpoint']}"
         )
     return 0

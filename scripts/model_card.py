@@ -1,7 +1,7 @@
 """Write the model card (JSON + Markdown) of a checkpoint: its recipe, its accuracy table, its sha256.
 
     python scripts/model_card.py runs/shipped.pt --out models/omniglot_conv4.pt --steps 1 --inner-lr 0.4
-    python scripts/model_card.py runs/photo_lite0.pt --suite photo --out models/photo_lite0.pt --steps 5 --inner-lr 2
+    python scripts/model_card.py runs/photo_lite2.pt --suite photo --out models/photo_lite2.pt --steps 5 --inner-lr 2
 
 Copies the checkpoint to --out with the given default inner steps / lr, then measures it with exactly
 `python -m metacore evaluate ... --episodes 600 --json` on the suite's benchmarks (Omniglot evaluation
@@ -39,12 +39,12 @@ SUITES = {
     "photo": {
         "benchmark": "Held-out accuracy",
         "what": "a feature adapter (LayerNorm, low-rank residual, cosine features with a learned scale) on the frozen "
-        "EfficientNet-Lite0 ImageNet body",
-        "data": "CIFAR-10 test images 0-499 of each class (cifar10-test, --images 0:500); the last 10% of the sorted "
-        "classes (ship, truck) held out for validation. No ImageNet-18 image was used in meta-training.",
+        "EfficientNet-Lite2 ImageNet body",
+        "data": "CIFAR-10 test images 0-399 of each of the 10 classes (cifar10-test, --images 0:400); images 400-499 "
+        "of each class for validation (--val-images 400:500). No ImageNet-18 image was used in meta-training.",
         "evaluation": "ImageNet classes held out from meta-training (imagenet-mini18/train: 18 classes, 580 photos; "
         "the frozen body was pretrained on ImageNet-1k, these classes included) and CIFAR-10 test images 500-999 "
-        "of each class (meta-training used images 0-499)",
+        "of each class (unseen in meta-training, but of the 10 classes it trained on)",
         "settings": [
             ("ImageNet-18 5-way 1-shot", IMAGENET_EVAL, 5, 1),
             ("ImageNet-18 5-way 5-shot", IMAGENET_EVAL, 5, 5),
@@ -85,13 +85,11 @@ def evaluate(
     return json.loads(result.stdout)
 
 
-def body_package_version() -> str:
+def body_package_version(package: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    from metacore.efficientnet import WEIGHTS_PACKAGE
-
     try:
-        return version(WEIGHTS_PACKAGE)
+        return version(package)
     except PackageNotFoundError:
         return "not installed"
 
@@ -108,6 +106,10 @@ def body_line(card: dict) -> str:
         return ""
     b = card["body"]
     return f"\n- **Frozen body** (not in the file): {b['source']} {b['package_version']}."
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 HYPERPARAMETERS = ("way", "shot", "query", "meta_batch", "inner_lr", "inner_steps", "meta_lr", "cosine", "head",
@@ -205,14 +207,15 @@ def main() -> None:
     if body:
         from metacore.bodies import BODIES
 
-        card["body"] = {"name": body, "source": BODIES[body].source, "package_version": body_package_version()}
+        spec = BODIES[body]
+        card["body"] = {"name": body, "source": spec.source, "package_version": body_package_version(spec.package)}
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 
     rows = "\n".join(f"| {k} | {v['accuracy']:.2f} ± {v['ci95']:.2f} |" for k, v in table.items())
     curve_rows = " | ".join(f"{r['accuracy']:.1f}" for r in card["accuracy_vs_steps_5w1s"])
     training_lines = "\n".join(
         f"- **Training{f' stage {i + 1}' if len(stages) > 1 else ''}**: {stage['algorithm']}, {stage['iterations']} "
-        f"iterations, {stage['seconds'] / 60:.0f} min on {stage['hardware']}, torch {stage['torch']}. "
+        f"iterations, {duration(stage['seconds'])} on {stage['hardware']}, torch {stage['torch']}. "
         f"Hyperparameters: {stage['hyperparameters']}."
         for i, stage in enumerate(stages)
     )

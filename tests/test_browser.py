@@ -174,7 +174,7 @@ def test_photo_model_on_an_imagenet_example(server: str, browser_page) -> None:
     page.goto(server)  # a new session
     page.get_by_text("Few-shot learning lab").first.wait_for(timeout=60_000)
     wait_idle(page)
-    page.get_by_text("Photos (EfficientNet-Lite0", exact=False).first.click()
+    page.get_by_text("Photos (EfficientNet-Lite2", exact=False).first.click()
     wait_idle(page, 120)
     go(page, "Build a task")
     page.get_by_text("Start from an example").first.click()
