@@ -49,8 +49,10 @@ st.markdown(
     "those numbers and a head that starts at the class prototypes (ANIL + ProtoMAML); only the head moves in "
     "the inner loop, so a step takes milliseconds. With such strong features the prototype head is already "
     "close to the best linear head for a few shots, so the steps change little: on photos, most of the work is "
-    "done by what the body learned from millions of images, and meta-learning mostly adjusts the feature space "
-    "(it helps most where the body is weakest: tiny CIFAR-10 images, +5 points over plain prototypes)."
+    "done by what the body learned from millions of images, and meta-learning mostly adjusts the feature space. "
+    "It helps where the body is weakest (tiny CIFAR-10 images: 81.5% instead of 71.3% with plain prototypes, "
+    "5-way 5-shot) and costs a little where the body is already strong (ImageNet classes, 1-shot: 87.8% "
+    "instead of 91.7%): meta-learning fits the feature space to the tasks it was trained on."
 )
 st.subheader("Where to see it")
 st.markdown(
