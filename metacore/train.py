@@ -54,6 +54,10 @@ class TrainConfig:
     init: str | None = None  # a checkpoint whose backbone parameters are the starting point
 
 
+# What --resume takes from the command line rather than from the checkpoint: where and how this machine runs it.
+MACHINE_SETTINGS = ("iterations", "resume", "device", "out", "data_root", "batching")
+
+
 def _log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
@@ -76,7 +80,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         elapsed_before = float(training.get("seconds", 0.0))
         history = list(training.get("history", []))
         saved = meta.get("config", {})
-        keep = {k: v for k, v in saved.items() if k not in ("iterations", "resume", "device", "out")}
+        keep = {k: v for k, v in saved.items() if k not in MACHINE_SETTINGS}
         cfg = TrainConfig(**{**asdict(cfg), **keep})
         _log(f"resuming {out} from iteration {start_iteration}")
     else:

@@ -88,6 +88,18 @@ def test_resume_continues_from_the_saved_iteration(toy: Path, checkpoint: Path, 
     assert read_checkpoint(out)["training"]["iteration"] == 5
 
 
+def test_resume_reads_the_data_root_of_this_machine(tmp_path: Path, capsys) -> None:
+    """A run started elsewhere (another data path, e.g. a GPU machine) resumes with this command line's --data-root."""
+    make_class_folders(tmp_path / "there" / "toy", {f"class{i:02d}": 6 for i in range(10)})
+    out = tmp_path / "run.pt"
+    args = ["train", *TOY_TASK, "--meta-batch", "2", "--val-every", "2", "--val-episodes", "2", "--out", str(out)]
+    assert run([*args, "--data-root", str(tmp_path / "there"), "--iterations", "2"], capsys)[0] == 0
+    (tmp_path / "there").rename(tmp_path / "here")
+    code, _, err = run([*args, "--data-root", str(tmp_path / "here"), "--iterations", "4", "--resume"], capsys)
+    assert code == 0, err
+    assert read_checkpoint(out)["training"]["iteration"] == 4
+
+
 def test_init_starts_a_new_algorithm_from_a_checkpoints_backbone(toy: Path, checkpoint: Path, capsys) -> None:
     out = toy / "protomaml.pt"
     args = ["train", "--data-root", str(toy), *TOY_TASK, "--algo", "fomaml", "--head", "proto", "--iterations", "1"]
