@@ -212,7 +212,7 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 
     rows = "\n".join(f"| {k} | {v['accuracy']:.2f} ± {v['ci95']:.2f} |" for k, v in table.items())
-    curve_rows = " | ".join(f"{r['accuracy']:.1f}" for r in card["accuracy_vs_steps_5w1s"])
+    curve_rows = " | ".join(f"{r['accuracy']:.1f}" for r in curve)  # from the unrounded values, as results.py
     training_lines = "\n".join(
         f"- **Training{f' stage {i + 1}' if len(stages) > 1 else ''}**: {stage['algorithm']}, {stage['iterations']} "
         f"iterations, {duration(stage['seconds'])} on {stage['hardware']}, torch {stage['torch']}. "
