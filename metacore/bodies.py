@@ -102,9 +102,10 @@ def cached_inputs(files: Sequence[Path], spec: InputSpec, progress: bool = False
 
     The cache key covers the spec and each file's path, size and modification time, so an edited
     file is recomputed. A cache that cannot be written (read-only home) only costs the recomputation.
+    Writing a cache file removes those of earlier FEATURES_VERSIONs, which nothing can read any more.
     """
     files = [Path(f) for f in files]
-    path = cache_dir() / "features" / f"{spec.body}-{_cache_key(files, spec)}.pt"
+    path = cache_dir() / "features" / f"v{FEATURES_VERSION}-{spec.body}-{_cache_key(files, spec)}.pt"
     if path.is_file():
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
@@ -124,6 +125,9 @@ def cached_inputs(files: Sequence[Path], spec: InputSpec, progress: bool = False
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(features, tmp)
         tmp.replace(path)
+        for stale in path.parent.glob("*.pt"):
+            if not stale.name.startswith(f"v{FEATURES_VERSION}-"):
+                stale.unlink(missing_ok=True)
     except OSError:
         pass
     return features

@@ -54,8 +54,11 @@ def test_feature_cache_equals_recomputing_and_notices_edits(tmp_path: Path, monk
     for i in range(3):
         files.append(tmp_path / f"p{i}.jpg")
         files[-1].write_bytes(jpeg(photo(i)))
+    stale = tmp_path / "cache" / "features" / "efficientnet_lite0-0123abcd.pt"  # an earlier version's file
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
     first = cached_inputs(files, PHOTO_SPEC)
-    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 1
+    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 1 and not stale.exists()
     again = cached_inputs(files, PHOTO_SPEC)
     recomputed = torch.stack([load_input(f, PHOTO_SPEC) for f in files])
     torch.testing.assert_close(again, first, atol=0, rtol=0)
