@@ -37,7 +37,7 @@ SUITES = {
         "settings": [(f"{w}-way {s}-shot", OMNIGLOT_EVAL, w, s) for w, s in [(5, 1), (5, 5), (20, 1), (20, 5)]],
     },
     "photo": {
-        "benchmark": "Held-out accuracy",
+        "benchmark": "Accuracy on images unseen in meta-training",
         "what": "a feature adapter (LayerNorm, low-rank residual, cosine features with a learned scale) on the frozen "
         "EfficientNet-Lite2 ImageNet body",
         "data": "CIFAR-10 test images 0-399 of each of the 10 classes (cifar10-test, --images 0:400); images 400-499 "
