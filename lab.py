@@ -21,7 +21,7 @@ from metacore.checkpoint import load_checkpoint
 from metacore.data import ImageClass, open_dataset
 from metacore.device import resolve_device
 from metacore.errors import MetacoreError
-from metacore.images import InputSpec, open_image, preprocess, to_standard_mode
+from metacore.images import InputSpec, open_image, preprocess, resize_shorter_side, to_standard_mode
 from metacore.inner import layer_shift
 from metacore.models import Backbone
 from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL, default_data_root
@@ -150,10 +150,8 @@ def make_item(name: str, data: bytes | Image.Image) -> Item:
         raise MetacoreError(f"{name}: file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
     image = open_image(data, name, draft=KEEP_SIDE) if isinstance(data, bytes) else data  # a phone JPEG: 1/8 scale
     image = to_standard_mode(image)
-    scale = KEEP_SIDE / min(image.size)
-    if scale < 1:
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR,
-                             reducing_gap=2.0)  # fmt: skip
+    if min(image.size) > KEEP_SIDE:
+        image = resize_shorter_side(image, KEEP_SIDE)
     return Item(name, image)
 
 

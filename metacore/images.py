@@ -126,6 +126,13 @@ def to_standard_mode(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
 
 
+def resize_shorter_side(image: Image.Image, side: int) -> Image.Image:
+    """The image scaled (bilinear, antialiased when shrinking) so that its shorter side is `side` pixels."""
+    scale = side / min(image.size)
+    size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
 def preprocess(image: Image.Image, spec: InputSpec) -> torch.Tensor:
     """PIL image -> float tensor of shape (channels, size, size) for a backbone."""
     image = to_standard_mode(image)
@@ -134,10 +141,7 @@ def preprocess(image: Image.Image, spec: InputSpec) -> torch.Tensor:
         width, height = image.size
         # A thumbnail (shorter side under half the input size) has no margin to spare: keep all of its shorter side.
         keep = spec.crop if 2 * min(width, height) >= spec.size else 1.0
-        side = round(spec.size / keep)
-        scale = side / min(width, height)
-        image = image.resize((max(side, round(width * scale)), max(side, round(height * scale))),
-                             Image.Resampling.BILINEAR, reducing_gap=2.0)  # fmt: skip
+        image = resize_shorter_side(image, round(spec.size / keep))
         left, top = (image.width - spec.size) // 2, (image.height - spec.size) // 2
         image = image.crop((left, top, left + spec.size, top + spec.size))
     else:
