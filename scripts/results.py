@@ -32,6 +32,7 @@ from quick_check import RECIPES, cli, write_page  # noqa: E402
 
 from metacore.checkpoint import build_learner, save_checkpoint  # noqa: E402
 from metacore.models import Backbone  # noqa: E402
+from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL  # noqa: E402
 
 
 def untrained(path: Path, backbone: str, algorithm: str, head: str) -> Path:
@@ -80,10 +81,14 @@ def curve_line(result: dict) -> str:
 Row = tuple[str, list[str], str]  # model, one cell per setting, inner steps
 
 
-def shipped_row(model: str, settings: list, suite_card: dict) -> Row:
+def read_card(model: Path) -> dict:
+    return json.loads(model.with_suffix(".json").read_text())
+
+
+def shipped_row(model: Path, settings: list, suite_card: dict) -> Row:
     """The shipped model's row, from its model card (measured by scripts/model_card.py with the same command)."""
     cells = [cell(suite_card["accuracy"][label]) for label, *_ in settings]
-    return f"**shipped** (`models/{model}`, card)", cells, str(suite_card["default_inner_steps"])
+    return f"**shipped** (`models/{model.name}`, card)", cells, str(suite_card["default_inner_steps"])
 
 
 def scratch_row(table: Table, checkpoint: Path, label: str, settings: list, pick: tuple, lrs: list[float]) -> Row:
@@ -113,8 +118,8 @@ def shipped_budget(card: dict) -> str:
 
 def omniglot_section(table: Table, runs: Path) -> list[str]:
     settings = [s for s in SUITES["omniglot"]["settings"] if table.twenty_way or s[2] == 5]
-    card = json.loads((ROOT / "models" / "omniglot_conv4.json").read_text())
-    rows = [shipped_row("omniglot_conv4.pt", settings, card)]
+    card = read_card(SHIPPED_MODEL)
+    rows = [shipped_row(SHIPPED_MODEL, settings, card)]
     for algo in ("maml", "fomaml", "reptile", "anil", "protonet"):
         checkpoint = runs / f"quick_{algo}.pt"
         if not checkpoint.is_file():
@@ -125,7 +130,7 @@ def omniglot_section(table: Table, runs: Path) -> list[str]:
     scratch = untrained(runs / "random_conv4.pt", "conv4", "maml", "zero")
     pick = (["--split", "background"], 5, 1)
     rows.append(scratch_row(table, scratch, "random init, fine-tuned", settings, pick, [0.01, 0.03, 0.1, 0.4]))
-    curve = table.score(ROOT / "models" / "omniglot_conv4.pt", OMNIGLOT_EVAL, 5, 1, "--steps", "10", "--every-step")
+    curve = table.score(SHIPPED_MODEL, OMNIGLOT_EVAL, 5, 1, "--steps", "10", "--every-step")
     lines = [
         "## Omniglot characters (Conv-4, 28x28)",
         "",
@@ -144,8 +149,8 @@ def omniglot_section(table: Table, runs: Path) -> list[str]:
 
 def photo_section(table: Table, runs: Path) -> list[str]:
     settings = SUITES["photo"]["settings"]
-    card = json.loads((ROOT / "models" / "photo_lite2.json").read_text())
-    rows = [shipped_row("photo_lite2.pt", settings, card)]
+    card = read_card(PHOTO_MODEL)
+    rows = [shipped_row(PHOTO_MODEL, settings, card)]
     proto = untrained(runs / "protonet_lite2.pt", "feature_adapter", "protonet", "proto")
     rows.append(("ProtoNet on the frozen features (no meta-learning)",
                  [cell(table.score(proto, data, way, shot)) for _, data, way, shot in settings], "0"))  # fmt: skip
@@ -153,8 +158,8 @@ def photo_section(table: Table, runs: Path) -> list[str]:
     pick = (["--dataset", "cifar10-test", "--images", "0:400"], 5, 5)  # CIFAR-10 training images
     label = "fine-tuning from scratch: zero head + adapter"
     rows.append(scratch_row(table, scratch, label, settings, pick, [0.25, 1.0, 4.0, 16.0]))
-    curve = table.score(ROOT / "models" / "photo_lite2.pt", IMAGENET_EVAL, 5, 5, "--steps", "10", "--every-step")
-    cifar_curve = table.score(ROOT / "models" / "photo_lite2.pt", CIFAR_EVAL, 5, 5, "--steps", "10", "--every-step")
+    curve = table.score(PHOTO_MODEL, IMAGENET_EVAL, 5, 5, "--steps", "10", "--every-step")
+    cifar_curve = table.score(PHOTO_MODEL, CIFAR_EVAL, 5, 5, "--steps", "10", "--every-step")
     lines = [
         "## Photos (EfficientNet-Lite2 body, frozen)",
         "",
