@@ -10,7 +10,8 @@ import torch
 import lab
 from metacore.errors import MetacoreError
 from metacore.features import embed
-from metacore.projection import project, separation_scores, valid_perplexity
+from metacore.isolation import run_isolated
+from metacore.projection import distinct_points, project, separation_scores, valid_perplexity
 
 lab.sidebar()
 st.title("🗺️ What the features learned")
@@ -48,7 +49,16 @@ thumbs = controls[2].toggle("Draw the images", value=n <= 60, key="thumbs")
 
 @st.cache_data(show_spinner="Computing the map ...", max_entries=32)
 def cached_projection(features: np.ndarray, method: str, perplexity: float) -> np.ndarray:
-    return project(features, "pca" if method == "PCA" else "tsne", perplexity)
+    # in a worker process: native t-SNE code that crashes takes down that worker, not the server
+    return run_isolated(project, features, "pca" if method == "PCA" else "tsne", perplexity, what="The map")
+
+
+def overlapping(features: np.ndarray) -> int:
+    """How many images share their feature vector with an earlier one (drawn on top of it)."""
+    try:
+        return len(features) - len(distinct_points(features)[0])
+    except MetacoreError:
+        return 0
 
 
 def png_uri(item: lab.Item) -> str:
@@ -113,22 +123,22 @@ def scatter(coords: np.ndarray, title: str):
     return fig
 
 
-try:
-    coords_before = cached_projection(before, method, perplexity)
-    coords_after = cached_projection(after, method, perplexity)
-except MetacoreError as exc:
-    st.error(str(exc))
-    st.stop()
-
 left, right = st.columns(2)
-for column, coords, feats, title, key in (
-    (left, coords_before, before, "Before adaptation", "before"),
-    (right, coords_after, after, "After adaptation", "after"),
+for column, feats, title, key in (
+    (left, before, "Before adaptation", "before"),
+    (right, after, "After adaptation", "after"),
 ):
     with column:
+        try:
+            coords = cached_projection(feats, method, perplexity)
+        except MetacoreError as exc:
+            st.error(f"{title}: {exc}.")
+            continue
         event = st.plotly_chart(
             scatter(coords, title), key=f"map_{key}", on_select="rerun", selection_mode=("points", "box", "lasso")
         )
+        if same := overlapping(feats):
+            st.caption(f"{lab.plural(same, 'image')} share their features with another image and sit on top of it.")
         picked = [i for i in map(item_index, event.selection.points) if i is not None] if event else []
         if picked:  # clicked or lassoed points: their images, larger
             st.image(
@@ -147,7 +157,7 @@ for column, coords, feats, title, key in (
         )
         b.metric(
             "Nearest-class-mean accuracy",
-            f"{100 * scores['nearest_mean_accuracy']:.0f}%",
+            "–" if scores["nearest_mean_accuracy"] is None else f"{100 * scores['nearest_mean_accuracy']:.0f}%",
             help="each image, left out, assigned to the closest class mean of the others",
         )
 
