@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.add_argument("--episodes", type=int, default=600)
     p.add_argument("--every-step", action="store_true", help="also report accuracy after each inner step")
+    p.add_argument(
+        "--steps-curve",
+        default=None,
+        metavar="A:B",
+        help="query accuracy and support loss after each inner step A..B (e.g. 0:50), same episodes, mean and CI",
+    )
 
     p = sub.add_parser(
         "classify",
@@ -195,13 +201,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_curve(text: str) -> tuple[int, int]:
+    """'A:B' -> (A, B), the inner steps a curve covers."""
+    first, _, last = text.partition(":")
+    try:
+        start, stop = int(first or 0), int(last)
+    except ValueError:
+        raise MetacoreError(f"--steps-curve takes A:B, two whole numbers like 0:50, not '{text}'") from None
+    if not 0 <= start <= stop <= 1000:
+        raise MetacoreError(f"--steps-curve {text}: need 0 <= A <= B <= 1000")
+    return start, stop
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from metacore.data import EpisodeSampler, open_dataset
-    from metacore.evaluate import evaluate
+    from metacore.evaluate import evaluate, step_curve
 
     check_steps(args)
     if args.episodes < 1:
         raise MetacoreError("--episodes must be at least 1")
+    curve = parse_curve(args.steps_curve) if args.steps_curve else None
     learner, _, device = load_model(args)
     split = args.split or ("evaluation" if args.dataset == "omniglot" else None)
     dataset = open_dataset(args.data_root, args.dataset, split, learner.backbone.input_spec, images=args.images)
@@ -210,6 +229,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(
         learner, sampler, args.episodes, args.steps, args.inner_lr, device, args.every_step, progress=not args.json
     )
+    if curve:
+        sampler = EpisodeSampler(dataset, args.way, args.shot, args.query, args.seed)  # the same episodes again
+        rows = step_curve(learner, sampler, args.episodes, curve[1], args.inner_lr, device, progress=not args.json)
+        result["curve"] = rows[curve[0] :]
     result |= {
         "dataset": args.dataset, "split": split, "images": args.images, "algorithm": learner.name, "seed": args.seed,
     }  # fmt: skip
@@ -222,6 +245,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
         for row in result.get("per_step", []):
             print(f"  step {row['step']:2d}: {row['accuracy']:.2f}% ± {row['ci95']:.2f}")
+        for row in result.get("curve", []):
+            print(
+                f"  step {row['step']:2d}: {row['accuracy']:6.2f}% ± {row['ci95']:.2f}   "
+                f"support loss {row['support_loss']:.4f} ± {row['support_loss_ci95']:.4f}"
+            )
     return 0
 
 

@@ -74,3 +74,51 @@ def evaluate(
             for i, (m, c) in enumerate(mean_ci95([run[i] for run in per_step]) for i in range(len(per_step[0])))
         ]
     return result
+
+
+def step_curve(
+    learner: MAML,
+    sampler: EpisodeSampler,
+    episodes: int = 600,
+    steps: int = 50,
+    lr: float | None = None,
+    device: torch.device | str = "cpu",
+    chunk: int | None = None,
+    progress: bool = False,
+) -> list[dict]:
+    """Query accuracy (percent) and support loss after each inner step 0..steps, mean and 95% CI.
+
+    The episodes are the ones `evaluate` draws from a sampler with the same seed (one `sample()`
+    each, in order); `chunk` of them at a time are adapted in one `torch.func.vmap` call.
+    """
+    chunk = chunk or (100 if torch.device(device).type == "cuda" else 10)
+    dtype = next(iter(learner.params.values())).dtype
+    accuracies: list[torch.Tensor] = []
+    losses: list[torch.Tensor] = []
+    bar = tqdm(total=episodes, desc="step curve", disable=not progress, leave=False)
+    while sum(len(a) for a in accuracies) < episodes:
+        size = min(chunk, episodes - sum(len(a) for a in accuracies))
+        tasks = [sampler.sample().to(device, dtype) for _ in range(size)]
+
+        def one_task(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, way: int = tasks[0].way):
+            snaps = list(learner.adapt(sx, sy, qx, qy, steps=steps, lr=lr, way=way))
+            return torch.stack([s.query_acc for s in snaps]), torch.stack([s.support_loss for s in snaps])
+
+        batch = [
+            torch.stack([getattr(t, name) for t in tasks]) for name in ("support_x", "support_y", "query_x", "query_y")
+        ]
+        with torch.no_grad():  # no outer graph: the inner loop's own gradients still flow
+            acc, loss = torch.func.vmap(one_task)(*batch)
+        accuracies.append(100.0 * acc.double().cpu())
+        losses.append(loss.double().cpu())
+        bar.update(size)
+    bar.close()
+    acc, loss = torch.cat(accuracies), torch.cat(losses)
+    rows = []
+    for step in range(acc.shape[1]):
+        mean, ci95 = mean_ci95(acc[:, step].tolist())
+        loss_mean, loss_ci95 = mean_ci95(loss[:, step].tolist())
+        rows.append(
+            {"step": step, "accuracy": mean, "ci95": ci95, "support_loss": loss_mean, "support_loss_ci95": loss_ci95}
+        )
+    return rows

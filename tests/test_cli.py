@@ -174,6 +174,32 @@ def test_evaluate_json(toy: Path, checkpoint: Path, capsys) -> None:
     assert [row["step"] for row in result["per_step"]] == [0, 1]
 
 
+def test_steps_curve_matches_the_per_step_accuracies_of_the_same_episodes(toy: Path, checkpoint: Path, capsys) -> None:
+    common = [
+        "evaluate",
+        "--checkpoint",
+        str(checkpoint),
+        "--data-root",
+        str(toy),
+        *TOY_TASK,
+        "--episodes",
+        "7",
+        "--inner-lr",
+        "0.05",
+    ]
+    code, stdout, _ = run([*common, "--steps", "4", "--every-step", "--json"], capsys)
+    per_step = json.loads(stdout)["per_step"]
+    code, stdout, _ = run([*common, "--steps", "4", "--steps-curve", "0:6", "--json"], capsys)
+    curve = json.loads(stdout)["curve"]
+    assert code == 0 and [row["step"] for row in curve] == list(range(7))
+    for mine, theirs in zip(curve, per_step):  # batched with vmap, looped in evaluate: the same numbers
+        assert mine["accuracy"] == pytest.approx(theirs["accuracy"], abs=1e-6)
+    assert curve[0]["support_loss"] == pytest.approx(1.0986, abs=1e-3)  # zero head: ln 3 at step 0
+    assert curve[6]["support_loss"] < curve[0]["support_loss"]
+    code, _, stderr = run([*common, "--steps-curve", "0:x"], capsys)
+    assert code == 2 and "--steps-curve takes A:B" in stderr
+
+
 def test_classify_json(toy: Path, checkpoint: Path, capsys) -> None:
     code, stdout, _ = run(
         [
