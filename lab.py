@@ -21,7 +21,7 @@ from metacore.checkpoint import load_checkpoint
 from metacore.data import ImageClass, open_dataset
 from metacore.device import resolve_device
 from metacore.errors import MetacoreError
-from metacore.images import InputSpec, open_image, preprocess, resize_shorter_side, to_standard_mode
+from metacore.images import InputSpec, decode, preprocess
 from metacore.inner import layer_shift
 from metacore.models import Backbone
 from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL, default_data_root
@@ -31,8 +31,7 @@ MODELS = {  # what the sidebar's picker offers: label -> checkpoint
     "Characters (Conv-4, Omniglot)": SHIPPED_MODEL,
     "Photos (EfficientNet-Lite2 + meta-learned adapter)": PHOTO_MODEL,
 }
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-KEEP_SIDE = 320  # pixels kept of an upload's shorter side: more than any model's input needs (photos: 297, then 260)
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # a 200-megapixel phone JPEG is 20-50 MB
 INITS = {
     "maml": "Shipped meta-trained init",
     "anil": "Shipped meta-trained init, head only (ANIL)",
@@ -148,11 +147,7 @@ def make_item(name: str, data: bytes | Image.Image) -> Item:
     """Validate and normalise an upload; raises MetacoreError with a message for the user."""
     if isinstance(data, bytes) and len(data) > MAX_UPLOAD_BYTES:
         raise MetacoreError(f"{name}: file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
-    image = open_image(data, name, draft=KEEP_SIDE) if isinstance(data, bytes) else data  # a phone JPEG: 1/8 scale
-    image = to_standard_mode(image)
-    if min(image.size) > KEEP_SIDE:
-        image = resize_shorter_side(image, KEEP_SIDE)
-    return Item(name, image)
+    return Item(name, decode(data, name))  # the same pixels the CLI and the Python API get from this file
 
 
 def session_classes() -> list[TaskClass]:

@@ -22,9 +22,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from metacore.errors import MetacoreError
 
-# Images above this many pixels are refused before decoding (decompression bombs).
+# Every image is decoded to at most KEEP_SIDE pixels on its shorter side before anything else (the app, the CLI
+# and the Python API alike: one file, one preprocessing): more than any model's input needs (photos: 297, then 260).
+KEEP_SIDE = 320
+# Formats decoded in full (PNG, TIFF, WebP, ...) are refused above MAX_PIXELS, which bounds one image's memory
+# (40 MP of RGBA is 160 MB). A JPEG decodes at 1/2, 1/4 or 1/8 scale (its DCT allows it), so a 200 MP phone photo
+# costs about 10 MB: JPEGs may have up to MAX_JPEG_PIXELS.
 MAX_PIXELS = 40_000_000
+MAX_JPEG_PIXELS = 260_000_000
+MAX_ASPECT = 50  # longer side / shorter side: a thin strip stretched to a square input shows nothing recognisable
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+IGNORED_FILES = {"thumbs.db", "desktop.ini"}  # what file managers leave in folders (hidden files are ignored too)
+NOT_READ = {"EPS": "EPS (PostScript)"}  # Pillow renders these with Ghostscript where installed: not on every machine
+Image.MAX_IMAGE_PIXELS = MAX_JPEG_PIXELS  # Pillow's own bomb guard, raised to ours; check_size applies per format
 
 
 @dataclass(frozen=True)
@@ -65,37 +75,39 @@ def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None, d
     """Open and fully decode an image, raising MetacoreError with a clear reason.
 
     `draft` > 0 lets a JPEG decode at a reduced scale that still covers draft x draft pixels (a phone's
-    12-megapixel photo decodes several times faster, with no visible change after resizing).
+    12-megapixel photo decodes several times faster, a 200-megapixel one in a few MB).
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "image")
-    if isinstance(source, (str, Path)):
+    if isinstance(source, (str, Path)):  # read from the file as it decodes: its bytes are never all held at once
         path = Path(source)
         if not path.is_file():
             raise MetacoreError(f"{label}: file not found")
-        data = path.read_bytes()
-    elif isinstance(source, bytes):
-        data = source
+        empty = path.stat().st_size == 0
     else:
-        data = source.read()
-    if len(data) == 0:
+        source = io.BytesIO(source) if isinstance(source, bytes) else source
+        empty = source.getbuffer().nbytes == 0 if isinstance(source, io.BytesIO) else False
+    if empty:
         raise MetacoreError(f"{label}: the file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise MetacoreError(
-                    f"{label}: image is too large ({width}x{height} pixels, limit {MAX_PIXELS:,});"
-                    " it may be a decompression bomb"
-                )
-            if draft and image.format == "JPEG":
-                image.draft(image.mode, (draft, draft))
-            image.load()
+            with Image.open(source) as opened:
+                if opened.format in NOT_READ:
+                    raise MetacoreError(
+                        f"{label}: {NOT_READ[opened.format]} files are not read; export it as PNG or JPEG"
+                    )
+                check_size(opened, label, draft)
+                if draft and opened.format == "JPEG":
+                    opened.draft(opened.mode, (draft, draft))
+                opened.load()
+                image = opened  # leaving the block closes the file; the decoded pixels stay
     except MetacoreError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise MetacoreError(f"{label}: image is too large; refused as a possible decompression bomb") from None
+        raise MetacoreError(
+            f"{label}: image is too large (its header claims over {MAX_JPEG_PIXELS / 1e6:.0f} MP); "
+            "refused as a possible decompression bomb"
+        ) from None
     except UnidentifiedImageError:
         raise MetacoreError(f"{label}: not an image file (or an unsupported format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -103,7 +115,33 @@ def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None, d
     return image
 
 
-def to_standard_mode(image: Image.Image) -> Image.Image:
+def check_size(image: Image.Image, label: str, draft: int) -> None:
+    """Refuse, from the header alone, images whose decoding would take too much memory or whose shape is absurd."""
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise MetacoreError(f"{label}: the image has no pixels ({width}x{height})")
+    pixels = width * height
+    reduced = draft and image.format == "JPEG"
+    if reduced and pixels > MAX_JPEG_PIXELS:
+        raise MetacoreError(
+            f"{label}: image is too large ({width}x{height} = {pixels / 1e6:.0f} MP; JPEGs up to "
+            f"{MAX_JPEG_PIXELS / 1e6:.0f} MP are read)"
+        )
+    if not reduced and pixels > MAX_PIXELS:
+        kind = image.format or "this format"
+        raise MetacoreError(
+            f"{label}: image is too large ({width}x{height} = {pixels / 1e6:.0f} MP; {kind} images are decoded in "
+            f"full, so at most {MAX_PIXELS / 1e6:.0f} MP are read, which also stops decompression bombs; "
+            "save it smaller or as JPEG)"
+        )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise MetacoreError(
+            f"{label}: image is {width}x{height} pixels, more than {MAX_ASPECT} times longer than it is wide; "
+            "crop it to the object first"
+        )
+
+
+def to_standard_mode(image: Image.Image, label: str = "image") -> Image.Image:
     """Apply EXIF orientation and convert any PIL mode to 'L' or 'RGB'."""
     image = ImageOps.exif_transpose(image)
     mode = image.mode
@@ -111,8 +149,11 @@ def to_standard_mode(image: Image.Image) -> Image.Image:
         return image
     if mode == "1":
         return image.convert("L")
-    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float greyscale
-        arr = np.asarray(image, dtype=np.float64)
+    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float greyscale: stretch its range to 0..255
+        arr = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise MetacoreError(f"{label}: {bad:,} pixels are NaN or infinite; the image cannot be shown to a model")
         lo, hi = float(arr.min()), float(arr.max())
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         return Image.fromarray(((arr - lo) * scale).astype(np.uint8), mode="L")
@@ -124,6 +165,60 @@ def to_standard_mode(image: Image.Image) -> Image.Image:
         ground = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(ground, rgba).convert("RGB")
     return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
+
+
+def shrink(image: Image.Image, side: int) -> Image.Image:
+    """A large image reduced by a whole factor (box filter) to a shorter side of at least 2 * side, band by band,
+    so that no full-size copy is ever made (a 16-bit or palette PNG would otherwise be converted whole)."""
+    factor = min(image.size) // (2 * side)
+    if factor < 2:
+        return image
+    mode = {"1": "L", "P": "RGBA", "PA": "RGBA"}.get(image.mode, "I" if image.mode.startswith("I;") else image.mode)
+    width, height = image.size[0] // factor * factor, image.size[1] // factor * factor
+    out = Image.new(mode, (width // factor, height // factor))
+    rows = factor * max(1, 2_000_000 // (width * factor))  # bands of about 2 megapixels
+    for top in range(0, height, rows):
+        band = image.crop((0, top, width, min(top + rows, height)))
+        out.paste((band if band.mode == mode else band.convert(mode)).reduce(factor), (0, top // factor))
+    return out
+
+
+TRANSPOSES = {  # EXIF orientation -> the transpose that makes the picture upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def exif_orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except Exception:  # a damaged EXIF block: treat the picture as upright, as exif_transpose does
+        return 1
+
+
+def decode(source: str | Path | bytes | BinaryIO | Image.Image, name: str | None = None) -> Image.Image:
+    """Any image -> upright 'L' or 'RGB' with its shorter side at most KEEP_SIDE pixels.
+
+    The one way every image enters metacore (uploads, folders, data sets), so the same file gives the
+    same pixels, and so the same features, in the app, the CLI and the Python API. Memory is bounded
+    by the header checks of `open_image` and by shrinking before any mode conversion.
+    """
+    label = name or (str(source) if isinstance(source, (str, Path)) else "image")
+    if isinstance(source, Image.Image):
+        check_size(source, label, draft=0)
+        image = source
+    else:
+        image = open_image(source, name, draft=KEEP_SIDE)
+    small = shrink(image, KEEP_SIDE)
+    if small is not image and exif_orientation(image) in TRANSPOSES:  # the shrunk copy has no EXIF of its own
+        small = small.transpose(TRANSPOSES[exif_orientation(image)])
+    image = to_standard_mode(small, label)
+    return resize_shorter_side(image, KEEP_SIDE) if min(image.size) > KEEP_SIDE else image
 
 
 def resize_shorter_side(image: Image.Image, side: int) -> Image.Image:
@@ -156,14 +251,9 @@ def preprocess(image: Image.Image, spec: InputSpec) -> torch.Tensor:
     return (tensor - mean) / std
 
 
-def decode_size(spec: InputSpec) -> int:
-    """The fewest pixels per side that preprocessing needs (a JPEG may decode at a reduced scale down to it)."""
-    return round(spec.size / spec.crop) if spec.crop else spec.size
-
-
 def load_image(source: str | Path | bytes | BinaryIO, spec: InputSpec, name: str | None = None) -> torch.Tensor:
-    """Open, decode and preprocess one image (pixels; `metacore.bodies.load_input` gives the model's input)."""
-    return preprocess(open_image(source, name, draft=decode_size(spec)), spec)
+    """Decode and preprocess one image (pixels; `metacore.bodies.load_input` gives the model's input)."""
+    return preprocess(decode(source, name), spec)
 
 
 def load_pixels(sources: Sequence[str | Path | bytes], spec: InputSpec) -> torch.Tensor:

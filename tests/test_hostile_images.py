@@ -1,0 +1,198 @@
+"""A corpus of awkward and hostile image files, made here, pushed through every way an image enters metacore.
+
+Each kind is either accepted or refused with one sentence that names the file; the app's upload path, the
+CLI's folder reader and the Python API give the same answer; large kinds stay within a memory bound.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metacore.errors import MetacoreError
+from metacore.images import CHARACTER_SPEC, PHOTO_SPEC, decode, load_image, preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+MEMORY_BOUND_MB = 300
+
+
+def saved(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def photo_like(size: tuple[int, int] = (64, 48)) -> Image.Image:
+    rng = np.random.default_rng(sum(size))
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def float_tiff(values: np.ndarray) -> bytes:
+    return saved(Image.fromarray(values.astype(np.float32), "F"), "TIFF")
+
+
+def with_exif_orientation(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return saved(image, "JPEG", exif=exif.tobytes(), quality=95)
+
+
+def zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("a.txt", "hello")
+    return buffer.getvalue()
+
+
+nan_pixels = np.random.default_rng(0).random((40, 40))
+nan_pixels[3, 4] = np.nan
+inf_pixels = np.random.default_rng(1).random((40, 40))
+inf_pixels[0, 0] = np.inf
+palette = Image.new("P", (40, 30), 1)
+palette.info["transparency"] = 1
+anim = photo_like()
+
+# name -> (file bytes, None if accepted else a piece of the one-line refusal)
+SMALL_KINDS: dict[str, tuple[bytes, str | None]] = {
+    "empty.png": (b"", "the file is empty"),
+    "text.png": (b"just some text, not pixels", "not an image file"),
+    "truncated.png": (saved(photo_like(), "PNG")[:60], "corrupt or truncated"),
+    "truncated.jpg": (saved(photo_like(), "JPEG")[:200], "corrupt or truncated"),
+    "garbage.jpg": (b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, "not an image file"),
+    "bomb.png": (saved(Image.new("1", (30_000, 30_000)), "PNG"), "decompression bomb"),
+    "bomb_60mp.png": (saved(Image.new("1", (10_000, 6_000)), "PNG"), "at most 40 MP are read"),
+    "strip.png": (saved(Image.new("RGB", (2, 10_000)), "PNG"), "more than 50 times longer"),
+    "line.png": (saved(Image.new("L", (40_000, 1)), "PNG"), "more than 50 times longer"),
+    "16bit.png": (saved(Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50), "PNG"), None),
+    "float.tif": (float_tiff(np.random.default_rng(2).random((30, 40))), None),
+    "nan.tif": (float_tiff(nan_pixels), "1 pixels are NaN or infinite"),
+    "inf.tif": (float_tiff(inf_pixels), "1 pixels are NaN or infinite"),
+    "cmyk.jpg": (saved(photo_like().convert("CMYK"), "JPEG"), None),
+    "palette.png": (saved(palette, "PNG"), None),
+    "la.png": (saved(Image.new("LA", (30, 30), (10, 200)), "PNG"), None),
+    "rgba.png": (saved(Image.new("RGBA", (30, 30), (10, 20, 30, 40)), "PNG"), None),
+    "anim.gif": (saved(anim, "GIF", save_all=True, append_images=[anim.rotate(90)]), None),
+    "pages.tif": (saved(anim, "TIFF", save_all=True, append_images=[anim.rotate(90)]), None),
+    "rotated.jpg": (with_exif_orientation(photo_like(), 6), None),
+    "photo.webp": (saved(photo_like(), "WEBP"), None),
+    "photo.bmp": (saved(photo_like(), "BMP"), None),
+    "icon.ico": (saved(photo_like((32, 32)), "ICO"), None),
+    "drawing.svg": (b'<svg xmlns="http://www.w3.org/2000/svg"><circle r="4"/></svg>', "not an image file"),
+    "fake.heic": (b"\x00\x00\x00\x18ftypheic" + bytes(64), "not an image file"),
+    "doc.pdf": (b"%PDF-1.4\n1 0 obj<<>>endobj\n%%EOF", "not an image file"),
+    "archive.zip": (zip_bytes(), "not an image file"),
+    "art.eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "EPS (PostScript) files are not read"),
+    "no_extension": (saved(photo_like(), "PNG"), None),
+    "UPPER.PNG": (saved(photo_like(), "PNG"), None),
+    "jpeg_named.png": (saved(photo_like(), "JPEG"), None),
+}
+
+
+@pytest.mark.parametrize("name", list(SMALL_KINDS))
+def test_each_kind_gets_one_answer_from_the_api_and_the_app(name: str) -> None:
+    import lab
+
+    data, refusal = SMALL_KINDS[name]
+    target: list = []
+    problems = lab.add_uploads(target, [(name, data)])  # the uploader's path
+    if refusal is None:
+        assert problems == [] and len(target) == 1
+        assert torch.equal(preprocess(target[0].image, PHOTO_SPEC), load_image(data, PHOTO_SPEC, name))
+        assert torch.isfinite(load_image(data, CHARACTER_SPEC, name)).all()
+    else:
+        with pytest.raises(MetacoreError) as api:
+            load_image(data, PHOTO_SPEC, name)
+        message = str(api.value)
+        assert refusal in message and message.startswith(name) and "\n" not in message
+        assert problems == [message] and target == []  # the same sentence, and nothing added
+
+
+def test_a_sideways_phone_photo_is_turned_upright_also_when_shrunk() -> None:
+    wide = Image.new("RGB", (1600, 1200), (250, 250, 250))
+    wide.paste((200, 0, 0), (0, 0, 800, 1200))  # left half red
+    for size in ((1600, 1200), (160, 120)):  # shrunk by decode, and small enough not to be
+        picture = decode(with_exif_orientation(wide.resize(size), 6))
+        assert picture.height > picture.width  # orientation 6: rotate 90 degrees clockwise to view
+        top, bottom = (
+            picture.getpixel((picture.width // 2, 2)),
+            picture.getpixel((picture.width // 2, picture.height - 3)),
+        )
+        assert top[0] > 150 and top[1] < 80 and bottom[1] > 200  # the red half is on top
+
+
+MEASURE = """
+import resource, sys, time
+sys.path.insert(0, {root!r})
+from metacore.errors import MetacoreError
+from metacore.images import PHOTO_SPEC, load_image
+import lab
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+try:
+    x = load_image({path!r}, PHOTO_SPEC)
+    y = lab.make_item("upload", open({path!r}, "rb").read()).image
+    outcome = "ok"
+except MetacoreError as exc:
+    outcome = str(exc)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(outcome, "|", (peak - base) / 1024, "|", time.perf_counter() - started)
+"""
+
+MAKE = {
+    "200mp.jpg": "im = Image.new('RGB', (16000, 12000), (200, 180, 160)); im.paste((30, 60, 200), (4000, 3000, 12000, "
+    "9000)); im.save(path, quality=90)",
+    "48mp.jpg": "Image.new('RGB', (8000, 6000), (90, 120, 150)).save(path, quality=90)",
+    "16bit_36mp.png": "Image.fromarray(np.add.outer(np.arange(6000), np.arange(6000)).astype(np.uint16) * 5)"
+    ".save(path)",
+    "rgba_40mp.png": "Image.new('RGBA', (8000, 5000), (10, 20, 30, 128)).save(path)",
+    "palette_35mp.png": "Image.new('P', (7000, 5000), 3).save(path)",
+    "float_25mp.tif": "Image.fromarray(np.add.outer(np.arange(5000.0), np.arange(5000.0)).astype(np.float32), 'F')"
+    ".save(path, compression='tiff_deflate')",
+}
+
+
+@pytest.fixture(scope="module")
+def large_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("large")
+    script = "import numpy as np, sys\nfrom PIL import Image\n" + "".join(
+        f"path = {str(folder / name)!r}\n{code}\n" for name, code in MAKE.items()
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)  # ~600 MB while drawing: not here
+    return {name: folder / name for name in MAKE}
+
+
+@pytest.mark.parametrize("name", list(MAKE))
+def test_large_images_are_read_within_the_memory_bound(name: str, large_files: dict[str, Path]) -> None:
+    """Peak extra memory of reading one file through the API and the app's upload path, in a fresh process."""
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE.format(root=str(ROOT), path=str(large_files[name]))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-1500:]
+    outcome, peak_mb, seconds = (part.strip() for part in done.stdout.strip().splitlines()[-1].split("|"))
+    assert outcome == "ok", outcome
+    # the app's path holds the uploaded bytes as well (the uploader has them in memory anyway)
+    allowance = MEMORY_BOUND_MB + large_files[name].stat().st_size / 2**20
+    assert float(peak_mb) <= allowance, f"{name}: +{float(peak_mb):.0f} MB"
+
+
+def test_one_file_gives_the_same_features_in_the_app_and_the_api(tmp_path: Path) -> None:
+    """A 4032x3024 phone-sized JPEG: one preprocessing, whichever way it comes in."""
+    import lab
+
+    path = tmp_path / "phone.jpg"
+    photo_like((4032, 3024)).resize((4032, 3024)).save(path, quality=92)
+    api = load_image(path, PHOTO_SPEC)
+    app = preprocess(lab.make_item("phone.jpg", path.read_bytes()).image, PHOTO_SPEC)
+    assert torch.equal(api, app)
