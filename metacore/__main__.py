@@ -106,8 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adapt to a folder of class subfolders and classify query files or folders.",
     )
     add_common(p, data=False, episode=False)
-    p.add_argument("--support", required=True, help="folder with one subfolder of images per class")
-    p.add_argument("queries", nargs="+", help="query image files or folders")
+    p.add_argument(
+        "--support",
+        default=None,
+        help="folder with one subfolder of images per class (not needed with an adapted model saved by the lab)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out unreadable support images (a warning each) instead of stopping",
+    )
+    p.add_argument("queries", nargs="+", help="query image files or folders (an unreadable one is reported, exit 1)")
 
     p = sub.add_parser(
         "embed",
@@ -116,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common(p, data=False, episode=False)
     p.add_argument("--support", default=None, help="class-folder support set to adapt to first")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="leave out unreadable images (a warning each) instead of stopping"
+    )
     p.add_argument("--out", required=True, help="output file: .csv or .npy")
     p.add_argument("images", nargs="+", help="image files or folders")
 
@@ -145,10 +157,21 @@ def load_model(args: argparse.Namespace):
 
 
 def check_steps(args: argparse.Namespace) -> None:
-    if args.steps is not None and args.steps < 0:
-        raise MetacoreError("--steps must be >= 0")
-    if args.inner_lr is not None and args.inner_lr < 0:
-        raise MetacoreError("--inner-lr must be >= 0")
+    """The numbers every command shares, checked before any work (NaN and inf are refused, not propagated)."""
+    from metacore.checkpoint import MAX_INNER_LR, MAX_INNER_STEPS, check_number
+    from metacore.device import resolve_device
+
+    if args.steps is not None:
+        check_number(args.steps, "--steps", 0, MAX_INNER_STEPS, integer=True)
+    if args.inner_lr is not None:
+        check_number(args.inner_lr, "--inner-lr", 0, MAX_INNER_LR, above=True)
+    check_number(args.seed, "--seed", 0, 2**32 - 1, integer=True)
+    for name in ("query", "episodes", "meta_batch", "iterations", "val_every", "val_episodes"):
+        if getattr(args, name, None) is not None:
+            check_number(getattr(args, name), f"--{name.replace('_', '-')}", 1, 10**9, integer=True)
+    if getattr(args, "meta_lr", None) is not None:
+        check_number(args.meta_lr, "--meta-lr", 0, 1.0, above=True)
+    resolve_device(args.device)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -254,47 +277,59 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from metacore.features import adapted_params, load_images, load_support_folder, predict_proba, query_files
+    from metacore.features import adapted_params, load_support_folder, predict_proba, query_files, read_inputs
 
     check_steps(args)
-    learner, _, _ = load_model(args)
-    support = load_support_folder(args.support, learner.backbone.input_spec)
+    learner, meta, _ = load_model(args)
+    if args.support:
+        support = load_support_folder(args.support, learner.backbone.input_spec, args.skip_bad)
+        params, classes = adapted_params(learner, support, args.steps, args.inner_lr), support.classes
+    elif "adapted_head" in meta:  # a model adapted (and downloaded) in the lab
+        head = {k: v.to(learner.backbone.device) for k, v in meta["adapted_head"].items()}
+        params, classes = {**learner.params, **head}, meta["classes"]
+    else:
+        raise MetacoreError("--support is needed: this checkpoint is meta-trained, not adapted to classes")
     files = query_files(args.queries)
-    images = load_images(files, learner.backbone.input_spec)
-    params = adapted_params(learner, support, args.steps, args.inner_lr)
+    unreadable: list[str] = []  # one bad query does not stop the others: each is reported, the exit code is 1
+    images, readable = read_inputs(files, learner.backbone.input_spec, skip_bad=True, on_skip=unreadable.append)
     probs = predict_proba(learner, params, images)
     rows = [
         {
             "file": str(f),
-            "predicted": support.classes[int(p.argmax())],
-            "probabilities": {c: round(float(v), 6) for c, v in zip(support.classes, p)},
+            "predicted": classes[int(p.argmax())],
+            "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)},
         }
-        for f, p in zip(files, probs)
+        for f, p in zip(readable, probs)
     ]
+    bad = [f for f in files if f not in set(readable)]
+    errors = [{"file": str(f), "error": message.removeprefix("skipped ")} for f, message in zip(bad, unreadable)]
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps(rows + errors))
     else:
         width = max(len(r["file"]) for r in rows)
         for r in rows:
             print(f"{r['file']:<{width}}  {r['predicted']}  ({100 * r['probabilities'][r['predicted']]:.1f}%)")
-    return 0
+        for e in errors:
+            print(f"error: {e['error']}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from metacore.features import adapted_params, embed, load_images, load_support_folder, query_files
+    from metacore.features import adapted_params, embed, load_support_folder, query_files, read_inputs
 
     check_steps(args)
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".npy"):
         raise MetacoreError("--out must end in .csv or .npy")
+    from metacore.train import check_writable
+
+    check_writable(out)  # before reading any image
     learner, _, _ = load_model(args)
-    files = query_files(args.images)
-    images = load_images(files, learner.backbone.input_spec)
+    images, files = read_inputs(query_files(args.images), learner.backbone.input_spec, args.skip_bad)
     stages = {"before": embed(learner, images)}
     if args.support:
-        support = load_support_folder(args.support, learner.backbone.input_spec)
+        support = load_support_folder(args.support, learner.backbone.input_spec, args.skip_bad)
         stages["after"] = embed(learner, images, adapted_params(learner, support, args.steps, args.inner_lr))
-    out.parent.mkdir(parents=True, exist_ok=True)
     written = []
     if out.suffix.lower() == ".npy":
         for stage, feats in stages.items():
@@ -321,7 +356,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from metacore.bench import run_bench
+    from metacore.checkpoint import MAX_INNER_STEPS, check_number
+    from metacore.device import resolve_device
 
+    check_number(args.meta_batch, "--meta-batch", 1, 4096, integer=True)
+    check_number(args.repeats, "--repeats", 1, 10_000, integer=True)
+    check_number(args.steps, "--steps", 1, MAX_INNER_STEPS, integer=True)
+    resolve_device(args.device)
     result = run_bench(args.device, args.meta_batch, args.steps, args.repeats, progress=not args.json)
     if args.json:
         print(json.dumps(result))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -10,9 +11,15 @@ from pathlib import Path
 import torch
 
 from metacore.algorithms import ALGORITHMS, MAML, MetaSGD
-from metacore.errors import MetacoreError
+from metacore.bodies import BODIES
+from metacore.errors import MetacoreError, check_number  # noqa: F401  (check_number: re-exported)
 from metacore.images import InputSpec
-from metacore.models import Backbone
+from metacore.models import BACKBONES, HEADS, Backbone
+
+MAX_INNER_STEPS = 1000
+MAX_INNER_LR = 1000.0
+LEARNER_FIELDS = {"algorithm", "inner_lr", "inner_steps", "head"}
+SPEC_LIMITS = {"size": (8, 1024), "channels": (1, 3)}
 
 FORMAT = "metacore-checkpoint"
 VERSION = 1
@@ -24,6 +31,29 @@ def build_learner(algorithm: str, backbone: Backbone, inner_lr: float, inner_ste
     return ALGORITHMS[algorithm](backbone, inner_lr, inner_steps, head)
 
 
+def checkpoint_payload(learner: MAML, params: dict[str, torch.Tensor], **metadata) -> dict:
+    backbone = learner.backbone
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "backbone": {"name": backbone.name, "kwargs": backbone.kwargs, "input_spec": backbone.input_spec.to_dict()},
+        "learner": learner.config(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in params.items()},
+        **metadata,
+    }
+
+
+def adapted_checkpoint(learner: MAML, params: dict[str, torch.Tensor], classes: list[str], **metadata) -> bytes:
+    """An adapted model as checkpoint bytes: the adapted body and its task head, with the class names.
+
+    Any command that takes --checkpoint loads it (its body is the starting point); `classify` without
+    --support predicts with its head directly.
+    """
+    buffer = io.BytesIO()
+    torch.save(checkpoint_payload(learner, params, classes=list(classes), **metadata), buffer)
+    return buffer.getvalue()
+
+
 def save_checkpoint(path: str | Path, learner: MAML, **metadata) -> None:
     """Write the learner's meta-parameters and everything needed to rebuild it.
 
@@ -32,15 +62,7 @@ def save_checkpoint(path: str | Path, learner: MAML, **metadata) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    backbone = learner.backbone
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "backbone": {"name": backbone.name, "kwargs": backbone.kwargs, "input_spec": backbone.input_spec.to_dict()},
-        "learner": learner.config(),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in learner.params.items()},
-        **metadata,
-    }
+    payload = checkpoint_payload(learner, learner.params, **metadata)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
@@ -79,22 +101,89 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
+def validated(payload: dict, path: Path) -> tuple[dict, dict, InputSpec]:
+    """(learner config, backbone kwargs, input spec) of a checkpoint, each field checked before anything is built
+    from it: a file's metadata must not make a command hang or allocate gigabytes."""
+    try:
+        cfg, info = dict(payload["learner"]), dict(payload["backbone"])
+        unknown = set(cfg) - LEARNER_FIELDS
+        if unknown:
+            raise MetacoreError(f"unknown learner field '{sorted(unknown)[0]}'")
+        if cfg.get("algorithm") not in ALGORITHMS:
+            raise MetacoreError(f"unknown algorithm {cfg.get('algorithm')!r} (known: {', '.join(ALGORITHMS)})")
+        cfg["inner_steps"] = check_number(cfg.get("inner_steps"), "inner_steps", 0, MAX_INNER_STEPS, integer=True)
+        cfg["inner_lr"] = check_number(cfg.get("inner_lr"), "inner_lr", 0.0, MAX_INNER_LR)
+        if cfg.get("head", "zero") not in HEADS:
+            raise MetacoreError(f"unknown head {cfg.get('head')!r} (known: {', '.join(HEADS)})")
+        name = info.get("name")
+        if name not in BACKBONES:
+            raise MetacoreError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
+        kwargs = dict(info.get("kwargs", {}))
+        for key, value in kwargs.items():
+            if key not in BACKBONES[name].defaults:
+                raise MetacoreError(f"unknown {name} setting '{key}'")
+            check_number(value, f"{name} setting '{key}'", 1e-3, 4096, integer=key != "scale")
+        fields = dict(info.get("input_spec", {}))
+        unknown = set(fields) - set(InputSpec.__dataclass_fields__)
+        if unknown:
+            raise MetacoreError(f"unknown input-spec field '{sorted(unknown)[0]}'")
+        for key, (low, high) in SPEC_LIMITS.items():
+            if key in fields:
+                check_number(fields[key], f"input size field '{key}'", low, high, integer=True)
+        spec = InputSpec.from_dict(fields)
+        if spec.crop and not 0.1 <= check_number(spec.crop, "input crop", 0.0, 1.0) <= 1.0:
+            raise MetacoreError(f"input crop must be from 0.1 to 1, got {spec.crop}")
+        if len(spec.mean) != spec.channels or len(spec.std) != spec.channels or min(spec.std) <= 0:
+            raise MetacoreError("input mean/std must have one value per channel, std > 0")
+        if spec.body and spec.body not in BODIES:
+            raise MetacoreError(f"unknown body {spec.body!r} (known: {', '.join(BODIES)})")
+    except MetacoreError as exc:
+        raise MetacoreError(f"{path}: {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise MetacoreError(f"{path} has malformed metadata ({exc})") from None
+    return cfg, kwargs, spec
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[MAML, dict]:
-    """Rebuild the learner saved at `path`; returns (learner, the checkpoint's metadata)."""
+    """Rebuild the learner saved at `path`; returns (learner, the checkpoint's metadata).
+
+    Checked on the way: every metadata field (`validated`), every tensor's shape against the declared
+    architecture, and that every weight is finite.
+    """
     payload = read_checkpoint(path)
+    cfg, kwargs, spec = validated(payload, Path(path))
     state = payload["state_dict"]
-    info = payload["backbone"]
-    body = {k: v.to(device) for k, v in state.items() if not k.startswith("lr.")}
-    backbone = Backbone(info["name"], body, InputSpec.from_dict(info["input_spec"]), **info.get("kwargs", {}))
-    cfg = payload["learner"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MetacoreError(f"{path}: its state_dict is not a dict of tensors")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise MetacoreError(f"{path}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[0]})")
+    adapted = {k: v for k, v in state.items() if k.startswith("head.")}  # a task head: an adapted model
+    body = {k: v.to(device) for k, v in state.items() if not k.startswith(("lr.", "head."))}
+    try:
+        backbone = Backbone(payload["backbone"]["name"], body, spec, **kwargs)
+    except MetacoreError as exc:
+        raise MetacoreError(f"{path}: {exc}") from None
     learner = build_learner(cfg["algorithm"], backbone, cfg["inner_lr"], cfg["inner_steps"], cfg.get("head", "zero"))
     if isinstance(learner, MetaSGD):
         lrs = {k: v.to(device) for k, v in state.items() if k.startswith("lr.")}
-        if set(lrs) != {k for k in learner.params if k.startswith("lr.")}:
+        expected = {k: v.shape for k, v in learner.params.items() if k.startswith("lr.")}
+        if {k: v.shape for k, v in lrs.items()} != expected:
             raise MetacoreError(f"{path}: Meta-SGD learning rates are missing or do not fit the backbone")
         learner.params |= lrs
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    if adapted:
+        meta["adapted_head"] = check_head(adapted, backbone.feature_dim, meta.get("classes"), Path(path))
     return learner, meta
+
+
+def check_head(head: dict[str, torch.Tensor], dim: int, classes, path: Path) -> dict[str, torch.Tensor]:
+    """An adapted model's task head: a weight (way, dim) and a bias (way) with one class name per row."""
+    weight, bias = head.get("head.weight"), head.get("head.bias")
+    way = len(classes) if isinstance(classes, list) and all(isinstance(c, str) for c in classes) else -1
+    if set(head) != {"head.weight", "head.bias"} or weight.shape != (way, dim) or bias.shape != (way,):
+        raise MetacoreError(f"{path}: its task head does not fit {dim} features and its list of class names")
+    return head
 
 
 def sha256(path: str | Path) -> str:

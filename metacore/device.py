@@ -20,9 +20,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise MetacoreError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise MetacoreError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MetacoreError("--device cuda was asked for, but no CUDA GPU is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise MetacoreError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPUs")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise MetacoreError("--device mps was asked for, but MPS is not available")
     return device

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from metacore.algorithms import MAML
 from metacore.bodies import model_inputs
 from metacore.data import folder_classes
 from metacore.errors import MetacoreError
-from metacore.images import IMAGE_SUFFIXES, InputSpec, load_pixels
+from metacore.images import InputSpec, image_files, load_pixels, try_load_pixels
 from metacore.inner import run_to_end
 from metacore.models import Params
 
@@ -25,22 +27,60 @@ class LabelledImages:
     files: list[Path]
 
 
-def load_support_folder(folder: str | Path, spec: InputSpec) -> LabelledImages:
-    """A folder of class subfolders -> images, labels, class names and file paths."""
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def read_inputs(
+    files: list[Path], spec: InputSpec, skip_bad: bool = False, chunk: int = 64, on_skip: Callable[[str], None] = warn
+) -> tuple[Tensor, list[Path]]:
+    """The model's inputs for image files and the files they came from, read `chunk` at a time so that a large
+    set keeps only its inputs (for photos: features), never all its pixels.
+
+    An unreadable file stops the read with one MetacoreError that names each such file and why; with
+    `skip_bad` each is reported to `on_skip` instead and left out.
+    """
+    inputs, kept, problems = [], [], []
+    for start in range(0, len(files), chunk):
+        part = files[start : start + chunk]
+        results = try_load_pixels(part, spec)
+        problems += [str(r) for r in results if isinstance(r, MetacoreError)]
+        good = [(f, r) for f, r in zip(part, results) if not isinstance(r, MetacoreError)]
+        if good:
+            kept += [f for f, _ in good]
+            inputs.append(model_inputs(torch.stack([r for _, r in good]), spec))
+    if problems and not skip_bad:
+        listed = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise MetacoreError(
+            f"{len(problems)} of {len(files)} files cannot be read ({listed}); fix or remove them, "
+            "or pass --skip-bad to leave them out"
+        )
+    for problem in problems:
+        on_skip(f"skipped {problem}")
+    if not kept:
+        raise MetacoreError("none of the files could be read")
+    return torch.cat(inputs), kept
+
+
+def load_support_folder(folder: str | Path, spec: InputSpec, skip_bad: bool = False) -> LabelledImages:
+    """A folder of class subfolders -> model inputs, labels, class names and file paths."""
     classes = folder_classes(Path(folder))
     if len(classes) < 2:
         raise MetacoreError(f"{folder} must hold at least 2 class folders, found {len(classes)}")
-    files = [f for cls in classes for f in cls.files]
-    labels = [label for label, cls in enumerate(classes) for _ in cls.files]
-    return LabelledImages(load_images(files, spec), torch.tensor(labels), [c.name for c in classes], files)
+    label_of = {f: label for label, cls in enumerate(classes) for f in cls.files}
+    inputs, files = read_inputs(list(label_of), spec, skip_bad)
+    empty = [c.name for label, c in enumerate(classes) if label not in {label_of[f] for f in files}]
+    if empty:
+        raise MetacoreError(f"class folder '{empty[0]}' in {folder} has no readable images")
+    return LabelledImages(inputs, torch.tensor([label_of[f] for f in files]), [c.name for c in classes], files)
 
 
 def query_files(paths: list[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) into a sorted list of image files."""
+    """Expand files and folders (recursively) into a sorted list of files to read."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found += image_files(p, recursive=True)
         elif p.is_file():
             found.append(p)
         else:

@@ -31,7 +31,6 @@ KEEP_SIDE = 320
 MAX_PIXELS = 40_000_000
 MAX_JPEG_PIXELS = 260_000_000
 MAX_ASPECT = 50  # longer side / shorter side: a thin strip stretched to a square input shows nothing recognisable
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}  # what file managers leave in folders (hidden files are ignored too)
 NOT_READ = {"EPS": "EPS (PostScript)"}  # Pillow renders these with Ghostscript where installed: not on every machine
 Image.MAX_IMAGE_PIXELS = MAX_JPEG_PIXELS  # Pillow's own bomb guard, raised to ours; check_size applies per format
@@ -258,13 +257,42 @@ def load_image(source: str | Path | bytes | BinaryIO, spec: InputSpec, name: str
 
 def load_pixels(sources: Sequence[str | Path | bytes], spec: InputSpec) -> torch.Tensor:
     """Many images -> one (n, channels, size, size) tensor, decoded in threads (a JPEG decoder releases the GIL:
-    on 2 cores, 25 phone photos decode in about half the time)."""
+    on 2 cores, 25 phone photos decode in about half the time). The first unreadable one raises."""
     if not sources:
         return torch.zeros(0, spec.channels, spec.size, spec.size)
+    results = try_load_pixels(sources, spec)
+    for result in results:
+        if isinstance(result, MetacoreError):
+            raise result
+    return torch.stack(results)
+
+
+def try_load_pixels(sources: Sequence[str | Path | bytes], spec: InputSpec) -> list[torch.Tensor | MetacoreError]:
+    """Each image's pixels, or the MetacoreError that says why it cannot be read; decoded in threads."""
+
+    def attempt(source: str | Path | bytes) -> torch.Tensor | MetacoreError:
+        try:
+            return load_image(source, spec)
+        except MetacoreError as exc:
+            return exc
+
+    if not sources:
+        return []
     with ThreadPoolExecutor(max_workers=min(len(sources), os.cpu_count() or 1, 8)) as pool:
-        return torch.stack(list(pool.map(lambda source: load_image(source, spec), sources)))
+        return list(pool.map(attempt, sources))
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files directly inside a folder, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def is_candidate(path: Path) -> bool:
+    """Whether a file in a folder is offered to `decode`: every file but hidden ones and file-manager litter.
+
+    Not judged by its suffix: a JPEG named .png, or a file with none, is read; a PDF named .jpg is refused
+    by `decode` with its reason, the same sentence the app's uploader shows for it.
+    """
+    return path.is_file() and not path.name.startswith(".") and path.name.lower() not in IGNORED_FILES
+
+
+def image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The files in a folder (and its subfolders, if `recursive`) that `decode` is asked to read, sorted."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    hidden = lambda p: any(part.startswith(".") for part in p.relative_to(folder).parts)  # noqa: E731
+    return sorted(p for p in found if is_candidate(p) and not hidden(p))

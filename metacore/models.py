@@ -135,11 +135,21 @@ class Backbone:
             params = dict(entry.build(**self.kwargs).named_parameters())
         self.params: Params = {k: v.detach() for k, v in params.items()}
         self._local = threading.local()
-        expected = set(self._template().state_dict())
-        if set(self.params) != expected:
-            missing, extra = sorted(expected - set(self.params)), sorted(set(self.params) - expected)
+        try:
+            shapes = {k: v.shape for k, v in self._template().state_dict().items()}
+        except TypeError as exc:
+            raise MetacoreError(f"backbone '{name}' cannot be built with {self.kwargs} ({exc})") from None
+        if set(self.params) != set(shapes):
+            missing, extra = sorted(set(shapes) - set(self.params)), sorted(set(self.params) - set(shapes))
             raise MetacoreError(
                 f"parameters do not fit backbone '{name}' (missing {missing[:3]}, unexpected {extra[:3]})"
+            )
+        wrong = [k for k, shape in shapes.items() if self.params[k].shape != shape]
+        if wrong:
+            k = wrong[0]
+            raise MetacoreError(
+                f"parameters do not fit backbone '{name}' {self.kwargs}: '{k}' has shape "
+                f"{tuple(self.params[k].shape)}, the architecture needs {tuple(shapes[k])}"
             )
 
     def _template(self) -> nn.Module:

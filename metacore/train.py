@@ -13,7 +13,14 @@ import torch
 from tqdm import tqdm
 
 from metacore.capture import CapturedOuterStep, check_capturable
-from metacore.checkpoint import build_learner, load_checkpoint, save_checkpoint
+from metacore.checkpoint import (
+    MAX_INNER_LR,
+    MAX_INNER_STEPS,
+    build_learner,
+    check_number,
+    load_checkpoint,
+    save_checkpoint,
+)
 from metacore.data import EpisodeSampler, augment_task, open_dataset, parse_range
 from metacore.device import describe, resolve_device
 from metacore.errors import MetacoreError
@@ -58,6 +65,22 @@ class TrainConfig:
 MACHINE_SETTINGS = ("iterations", "resume", "device", "out", "data_root", "batching")
 
 
+def check_writable(path: Path) -> None:
+    """Fail now, with the reason, if a file cannot be written at `path` (its folder is made if missing)."""
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise MetacoreError(f"cannot write {path}: {existing} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise MetacoreError(f"{path} is a folder; give a file name for the checkpoint")
+        probe = path.with_name(f".{path.name}.write-test")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise MetacoreError(f"cannot write {path} ({exc.strerror or exc})") from None
+
+
 def _log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
@@ -68,11 +91,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     parse_range(cfg.shot, "shot")
     if cfg.iterations < 1 or cfg.meta_batch < 1:
         raise MetacoreError("--iterations and --meta-batch must be at least 1")
+    for name in ("iterations", "meta_batch", "val_every", "val_episodes", "query"):
+        check_number(getattr(cfg, name), name.replace("_", "-"), 1, 10**9, integer=True)
+    check_number(cfg.meta_lr, "meta-lr", 0, 1.0, above=True)
+    check_number(cfg.inner_lr, "inner-lr", 0, MAX_INNER_LR, above=True)
+    check_number(cfg.inner_steps, "inner steps", 0, MAX_INNER_STEPS, integer=True)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
+    check_writable(out)  # before any work: a finished training must not be lost to a bad path
+    if cfg.resume and not out.is_file():
+        raise MetacoreError(f"--resume: no checkpoint at {out} to continue (leave out --resume to start afresh)")
     start_iteration, optimizer_state, elapsed_before = 0, None, 0.0
     history: list[dict] = []
-    if cfg.resume and out.is_file():
+    if cfg.resume:
         learner, meta = load_checkpoint(out, device)
         training = meta.get("training", {})
         start_iteration = int(training.get("iteration", 0))
@@ -174,6 +205,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             metrics = captured(tasks)
         else:
             metrics = learner.outer_step(optimizer, tasks, batching)
+        if not math.isfinite(metrics["loss"]) or not all(torch.isfinite(p).all() for p in learner.params.values()):
+            kept = (
+                f"the last good checkpoint, {out} at iteration {history[-1]['iteration']}, is kept"
+                if history
+                else (f"nothing was saved to {out}")
+            )
+            raise MetacoreError(
+                f"training diverged at iteration {iteration + 1} (loss {metrics['loss']:.3g}): {kept}; "
+                "try a smaller --meta-lr or --inner-lr"
+            )
         running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in metrics.items()}
         bar.set_postfix(loss=f"{running['loss']:.3f}", acc=f"{100 * running['accuracy']:.1f}%")
         done = iteration + 1

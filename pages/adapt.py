@@ -15,7 +15,9 @@ classes, tensors = lab.require_task()
 shipped, _ = lab.shared_model()
 controls = st.columns([3, 2, 2])
 init = controls[0].selectbox("Starting point", list(lab.INITS), format_func=lab.INITS.get, key="init")
-lr = controls[1].number_input("Inner learning rate", 0.0, 10.0, float(shipped.inner_lr), 0.05, format="%.3f", key="lr")
+lr = controls[1].number_input(
+    "Inner learning rate", 0.001, 10.0, float(shipped.inner_lr), 0.05, format="%.3f", key="lr"
+)
 run_steps = controls[2].slider("Steps per Run", 1, 50, 5, key="run_steps")
 learner = lab.learner_for(init)
 has_query = tensors.query_x is not None

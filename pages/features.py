@@ -8,6 +8,7 @@ import streamlit as st
 import torch
 
 import lab
+from metacore.checkpoint import adapted_checkpoint
 from metacore.errors import MetacoreError
 from metacore.features import embed
 from metacore.isolation import run_isolated
@@ -176,20 +177,11 @@ d1, d2 = st.columns(2)
 d1.download_button(
     "Download features (CSV)", pd.DataFrame(rows).to_csv(index=False), "features.csv", "text/csv", icon="⬇️"
 )
-buffer = io.BytesIO()
-torch.save(
-    {
-        "format": "metacore-adapted",
-        "classes": tensors.names,
-        "backbone": shipped.backbone.name,
-        "params": {k: v.cpu() for k, v in adapted.items()},
-    },
-    buffer,
-)
 d2.download_button(
     "Download the adapted model (.pt)",
-    buffer.getvalue(),
+    adapted_checkpoint(learner, adapted, tensors.names, adapted_with=caption),
     "adapted_model.pt",
     icon="⬇️",
-    help="parameters after adaptation, including the task head; torch.load(..., weights_only=True)",
+    help="a metacore checkpoint of the adapted body and task head: "
+    "python -m metacore classify --checkpoint adapted_model.pt photo.jpg (no --support needed)",
 )

@@ -107,7 +107,7 @@ def test_init_starts_a_new_algorithm_from_a_checkpoints_backbone(toy: Path, chec
         [
             *args,
             "--meta-lr",
-            "0",
+            "1e-30",
             "--val-every",
             "1",
             "--val-episodes",
@@ -124,8 +124,8 @@ def test_init_starts_a_new_algorithm_from_a_checkpoints_backbone(toy: Path, chec
     start, _ = load_checkpoint(checkpoint)
     learner, meta = load_checkpoint(out)
     assert learner.name == "fomaml" and learner.head == "proto" and meta["config"]["init"] == str(checkpoint)
-    for k, v in start.backbone.params.items():  # meta-lr 0: the backbone is exactly the one it started from
-        assert torch.equal(learner.backbone.params[k], v), k
+    for k, v in start.backbone.params.items():  # meta-lr 1e-30: the backbone is the one it started from
+        assert torch.allclose(learner.backbone.params[k], v, rtol=0, atol=1e-20), k
 
 
 def test_augmented_training_runs_and_is_seeded(toy: Path, tmp_path: Path, capsys) -> None:
@@ -370,3 +370,121 @@ def test_checkpoint_without_header_is_rejected(tmp_path: Path) -> None:
     torch.save([1, 2, 3], path)
     with pytest.raises(MetacoreError, match="not a metacore checkpoint"):
         read_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "--inner-lr", "nan"], "--inner-lr must be a finite number above 0"),
+        (["evaluate", "--inner-lr", "inf"], "--inner-lr must be a finite number above 0"),
+        (["evaluate", "--query", "0"], "--query must be a whole number from 1"),
+        (["evaluate", "--seed", "-1"], "--seed must be a whole number from 0"),
+        (["evaluate", "--device", "meta"], "unknown device 'meta'"),
+        (["evaluate", "--steps", "1000000000"], "--steps must be a whole number from 0 up to 1,000"),
+        (["bench", "--meta-batch", "0"], "--meta-batch must be a whole number from 1"),
+        (["bench", "--repeats", "0"], "--repeats must be a whole number from 1"),
+        (["train", "--meta-lr", "1e6"], "--meta-lr must be a finite number above 0 up to 1"),
+        (["train", "--meta-lr", "nan"], "--meta-lr must be a finite number above 0 up to 1"),
+        (["train", "--val-every", "0"], "--val-every must be a whole number from 1"),
+        (["train", "--val-episodes", "0"], "--val-episodes must be a whole number from 1"),
+        (["train", "--resume", "--out", "{tmp}/missing.pt"], "--resume: no checkpoint at"),
+        (["train", "--out", "{tmp}/file.txt/x.pt"], "file.txt is a file, not a folder"),
+        (["embed", "--out", "{tmp}/file.txt/x.csv", "{tmp}"], "file.txt is a file, not a folder"),
+        (["classify", "--inner-lr", "-1", "--support", "{tmp}", "x.png"], "--inner-lr must be a finite number"),
+        (["classify", "{tmp}/file.txt"], "--support is needed"),
+    ],
+)
+def test_bad_numbers_and_paths_end_in_one_line_before_any_work(args, message, tmp_path, capsys) -> None:
+    (tmp_path / "file.txt").write_text("a file")
+    code, out, err = run([a.format(tmp=tmp_path) for a in args], capsys)
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert message in err
+
+
+def altered(checkpoint: Path, tmp_path: Path, change) -> Path:
+    payload = torch.load(checkpoint, weights_only=True)
+    change(payload)
+    path = tmp_path / "altered.pt"
+    torch.save(payload, path)
+    return path
+
+
+def set_in(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def change(payload: dict) -> None:
+        target = payload
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+
+    return change
+
+
+def nan_weights(payload: dict) -> None:
+    payload["state_dict"] = {k: torch.full_like(v, float("nan")) for k, v in payload["state_dict"].items()}
+
+
+def wider_tensors(payload: dict) -> None:
+    payload["backbone"]["kwargs"]["hidden"] = 32  # declares 32 channels; the tensors hold the file's own
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (set_in("learner", "inner_steps", 1_000_000_000), "inner_steps must be a whole number from 0 up to 1,000"),
+        (set_in("learner", "inner_lr", "0.4"), "inner_lr must be a finite number"),
+        (set_in("learner", "inner_lr", float("nan")), "inner_lr must be a finite number"),
+        (set_in("learner", "algorithm", None), "unknown algorithm None"),
+        (set_in("learner", "surprise", 1), "unknown learner field 'surprise'"),
+        (set_in("backbone", "input_spec", "size", 20000), "input size field 'size' must be a whole number"),
+        (set_in("backbone", "input_spec", "colour", "red"), "unknown input-spec field 'colour'"),
+        (set_in("backbone", "name", "feature_adapter"), "unknown feature_adapter setting 'in_channels'"),
+        (wider_tensors, "the architecture needs"),
+        (nan_weights, "weight tensors hold NaN or infinite values"),
+    ],
+)
+def test_checkpoint_metadata_is_checked_on_load(checkpoint: Path, tmp_path: Path, change, message, capsys) -> None:
+    bad = altered(checkpoint, tmp_path, change)
+    with pytest.raises(MetacoreError, match=re.escape(message)):
+        load_checkpoint(bad)
+    code, _, err = run(["classify", "--checkpoint", str(bad), "--support", str(tmp_path), "x.png"], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_diverging_training_stops_and_keeps_the_last_good_checkpoint(toy: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "diverged.pt"
+    args = ["train", "--data-root", str(toy), *TOY_TASK, "--meta-batch", "2", "--val-episodes", "2", "--out", str(out)]
+    code, _, _ = run([*args, "--iterations", "2", "--val-every", "2"], capsys)
+    assert code == 0
+    payload = torch.load(out, weights_only=True)
+    for part in ("learner", "config"):  # an inner loop so steep that the loss overflows to inf or NaN
+        payload[part] |= {"inner_lr": 1000.0, "inner_steps": 5}
+    torch.save(payload, out)
+    code, _, err = run([*args, "--iterations", "6", "--resume"], capsys)
+    assert code == 2 and "training diverged at iteration" in err and "is kept" in err
+    _, meta = load_checkpoint(out)  # loads: every weight finite
+    assert f"at iteration {meta['training']['iteration']}, is kept" in err
+    assert int(err.split("diverged at iteration ")[1].split()[0]) > meta["training"]["iteration"]
+
+
+def test_the_labs_adapted_model_loads_in_the_cli_and_classifies_without_support(toy, checkpoint, tmp_path, capsys):
+    from metacore.checkpoint import adapted_checkpoint
+    from metacore.features import adapted_params, load_support_folder
+
+    learner, _ = load_checkpoint(checkpoint)
+    support = load_support_folder(toy / "toy", learner.backbone.input_spec)
+    params = adapted_params(learner, support, steps=3, lr=0.05)  # what the Features page's download holds
+    path = tmp_path / "adapted_model.pt"
+    path.write_bytes(adapted_checkpoint(learner, params, support.classes, adapted_with="test"))
+    query = toy / "toy" / "class03" / "1.png"
+    code, out, err = run(["classify", "--checkpoint", str(path), str(query), "--json"], capsys)
+    assert code == 0, err
+    row = json.loads(out)[0]
+    assert list(row["probabilities"]) == support.classes
+    code, out, _ = run(["classify", "--checkpoint", str(checkpoint), "--support", str(toy / "toy"), "--inner-lr",
+                        "0.05", "--steps", "3", str(query), "--json"], capsys)  # fmt: skip
+    assert json.loads(out)[0]["probabilities"] == pytest.approx(row["probabilities"], abs=1e-5)
+    code, _, err = run(["evaluate", "--checkpoint", str(path), "--data-root", str(toy), *TOY_TASK, "--episodes", "2"],
+                       capsys)  # fmt: skip
+    assert code == 0, err  # its adapted body is a starting point like any other

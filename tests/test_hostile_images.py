@@ -7,6 +7,7 @@ CLI's folder reader and the Python API give the same answer; large kinds stay wi
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import zipfile
@@ -196,3 +197,55 @@ def test_one_file_gives_the_same_features_in_the_app_and_the_api(tmp_path: Path)
     api = load_image(path, PHOTO_SPEC)
     app = preprocess(lab.make_item("phone.jpg", path.read_bytes()).image, PHOTO_SPEC)
     assert torch.equal(api, app)
+
+
+@pytest.fixture(scope="module")
+def good_support(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("support")
+    for label, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+        (root / label).mkdir()
+        for i in range(2):
+            Image.new("RGB", (40, 40), colour).rotate(10 * i).save(root / label / f"{i}.png")
+    return root
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    from metacore.__main__ import main
+
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("name", list(SMALL_KINDS))
+def test_the_cli_gives_each_kind_the_apps_answer(name: str, good_support: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    import lab
+
+    data, refusal = SMALL_KINDS[name]
+    support = tmp_path / "support"
+    shutil.copytree(good_support, support)
+    (support / "a" / name).write_bytes(data)
+    query = support / "b" / "0.png"
+    app = lab.add_uploads([], [(name, data)])
+    capsys.readouterr()  # what importing the app printed
+    code, out, err = cli(["classify", "--support", str(support), str(query), "--json"], capsys)
+    if refusal is None:
+        assert code == 0 and app == [], err
+    else:
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert app[0].removeprefix(name) in err  # the same reason, after the file's name (the CLI gives its path)
+        code, out, err = cli(["classify", "--support", str(support), "--skip-bad", str(query)], capsys)
+        assert code == 0 and f"warning: skipped {support / 'a' / name}" in err
+
+
+def test_an_unreadable_query_is_reported_and_the_others_are_classified(good_support: Path, tmp_path, capsys) -> None:
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture")
+    good = good_support / "a" / "1.png"
+    code, out, err = cli(["classify", "--support", str(good_support), str(good), str(bad), "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 1
+    assert rows[0]["file"] == str(good) and rows[0]["predicted"] == "a"
+    assert rows[1] == {"file": str(bad), "error": f"{bad}: not an image file (or an unsupported format)"}

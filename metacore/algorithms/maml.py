@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from metacore.data import Task, stack_tasks
+from metacore.errors import check_number
 from metacore.inner import LogitsFn, Snapshot, inner_loop, run_to_end
 from metacore.models import Backbone, Params, init_head, linear_head
 
@@ -67,6 +68,8 @@ class MAML:
         """Yield one snapshot per inner step (0 = before adapting). Never modifies `self.params`."""
         params = self.params if params is None else params
         way = way if way is not None else int(support_y.max()) + 1
+        if lr is not None:
+            check_number(lr, "the inner learning rate", 0, 1000.0, above=True)
         logits_fn, start, support_in, query_in = self.prepare(_without_lrs(params), support_x, support_y, query_x, way)
         return inner_loop(
             logits_fn,
