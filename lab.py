@@ -31,6 +31,7 @@ MODELS = {  # what the sidebar's picker offers: label -> checkpoint
     "Characters (Conv-4, Omniglot)": SHIPPED_MODEL,
     "Photos (EfficientNet-Lite2 + meta-learned adapter)": PHOTO_MODEL,
 }
+MAX_TASK_IMAGES = 400  # each image is kept at <= 320 px on its shorter side (~0.4 MB): ~160 MB per session at most
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # a 200-megapixel phone JPEG is 20-50 MB
 INITS = {
     "maml": "Shipped meta-trained init",
@@ -156,12 +157,25 @@ def session_classes() -> list[TaskClass]:
     return st.session_state.classes
 
 
-def add_uploads(target: list[Item], files: list[tuple[str, bytes]]) -> list[str]:
-    """Add every valid file to `target`; return one message per file that was refused."""
+def task_size(classes: list[TaskClass]) -> int:
+    return sum(len(c.support) + len(c.query) for c in classes)
+
+
+def add_uploads(target: list[Item], files: list[tuple[str, bytes]], room: int = MAX_TASK_IMAGES) -> list[str]:
+    """Add valid files to `target` while there is `room`; return one message per file that was refused
+    (and one for all the files beyond the room, which are not even decoded)."""
     problems = []
-    for name, data in files:
+    for index, (name, data) in enumerate(files):
+        if room <= 0:
+            left = len(files) - index
+            problems.append(
+                f"{plural(left, 'file')} not added ({name}{', ...' if left > 1 else ''}): a task holds at most "
+                f"{MAX_TASK_IMAGES} images, so that every session's task fits in the server's memory"
+            )
+            break
         try:
             target.append(make_item(name, data))
+            room -= 1
         except MetacoreError as exc:
             problems.append(str(exc))
     return problems
@@ -307,7 +321,7 @@ def chosen_adaptation(tensors: TaskTensors) -> tuple[MAML, dict[str, torch.Tenso
 
 
 def plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 def image_to_png(image: Image.Image) -> bytes:

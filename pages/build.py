@@ -124,7 +124,7 @@ for index, cls in enumerate(list(classes)):
                 st.session_state[f"cam_last_{part}_{cls.uid}"] = photo.file_id
                 new.append((f"photo {len(items) + 1}", photo.getvalue()))
             if new:
-                messages[(cls.uid, part)] = lab.add_uploads(items, new)
+                messages[(cls.uid, part)] = lab.add_uploads(items, new, lab.MAX_TASK_IMAGES - lab.task_size(classes))
                 st.session_state[counter] += 1  # a fresh, empty uploader: files are added once
                 lab.reset_runs()
                 st.rerun()

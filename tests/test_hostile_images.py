@@ -249,3 +249,16 @@ def test_an_unreadable_query_is_reported_and_the_others_are_classified(good_supp
     assert code == 1
     assert rows[0]["file"] == str(good) and rows[0]["predicted"] == "a"
     assert rows[1] == {"file": str(bad), "error": f"{bad}: not an image file (or an unsupported format)"}
+
+
+def test_the_app_stops_adding_at_its_task_limit_with_one_message() -> None:
+    import lab
+
+    target: list = []
+    tiny = saved(Image.new("L", (28, 28), 255), "PNG")
+    problems = lab.add_uploads(target, [(f"{i}.png", tiny) for i in range(10_000)], room=5)
+    assert len(target) == 5
+    assert problems == [
+        f"9,995 files not added (5.png, ...): a task holds at most {lab.MAX_TASK_IMAGES} images, so that every "
+        "session's task fits in the server's memory"
+    ]
