@@ -96,7 +96,12 @@ def adapted_params(learner: MAML, support: LabelledImages, steps: int | None = N
     with torch.no_grad():
         last = run_to_end(
             learner.adapt(
-                support.images.to(device), support.labels.to(device), steps=steps, lr=lr, way=len(support.classes)
+                support.images.to(device),
+                support.labels.to(device),
+                steps=steps,
+                lr=lr,
+                way=len(support.classes),
+                chunk=256,  # a support set of thousands of images adapts in bounded memory
             )
         )
     return last.params

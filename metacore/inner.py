@@ -58,27 +58,45 @@ def inner_loop(
     adapt_keys: Collection[str] | None = None,
     first_order: bool = False,
     query_every_step: bool = True,
+    chunk: int | None = None,
 ) -> Iterator[Snapshot]:
     """Adapt `params` to the support set by `steps` gradient steps, yielding steps+1 snapshots.
 
     `adapt_keys` limits which parameters move (e.g. ANIL: the head only); the others pass
-    through unchanged. The input dict and its tensors are never modified.
+    through unchanged. The input dict and its tensors are never modified. With `chunk`, a large
+    support set is processed `chunk` images at a time (the same step, gradients summed), so memory
+    does not grow with its size; for inference only (it is not meant for the outer, meta-level graph).
     """
     keys = set(params) if adapt_keys is None else set(adapt_keys)
     fast = {k: v for k, v in params.items() if k in keys}
     frozen = {k: v for k, v in params.items() if k not in keys}
+    n = len(support_y)
+    parts = (
+        list(zip(support_x.split(chunk), support_y.split(chunk))) if chunk and n > chunk else [(support_x, support_y)]
+    )
 
-    def support_objective(fast: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        logits = logits_fn({**frozen, **fast}, support_x)
-        loss = F.cross_entropy(logits, support_y)
+    def part_objective(fast: Params, x: Tensor, y: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        logits = logits_fn({**frozen, **fast}, x)
+        loss = F.cross_entropy(logits, y, reduction="sum") / n if len(parts) > 1 else F.cross_entropy(logits, y)
         return loss, (loss, logits)
+
+    def support_objective(fast: Params, with_grad: bool) -> tuple[Params | None, Tensor, Tensor]:
+        grads, losses, logits = None, [], []
+        for x, y in parts:
+            if with_grad:
+                g, (loss, part_logits) = torch.func.grad(part_objective, has_aux=True)(fast, x, y)
+                grads = g if grads is None else {k: grads[k] + g[k] for k in g}
+            else:
+                loss, part_logits = part_objective(fast, x, y)[1]
+            losses.append(loss)
+            logits.append(part_logits)
+        if len(parts) == 1:
+            return grads, losses[0], logits[0]
+        return grads, torch.stack(losses).sum(), torch.cat(logits)
 
     for step in range(steps + 1):
         current = {**frozen, **fast}
-        if step < steps:
-            grads, (loss, logits) = torch.func.grad(support_objective, has_aux=True)(fast)
-        else:
-            loss, logits = support_objective(fast)[1]
+        grads, loss, logits = support_objective(fast, with_grad=step < steps)
         snapshot = Snapshot(step, current, loss, accuracy(logits, support_y), logits)
         if query_x is not None and (query_every_step or step == steps):
             snapshot.query_logits = logits_fn(current, query_x)

@@ -115,6 +115,9 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+FORWARD_CHUNK = 512
+
+
 class Backbone:
     """An architecture from the registry plus its (meta-learned) parameters.
 
@@ -161,9 +164,15 @@ class Backbone:
         return module
 
     def features(self, params: Params, x: Tensor) -> Tensor:
-        """Feature vectors of images `x` under the body parameters in `params` (other keys are ignored)."""
+        """Feature vectors of images `x` under the body parameters in `params` (other keys are ignored).
+
+        Without autograd, a large batch runs FORWARD_CHUNK images at a time (each image's features do not
+        depend on the others), so that 10,000 support images do not need 10,000 images' activations at once.
+        """
         body = {k: params[k] for k in self.params}
-        return functional_call(self._template(), body, (x,))
+        if torch.is_grad_enabled() or len(x) <= FORWARD_CHUNK:
+            return functional_call(self._template(), body, (x,))
+        return torch.cat([functional_call(self._template(), body, (part,)) for part in x.split(FORWARD_CHUNK)])
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Backbone:
         params = {k: v.to(device, dtype) if dtype else v.to(device) for k, v in self.params.items()}

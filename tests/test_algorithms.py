@@ -145,3 +145,31 @@ def test_fast_conv4_forward_is_the_plain_layer_stack(in_channels: int) -> None:
     model.blocks[0][0] = torch.nn.Conv2d(in_channels, 64, 5, padding=2).double()  # not 3x3: the plain conv runs
     assert not fits_few_channel_conv(model.blocks[0][0])
     assert torch.allclose(model(x), model.blocks(x).flatten(1), atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "anil", "metasgd"])
+def test_a_support_set_adapted_in_chunks_takes_the_same_steps(algorithm: str) -> None:
+    """Large support sets adapt `chunk` images at a time (bounded memory): the same steps, to float64 rounding."""
+    from metacore.algorithms import ALGORITHMS
+
+    learner = ALGORITHMS[algorithm](tiny_backbone(), 0.3, 3, "proto")
+    task = random_task(way=3, shot=7, query=2)
+    with torch.no_grad():
+        whole = list(learner.adapt(task.support_x, task.support_y, task.query_x, task.query_y))
+        parts = list(learner.adapt(task.support_x, task.support_y, task.query_x, task.query_y, chunk=4))
+    for a, b in zip(whole, parts):
+        assert torch.allclose(a.support_loss, b.support_loss, rtol=1e-12, atol=0)
+        assert torch.allclose(a.query_logits, b.query_logits, rtol=1e-10, atol=1e-12)
+        assert all(torch.allclose(a.params[k], b.params[k], rtol=1e-10, atol=1e-12) for k in a.params)
+    assert not torch.equal(whole[0].params["head.weight"], whole[-1].params["head.weight"])  # it did move
+
+
+def test_features_of_a_large_batch_are_computed_in_chunks_with_the_same_values() -> None:
+    from metacore.models import FORWARD_CHUNK
+
+    backbone = tiny_backbone()
+    x = torch.randn(FORWARD_CHUNK + 37, 1, 28, 28, dtype=torch.float64)
+    whole = backbone.features(backbone.params, x)  # autograd on: one call
+    with torch.no_grad():
+        chunked = backbone.features(backbone.params, x)
+    assert torch.allclose(whole, chunked, rtol=1e-12, atol=1e-14)

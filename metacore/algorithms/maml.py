@@ -64,6 +64,7 @@ class MAML:
         params: Params | None = None,
         first_order: bool | None = None,
         query_every_step: bool = True,
+        chunk: int | None = None,
     ) -> Iterator[Snapshot]:
         """Yield one snapshot per inner step (0 = before adapting). Never modifies `self.params`."""
         params = self.params if params is None else params
@@ -83,6 +84,7 @@ class MAML:
             adapt_keys=self.adapted_keys,
             first_order=self.first_order if first_order is None else first_order,
             query_every_step=query_every_step,
+            chunk=chunk,
         )
 
     # -- the outer loop ----------------------------------------------------------------------
