@@ -23,6 +23,7 @@ from metacore.device import resolve_device
 from metacore.errors import MetacoreError
 from metacore.images import InputSpec, decode, preprocess
 from metacore.inner import layer_shift
+from metacore.isolation import compute_slot
 from metacore.models import Backbone
 from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL, default_data_root
 
@@ -221,11 +222,14 @@ class TaskTensors:
 
 
 def item_inputs(items: list[Item], spec: InputSpec) -> torch.Tensor:
-    """The model's inputs for these items, each computed once per spec (a photo body runs once per image)."""
+    """The model's inputs for these items, each computed once per spec (a photo body runs once per image),
+    8 images per turn of the server's compute slot."""
     new = [item for item in items if spec not in item.inputs]
-    if new:
-        inputs = model_inputs(torch.stack([preprocess(item.image, spec) for item in new]), spec)
-        for item, x in zip(new, inputs):
+    for start in range(0, len(new), 8):
+        part = new[start : start + 8]
+        with compute_slot():
+            inputs = model_inputs(torch.stack([preprocess(item.image, spec) for item in part]), spec)
+        for item, x in zip(part, inputs):
             item.inputs[spec] = x
     return torch.stack([item.inputs[spec] for item in items])
 
@@ -274,19 +278,24 @@ def adaptation_records(learner: MAML, tensors: TaskTensors, steps: int, lr: floa
         lr=lr,
         way=len(tensors.names),
     )
-    for snap in snapshots:
-        params = {k: v.detach() for k, v in snap.params.items()}
-        start = start or params
-        yield {
-            "step": snap.step,
-            "support_loss": float(snap.support_loss),
-            "support_acc": float(snap.support_acc),
-            "query_loss": None if snap.query_loss is None else float(snap.query_loss),
-            "query_acc": None if snap.query_acc is None else float(snap.query_acc),
-            "query_probs": None if snap.query_logits is None else snap.query_logits.softmax(-1).cpu().numpy(),
-            "shift": layer_shift(start, params),
-            "params": params,
-        }
+    while True:
+        with compute_slot():  # one step per turn: other sessions' steps interleave with a long Run
+            snap = next(snapshots, None)
+            if snap is None:
+                return
+            params = {k: v.detach() for k, v in snap.params.items()}
+            start = start or params
+            record = {
+                "step": snap.step,
+                "support_loss": float(snap.support_loss),
+                "support_acc": float(snap.support_acc),
+                "query_loss": None if snap.query_loss is None else float(snap.query_loss),
+                "query_acc": None if snap.query_acc is None else float(snap.query_acc),
+                "query_probs": None if snap.query_logits is None else snap.query_logits.softmax(-1).cpu().numpy(),
+                "shift": layer_shift(start, params),
+                "params": params,
+            }
+        yield record
 
 
 def require_task() -> tuple[list[TaskClass], TaskTensors]:

@@ -1,8 +1,13 @@
-"""Run native-heavy work (t-SNE, PCA) in worker processes, so a crash there costs one request, not the server.
+"""Sharing one server among many sessions: native-heavy work (t-SNE, PCA) in worker processes, so a crash
+there costs one request, not the server; and one slot for the in-process tensor work of all sessions.
 
 A segfault in native code cannot be caught in the process it happens in; in a worker it breaks only
 that worker's pool, which is replaced. The pool is bounded and shared by every caller (every browser
 session of a lab server), so heavy requests queue instead of piling onto the cores.
+
+`compute_slot()` is held for one short piece of work at a time (one inner step, a few images' features):
+sessions take turns in the order they asked (threading's waiters are woken first come, first served), so a
+session extracting 200 photos' features delays another's Step by one piece, not by all of it.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import TypeVar
 
 from metacore.errors import MetacoreError
@@ -23,6 +29,14 @@ WORKERS = max(1, min(2, os.cpu_count() or 1))
 
 _pool: ProcessPoolExecutor | None = None
 _lock = threading.Lock()
+_compute = threading.Semaphore(1)  # torch already spreads one piece of work over every core
+
+
+@contextmanager
+def compute_slot() -> Iterator[None]:
+    """Hold the server's compute slot for one short piece of tensor work (never across a `yield` to a page)."""
+    with _compute:
+        yield
 
 
 class WorkerCrashed(MetacoreError):

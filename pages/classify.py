@@ -5,6 +5,7 @@ import streamlit as st
 import lab
 from canvas import drawing_canvas
 from metacore.features import predict_proba
+from metacore.isolation import compute_slot
 
 lab.sidebar()
 st.title("🔎 Classify new images")
@@ -26,7 +27,7 @@ new = [(f.name, f.getvalue()) for f in files or []] + ([("photo", photo.getvalue
 new += [("drawing", drawing)] if drawing else []
 pending: list = st.session_state.setdefault("to_classify", [])
 if new:
-    st.session_state.classify_problems = lab.add_uploads(pending, new)
+    st.session_state.classify_problems = lab.add_uploads(pending, new, lab.MAX_TASK_IMAGES - len(pending))
     st.session_state.classify_upload += 1
     st.rerun()
 for problem in st.session_state.get("classify_problems", []):
@@ -39,7 +40,8 @@ if not pending:
     st.stop()
 
 batch = lab.item_inputs(pending, shipped.backbone.input_spec)
-probs = predict_proba(learner, params, batch).numpy()
+with compute_slot():
+    probs = predict_proba(learner, params, batch).numpy()
 for item, p in zip(pending, probs):
     with st.container(border=True):
         a, b = st.columns([1, 4])

@@ -11,7 +11,7 @@ import lab
 from metacore.checkpoint import adapted_checkpoint
 from metacore.errors import MetacoreError
 from metacore.features import embed
-from metacore.isolation import run_isolated
+from metacore.isolation import compute_slot, run_isolated
 from metacore.projection import distinct_points, project, separation_scores, valid_perplexity
 
 lab.sidebar()
@@ -27,8 +27,9 @@ all_x = torch.cat(images)
 labels = torch.cat([tensors.support_y] + ([tensors.query_y] if tensors.query_y is not None else [])).cpu().numpy()
 items = tensors.support_items + tensors.query_items
 sets = ["support"] * len(tensors.support_items) + ["query"] * len(tensors.query_items)
-before = embed(learner, all_x).numpy()
-after = embed(learner, all_x, adapted).numpy()
+with compute_slot():
+    before = embed(learner, all_x).numpy()
+    after = embed(learner, all_x, adapted).numpy()
 
 controls = st.columns([2, 3, 2])
 method = controls[0].radio("Map", ["t-SNE", "PCA"], horizontal=True, key="proj")
