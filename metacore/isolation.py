@@ -13,7 +13,6 @@ session extracting 200 photos' features delays another's Step by one piece, not 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -25,7 +24,7 @@ from typing import TypeVar
 from metacore.errors import MetacoreError
 
 T = TypeVar("T")
-WORKERS = max(1, min(2, os.cpu_count() or 1))
+WORKERS = 1  # one map at a time, single-threaded: the cores stay free for every session's Step
 
 _pool: ProcessPoolExecutor | None = None
 _lock = threading.Lock()
@@ -47,8 +46,17 @@ def _current_pool() -> ProcessPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:  # spawn: a fresh interpreter, no forked copy of the server's threads and locks
-            _pool = ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn"))
+            _pool = ProcessPoolExecutor(
+                WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread
+            )
         return _pool
+
+
+def _one_thread() -> None:
+    """In a worker: native libraries (OpenMP, BLAS) use one thread, not one per core."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 def _discard(pool: ProcessPoolExecutor) -> None:

@@ -53,6 +53,7 @@ async def go(page, title: str) -> None:
 
 async def session(browser, url: str, rounds: int, steps: list[float], failures: list[str], index: int) -> None:
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(300_000)  # under load a page can take minutes to draw: measure it, do not fail it
     page = await context.new_page()
     try:
         await page.goto(url)

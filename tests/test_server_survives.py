@@ -67,6 +67,22 @@ def test_a_crashing_worker_costs_one_request_and_the_next_one_works() -> None:
     assert coords.shape == (12, 2)
 
 
+def features_page_in_a_child_process(script: str) -> str:
+    """Run an AppTest `script` (which leaves `at` on some page), open Features, and return what it shows.
+
+    In a child process, as the server would be: a segfault there shows as its exit code, not ours.
+    """
+    script += """
+at.switch_page("pages/features.py").run()
+assert not at.exception, [e.value for e in at.exception]
+print("charts", len(at.get("plotly_chart")))
+print("texts", " | ".join(e.value for e in [*at.error, *at.caption]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 SCENARIOS = {
     # the reported crashes: the same PNG twice in class 1 and once in class 2; three empty drawings
     "duplicates": "[('a.png', same), ('b.png', same)], [('c.png', same)]",
@@ -76,7 +92,6 @@ SCENARIOS = {
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_features_page_of_identical_images_serves_a_map(scenario: str) -> None:
-    """Run in a child process, as the server would be: a segfault there shows as its exit code, not ours."""
     script = f"""
 import io
 from PIL import Image
@@ -90,15 +105,10 @@ at.switch_page("pages/build.py").run()
 next(b for b in at.button if b.label.startswith("Clear all")).click().run()
 at.file_uploader[0].set_value([(n, d, "image/png") for n, d in first]); at.run()
 at.file_uploader[2].set_value([(n, d, "image/png") for n, d in second]); at.run()
-at.switch_page("pages/features.py").run()
-assert not at.exception, [e.value for e in at.exception]
-print("charts", len(at.get("plotly_chart")))
-print("captions", " | ".join(c.value for c in at.caption))
 """
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "charts 2" in done.stdout
-    assert "share their features with another image" in done.stdout
+    shown = features_page_in_a_child_process(script)
+    assert "charts 2" in shown
+    assert "share their features with another image" in shown
 
 
 def test_features_after_a_diverged_run_get_a_message_not_a_crash() -> None:
@@ -111,12 +121,7 @@ at.selectbox(key="init").set_value("random").run()
 at.number_input(key="lr").set_value(10.0).run()
 at.slider(key="run_steps").set_value(50).run()
 next(b for b in at.button if b.label.startswith("Run")).click().run()
-at.switch_page("pages/features.py").run()
-assert not at.exception, [e.value for e in at.exception]
-print("charts", len(at.get("plotly_chart")))
-print("errors", " | ".join(e.value for e in at.error))
 """
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    charts = int(done.stdout.split("charts ")[1].split()[0])
-    assert charts == 2 or "NaN or infinite" in done.stdout, done.stdout
+    shown = features_page_in_a_child_process(script)
+    charts = int(shown.split("charts ")[1].split()[0])
+    assert charts == 2 or "NaN or infinite" in shown, shown
