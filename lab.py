@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -296,6 +297,31 @@ def adaptation_records(learner: MAML, tensors: TaskTensors, steps: int, lr: floa
                 "params": params,
             }
         yield record
+
+
+def new_run(learner: MAML, tensors: TaskTensors, steps: int, lr: float) -> dict:
+    """A session's adaptation run: its records so far, the generator of the next ones, and a lock for it."""
+    return {
+        "lr": lr,
+        "records": [],
+        "gen": adaptation_records(learner, tensors, steps, lr),
+        "lock": threading.Lock(),
+    }
+
+
+def advance_run(run: dict) -> bool:
+    """Take one more step of `run`; False when it has no more.
+
+    A click can start a new script run while the previous one is still inside the generator (waiting for
+    the compute slot under load): the lock makes the new run wait for that step instead of failing with
+    "generator already executing".
+    """
+    with run["lock"]:
+        record = next(run["gen"], None)
+        if record is None:
+            return False
+        run["records"].append(record)
+        return True
 
 
 def require_task() -> tuple[list[TaskClass], TaskTensors]:

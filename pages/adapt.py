@@ -25,16 +25,14 @@ has_query = tensors.query_x is not None
 runs = lab.session_runs()
 run = runs.get(init)
 if run is None or run["lr"] != lr:
-    run = runs[init] = {"lr": lr, "records": [], "gen": lab.adaptation_records(learner, tensors, MAX_STEPS, lr)}
+    run = runs[init] = lab.new_run(learner, tensors, MAX_STEPS, lr)
 records: list[dict] = run["records"]
 
 
 def advance(count: int) -> None:
     for _ in range(count):
-        record = next(run["gen"], None)
-        if record is None:
+        if not lab.advance_run(run):
             break
-        records.append(record)
 
 
 def curves_figure(records: list[dict]) -> go.Figure:

@@ -51,7 +51,9 @@ async def go(page, title: str) -> None:
     await idle(page)
 
 
-async def session(browser, url: str, rounds: int, steps: list[float], failures: list[str], index: int) -> None:
+async def session(
+    browser, url: str, rounds: int, steps: list[float], failures: list[str], index: int, features: bool
+) -> None:
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(300_000)  # under load a page can take minutes to draw: measure it, do not fail it
     page = await context.new_page()
@@ -66,17 +68,20 @@ async def session(browser, url: str, rounds: int, steps: list[float], failures: 
                 await page.get_by_role("button", name="Step").first.click()
                 await idle(page)
                 steps.append(time.perf_counter() - started)
-            await go(page, "Features")
-            await page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2", timeout=240_000)
-        if await page.get_by_text("Traceback").count():
-            failures.append(f"session {index}: a traceback on the page")
+            if features:
+                await go(page, "Features")
+                await page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2")
+        errors = page.locator('[data-testid="stException"], :text("Traceback")')
+        if await errors.count():
+            text = " ".join((await errors.first.inner_text()).split())
+            failures.append(f"session {index}: an exception on the page: {text[:300]}")
     except Exception as exc:  # one session's failure is a result, not the end of the measurement
         failures.append(f"session {index}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     finally:
         await context.close()
 
 
-async def drive(url: str, sessions: int, rounds: int, chromium: str, server_pid: int) -> dict:
+async def drive(url: str, sessions: int, rounds: int, chromium: str, server_pid: int, features: bool) -> dict:
     from playwright.async_api import async_playwright
 
     steps: list[float] = []
@@ -92,13 +97,14 @@ async def drive(url: str, sessions: int, rounds: int, chromium: str, server_pid:
         browser = await p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         watcher = asyncio.create_task(watch())
         started = time.perf_counter()
-        await asyncio.gather(*(session(browser, url, rounds, steps, failures, i) for i in range(sessions)))
+        await asyncio.gather(*(session(browser, url, rounds, steps, failures, i, features) for i in range(sessions)))
         watcher.cancel()
         await browser.close()
     steps.sort()
     return {
         "sessions": sessions,
         "rounds": rounds,
+        "features_visits": features,
         "step_clicks": len(steps),
         "step_p50_s": round(statistics.median(steps), 2) if steps else None,
         "step_p95_s": round(steps[int(0.95 * (len(steps) - 1))], 2) if steps else None,
@@ -114,16 +120,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--log", default=None, help="write the server's output to this file")
+    parser.add_argument("--no-features", action="store_true", help="Step clicks only, no Features page (t-SNE)")
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         print("error: no Chromium found (apt-get install chromium)", file=sys.stderr)
         return 2
     port = free_port()
+    log = open(args.log, "w") if args.log else subprocess.DEVNULL  # noqa: SIM115 (open while the server runs)
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -133,7 +142,7 @@ def main() -> int:
                 break
             except OSError:
                 time.sleep(0.5)
-        result = asyncio.run(drive(url, args.sessions, args.rounds, chromium, server.pid))
+        result = asyncio.run(drive(url, args.sessions, args.rounds, chromium, server.pid, not args.no_features))
         result["server_alive"] = server.poll() is None
     finally:
         server.terminate()

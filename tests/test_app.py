@@ -229,3 +229,40 @@ def test_two_sessions_adapting_at_once_match_each_alone() -> None:
         t.join()
     assert together == alone
     assert all(torch.equal(before[k], v) for k, v in shared.params.items())
+
+
+def test_a_new_click_waits_for_the_step_a_previous_script_run_is_still_taking() -> None:
+    """Under load a rerun can start while the last one is inside the run's generator (waiting for the compute
+    slot): it must wait for that step, not fail with 'generator already executing' (seen with 20 sessions)."""
+    import threading
+
+    import torch
+
+    import lab
+    from metacore.checkpoint import load_checkpoint
+    from metacore.examples import digits_task
+    from metacore.isolation import compute_slot
+
+    shared, _ = load_checkpoint(lab.DEFAULT_MODEL)
+    classes = [
+        lab.TaskClass(name, [lab.make_item(name, im) for im in parts["support"]])
+        for name, parts in digits_task(3, 1, 0, 0).items()
+    ]
+    run = lab.new_run(shared, lab.task_tensors(classes, shared.backbone.input_spec, torch.device("cpu")), 5, 0.05)
+    errors: list = []
+
+    def click() -> None:
+        try:
+            lab.advance_run(run)
+        except Exception as exc:
+            errors.append(exc)
+
+    with compute_slot():  # another session's step is running: both clicks queue behind it
+        threads = [threading.Thread(target=click) for _ in range(2)]
+        for t in threads:
+            t.start()
+        threads[0].join(0.5)
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [r["step"] for r in run["records"]] == [0, 1]
