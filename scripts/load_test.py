@@ -34,6 +34,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its waited-for children (the map worker), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -96,9 +102,10 @@ async def drive(url: str, sessions: int, rounds: int, chromium: str, server_pid:
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         watcher = asyncio.create_task(watch())
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), cpu_seconds(server_pid)
         await asyncio.gather(*(session(browser, url, rounds, steps, failures, i, features) for i in range(sessions)))
         watcher.cancel()
+        server_cpu = cpu_seconds(server_pid) - cpu_before
         await browser.close()
     steps.sort()
     return {
@@ -111,6 +118,7 @@ async def drive(url: str, sessions: int, rounds: int, chromium: str, server_pid:
         "step_max_s": round(steps[-1], 2) if steps else None,
         "wall_s": round(time.perf_counter() - started, 1),
         "server_peak_rss_mb": round(peak[0]),
+        "server_cpu_s": round(server_cpu, 1),  # the rest of 2 x wall_s went to the browsers (and the OS)
         "failures": failures,
         "cpus": os.cpu_count(),
     }
