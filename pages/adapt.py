@@ -43,10 +43,28 @@ def curves_figure(records: list[dict]) -> go.Figure:
         if r["query_loss"] is not None:
             rows.append({"step": r["step"], "value": r["query_loss"], "metric": "loss", "set": "query"})
             rows.append({"step": r["step"], "value": 100 * r["query_acc"], "metric": "accuracy %", "set": "query"})
-    fig = px.line(pd.DataFrame(rows), x="step", y="value", color="set", facet_col="metric", markers=True)
+    fig = px.line(
+        pd.DataFrame(rows),
+        x="step",
+        y="value",
+        color="set",
+        facet_col="metric",
+        markers=True,
+        category_orders={"metric": ["loss", "accuracy %"]},
+    )
     fig.update_yaxes(matches=None, showticklabels=True)
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
-    fig.update_layout(height=320, margin={"t": 30, "b": 10}, legend_title_text="")
+    fig.update_layout(height=320, margin={"t": 30, "b": 10}, legend_title_text="", yaxis2={"range": [-3, 103]})
+    losses = [v for row in rows if row["metric"] == "loss" and (v := row["value"]) > 0]
+    if losses and max(losses) > 100 * min(losses):  # a diverging or vanishing loss: a linear axis hides the rest
+        fig.update_layout(yaxis={"type": "log", "title": "loss (log scale)"})
+    return integer_steps(fig, records[-1]["step"])
+
+
+def integer_steps(fig: go.Figure, last_step: int) -> go.Figure:
+    """Step axes show whole steps only (0, 1, 2 ... or every 5th, 10th ...), never 0.5."""
+    every = next(d for d in (1, 2, 5, 10, 20, 50, 100) if last_step / d <= 10)
+    fig.update_xaxes(tick0=0, dtick=every, tickformat="d", rangemode="tozero")
     return fig
 
 
@@ -136,9 +154,10 @@ with left:
             .groupby(["step", "class"], as_index=False)
             .mean()
         )
-        st.plotly_chart(
-            px.line(per_class, x="step", y="p(true class)", color="class", markers=True, height=260), key="truep"
+        true_class = px.line(
+            per_class, x="step", y="p(true class)", color="class", markers=True, height=260, range_y=[-0.02, 1.02]
         )
+        st.plotly_chart(integer_steps(true_class, records[-1]["step"]), key="truep")
     else:
         st.caption("Add query images on the Build page to see predictions on held-out images.")
 with right:
@@ -148,14 +167,17 @@ with right:
     )
     if len(shift):
         st.plotly_chart(
-            px.line(
-                shift,
-                x="step",
-                y="distance",
-                color="layer",
-                markers=True,
-                height=300,
-                labels={"distance": "‖θ_step − θ_0‖"},
+            integer_steps(
+                px.line(
+                    shift,
+                    x="step",
+                    y="distance",
+                    color="layer",
+                    markers=True,
+                    height=300,
+                    labels={"distance": "‖θ_step − θ_0‖"},
+                ),
+                records[-1]["step"],
             ),
             key="shift",
         )
@@ -188,11 +210,14 @@ if comparison:
         x="step",
         y=metric,
         color="start",
+        line_dash="start",  # lines that coincide stay told apart
         markers=True,
         height=340,
         labels={"query_acc": "query accuracy %", "support_loss": "support loss"},
+        range_y=[-3, 103] if metric == "query_acc" else None,
     )
-    st.plotly_chart(fig, key="compare")
+    fig.update_layout(legend_title_text="")
+    st.plotly_chart(integer_steps(fig, run_steps), key="compare")
     st.caption(
         "Meta-learning's point: from the MAML initialisation a few steps on a few images go a long way; "
         "from a random initialisation the same steps barely help."

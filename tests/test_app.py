@@ -266,3 +266,25 @@ def test_a_new_click_waits_for_the_step_a_previous_script_run_is_still_taking() 
         t.join()
     assert errors == []
     assert [r["step"] for r in run["records"]] == [0, 1]
+
+
+def chart_layout(at: AppTest, index: int = 0) -> dict:
+    return json.loads(at.get("plotly_chart")[index].proto.spec)["layout"]
+
+
+def test_step_charts_show_whole_steps_full_accuracy_range_and_a_log_loss_when_it_explodes() -> None:
+    at = page(start(), "adapt")
+    button(at, "Step").click().run()
+    button(at, "Step").click().run()
+    layout = chart_layout(at)
+    assert layout["xaxis"]["dtick"] == 1 and layout["xaxis"]["tickformat"] == "d"
+    assert layout["yaxis2"]["range"] == [-3, 103]  # accuracy: always the whole 0-100 %
+    records = at.session_state["runs"]["maml"]["records"]
+    losses = [r[k] for r in records for k in ("support_loss", "query_loss")]  # what the loss panel draws
+    assert (layout["yaxis"].get("type") == "log") == (max(losses) > 100 * min(losses))
+    at.selectbox(key="init").set_value("random").run()
+    at.number_input(key="lr").set_value(10.0).run()
+    button(at, "Run").click().run()
+    losses = [r["support_loss"] for r in at.session_state["runs"]["random"]["records"]]
+    assert max(losses) > 100 * min(losses)  # lr 10 from a random init diverges ...
+    assert chart_layout(at)["yaxis"]["type"] == "log"  # ... and the loss axis says so instead of flattening the rest
