@@ -372,6 +372,7 @@ def sidebar() -> None:
         if label != model_label():
             st.session_state.model_label = label
             reset_runs()  # runs were made with the other model
+            st.session_state.pop("lr", None)  # the Adapt page's lr starts again at the new model's default
             st.rerun()
         try:
             learner, meta = shared_model()

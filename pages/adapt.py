@@ -71,8 +71,9 @@ def integer_steps(fig: go.Figure, last_step: int) -> go.Figure:
 buttons = st.columns([1, 1, 1, 4])
 step_clicked = buttons[0].button("Step", icon="👣", help="one inner gradient step", type="primary")
 run_clicked = buttons[1].button(f"Run {run_steps}", icon="▶️")
-if buttons[2].button("Reset", icon="↩️"):
+if buttons[2].button("Reset", icon="↩️", help="back to step 0 and the model's default learning rate"):
     runs.pop(init, None)
+    st.session_state.pop("lr", None)
     st.rerun()
 
 chart = st.empty()

@@ -288,3 +288,23 @@ def test_step_charts_show_whole_steps_full_accuracy_range_and_a_log_loss_when_it
     losses = [r["support_loss"] for r in at.session_state["runs"]["random"]["records"]]
     assert max(losses) > 100 * min(losses)  # lr 10 from a random init diverges ...
     assert chart_layout(at)["yaxis"]["type"] == "log"  # ... and the loss axis says so instead of flattening the rest
+
+
+def test_the_learning_rate_follows_the_model_and_reset_restores_it() -> None:
+    import lab
+    from metacore.checkpoint import read_checkpoint
+
+    at = page(start(), "adapt")
+    photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
+    characters = read_checkpoint(lab.MODELS[next(iter(lab.MODELS))])["learner"]["inner_lr"]
+    photo_lr = read_checkpoint(lab.MODELS[photos_label])["learner"]["inner_lr"]
+    at.sidebar.radio[0].set_value(photos_label).run()
+    at = page(at, "adapt")
+    assert at.number_input(key="lr").value == photo_lr != characters
+    at.number_input(key="lr").set_value(5.0).run()
+    at.sidebar.radio[0].set_value(next(iter(lab.MODELS))).run()  # back to the characters
+    at = page(at, "adapt")
+    assert at.number_input(key="lr").value == characters
+    at.number_input(key="lr").set_value(3.0).run()
+    button(at, "Reset").click().run()
+    assert at.number_input(key="lr").value == characters
