@@ -152,22 +152,12 @@ def test_val_images_lets_every_class_train(toy: Path, tmp_path: Path, capsys) ->
     assert read_checkpoint(tmp_path / "all.pt")["config"]["val_images"] == "4:6"
 
 
+def evaluate_args(checkpoint: Path, toy: Path, *extra: str) -> list[str]:
+    return ["evaluate", "--checkpoint", str(checkpoint), "--data-root", str(toy), *TOY_TASK, *extra]
+
+
 def test_evaluate_json(toy: Path, checkpoint: Path, capsys) -> None:
-    code, stdout, _ = run(
-        [
-            "evaluate",
-            "--checkpoint",
-            str(checkpoint),
-            "--data-root",
-            str(toy),
-            *TOY_TASK,
-            "--episodes",
-            "5",
-            "--json",
-            "--every-step",
-        ],
-        capsys,
-    )
+    code, stdout, _ = run(evaluate_args(checkpoint, toy, "--episodes", "5", "--json", "--every-step"), capsys)
     assert code == 0
     result = json.loads(stdout)
     assert 0 <= result["accuracy"] <= 100 and result["ci95"] >= 0 and result["episodes"] == 5
@@ -175,18 +165,7 @@ def test_evaluate_json(toy: Path, checkpoint: Path, capsys) -> None:
 
 
 def test_steps_curve_matches_the_per_step_accuracies_of_the_same_episodes(toy: Path, checkpoint: Path, capsys) -> None:
-    common = [
-        "evaluate",
-        "--checkpoint",
-        str(checkpoint),
-        "--data-root",
-        str(toy),
-        *TOY_TASK,
-        "--episodes",
-        "7",
-        "--inner-lr",
-        "0.05",
-    ]
+    common = evaluate_args(checkpoint, toy, "--episodes", "7", "--inner-lr", "0.05")
     code, stdout, _ = run([*common, "--steps", "4", "--every-step", "--json"], capsys)
     per_step = json.loads(stdout)["per_step"]
     code, stdout, _ = run([*common, "--steps", "4", "--steps-curve", "0:6", "--json"], capsys)
