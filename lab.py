@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,11 +318,28 @@ def advance_run(run: dict) -> bool:
     "generator already executing".
     """
     with run["lock"]:
+        if run.get("diverged"):
+            return False
         record = next(run["gen"], None)
         if record is None:
             return False
         run["records"].append(record)
-        return True
+        run["diverged"] = divergence(run["records"], run["lr"])
+        return not run["diverged"]
+
+
+def divergence(records: list[dict], lr: float) -> str | None:
+    """One sentence if the last step diverged (a non-finite support loss, or 10x its step-0 value), else None."""
+    first, last = records[0]["support_loss"], records[-1]
+    loss = last["support_loss"]
+    if math.isfinite(loss) and not (first > 0 and loss > 10 * first):
+        return None
+    shipped, _ = shared_model()
+    what = "is no longer a number" if not math.isfinite(loss) else f"jumped from {first:.3g} to {loss:.3g}"
+    return (
+        f"Stopped at step {last['step']}: the support loss {what}, so lr {lr:g} is too large here (each step "
+        f"overshoots). This model's default is {shipped.inner_lr:g}: stay within 10x of it."
+    )
 
 
 def require_task() -> tuple[list[TaskClass], TaskTensors]:

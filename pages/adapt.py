@@ -113,6 +113,8 @@ if not records:
     st.stop()
 
 chart.plotly_chart(curves_figure(records), key="curves")
+if run.get("diverged"):
+    st.error(run["diverged"], icon="💥")
 last = records[-1]
 summary = (
     f"Step {last['step']}: support loss {last['support_loss']:.3f}, support accuracy {100 * last['support_acc']:.0f}%"

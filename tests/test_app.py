@@ -308,3 +308,19 @@ def test_the_learning_rate_follows_the_model_and_reset_restores_it() -> None:
     at.number_input(key="lr").set_value(3.0).run()
     button(at, "Reset").click().run()
     assert at.number_input(key="lr").value == characters
+
+
+def test_a_diverging_run_stops_at_that_step_and_says_why() -> None:
+    at = page(start(), "adapt")
+    at.selectbox(key="init").set_value("random").run()
+    at.number_input(key="lr").set_value(10.0).run()
+    at.slider(key="run_steps").set_value(50).run()
+    button(at, "Run").click().run()
+    records = at.session_state["runs"]["random"]["records"]
+    first, last = records[0]["support_loss"], records[-1]["support_loss"]
+    assert len(records) < 51 and not (last <= 10 * first)  # stopped at the first step that diverged
+    assert all(r["support_loss"] <= 10 * first for r in records[:-1])
+    message = next(e.value for e in at.error if "Stopped at step" in e.value)
+    assert f"Stopped at step {records[-1]['step']}" in message and "lr 10 is too large" in message
+    button(at, "Step").click().run()
+    assert len(at.session_state["runs"]["random"]["records"]) == len(records)  # nothing more until Reset
