@@ -125,19 +125,49 @@ def scatter(coords: np.ndarray, title: str):
     return fig
 
 
+def maps() -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Both sets' coordinates from one map fitted on before and after together, so that what moves between the
+    two pictures is the model's change, not the map's own randomness; each set alone if one cannot be mapped."""
+    try:
+        joint = cached_projection(np.vstack([before, after]), method, perplexity)
+        return {"before": joint[:n], "after": joint[n:]}, {}
+    except MetacoreError:
+        coords, errors = {}, {}
+        for key, feats in (("before", before), ("after", after)):
+            try:
+                coords[key] = cached_projection(feats, method, perplexity)
+            except MetacoreError as exc:
+                errors[key] = str(exc)
+        return coords, errors
+
+
+unchanged = np.allclose(before, after, rtol=1e-6, atol=1e-8)
+if unchanged:
+    st.info(
+        "The features did not change: this adaptation moved only the task head (a frozen body, ANIL, or ProtoNet), "
+        "so both maps are the same by construction. What changed is each image's predicted class and confidence: "
+        "see the query predictions on the Adapt page.",
+        icon="ℹ️",
+    )
+else:
+    st.caption("Both maps come from one projection fitted on the features before and after together: a point that "
+               "moves between them moved in feature space.")  # fmt: skip
+coordinates, problems = maps()
+scores = {"before": separation_scores(before, labels), "after": separation_scores(after, labels)}
 left, right = st.columns(2)
 for column, feats, title, key in (
     (left, before, "Before adaptation", "before"),
     (right, after, "After adaptation", "after"),
 ):
     with column:
-        try:
-            coords = cached_projection(feats, method, perplexity)
-        except MetacoreError as exc:
-            st.error(f"{title}: {exc}.")
+        if key in problems:
+            st.error(f"{title}: {problems[key]}.")
             continue
         event = st.plotly_chart(
-            scatter(coords, title), key=f"map_{key}", on_select="rerun", selection_mode=("points", "box", "lasso")
+            scatter(coordinates[key], title),
+            key=f"map_{key}",
+            on_select="rerun",
+            selection_mode=("points", "box", "lasso"),
         )
         if same := overlapping(feats):
             st.caption(f"{lab.plural(same, 'image')} share their features with another image and sit on top of it.")
@@ -150,18 +180,18 @@ for column, feats, title, key in (
             )
         else:
             st.caption("Click a point, or drag a box or lasso, to see those images here.")
-        scores = separation_scores(feats, labels)
         a, b = st.columns(2)
-        a.metric(
-            "Silhouette",
-            "–" if scores["silhouette"] is None else f"{scores['silhouette']:.3f}",
-            help="how tightly each class clusters, −1 to 1 (in feature space, not the 2-D map)",
-        )
-        b.metric(
-            "Nearest-class-mean accuracy",
-            "–" if scores["nearest_mean_accuracy"] is None else f"{100 * scores['nearest_mean_accuracy']:.0f}%",
-            help="each image, left out, assigned to the closest class mean of the others",
-        )
+        for box, name, field, show, help_text in (
+            (a, "Silhouette", "silhouette", lambda v: f"{v:.3f}", "how tightly each class clusters, −1 to 1 "
+             "(in feature space, not the 2-D map)"),
+            (b, "Nearest-class-mean accuracy", "nearest_mean_accuracy", lambda v: f"{100 * v:.0f}%",
+             "each image, left out, assigned to the closest class mean of the others"),
+        ):  # fmt: skip
+            value, start = scores[key][field], scores["before"][field]
+            delta = None
+            if key == "after" and value is not None and start is not None:
+                delta = f"{value - start:+.3f}" if field == "silhouette" else f"{100 * (value - start):+.0f} points"
+            box.metric(name, "–" if value is None else show(value), delta=delta, help=help_text)
 
 rows = [
     {

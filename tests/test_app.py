@@ -324,3 +324,15 @@ def test_a_diverging_run_stops_at_that_step_and_says_why() -> None:
     assert f"Stopped at step {records[-1]['step']}" in message and "lr 10 is too large" in message
     button(at, "Step").click().run()
     assert len(at.session_state["runs"]["random"]["records"]) == len(records)  # nothing more until Reset
+
+
+def test_features_page_maps_before_and_after_together_and_says_when_nothing_can_move() -> None:
+    at = page(start(), "features")
+    assert any("one projection fitted on the features before and after together" in c.value for c in at.caption)
+    assert len(at.get("plotly_chart")) == 2
+    deltas = [m.delta for m in at.metric if m.label == "Silhouette"]
+    assert not deltas[0] and deltas[1]  # after: shown as the change from before
+    photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
+    at.sidebar.radio[0].set_value(photos_label).run()
+    at = page(at, "features")  # the photo model adapts its head only: the features cannot change
+    assert any("The features did not change" in i.value for i in at.info)
