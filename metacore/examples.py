@@ -34,6 +34,18 @@ def digits_task(way: int = 5, shot: int = 1, query: int = 5, seed: int = 0) -> E
     return task
 
 
+SAMPLE_ROOT = Path(__file__).resolve().parent / "sample_data"  # bundled: works on a fresh install, no data root
+
+
+def sample_characters_task(way: int = 5, shot: int = 1, query: int = 5, seed: int = 0) -> ExampleTask:
+    """Omniglot characters bundled with metacore (10 evaluation-alphabet characters, 6 drawings each)."""
+    if not 2 <= way <= 10 or shot + query > 6:
+        raise MetacoreError(
+            "the built-in characters are 10 classes of 6 drawings: choose 2-10 classes, shot + query <= 6"
+        )
+    return dataset_task(SAMPLE_ROOT, "omniglot_sample", None, way, shot, query, seed)
+
+
 IMAGENET_NAMES = {  # the 18 ImageNet-1k classes of imagenet-mini18
     "n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark", "n01491361": "tiger shark",
     "n01494475": "hammerhead", "n01496331": "electric ray", "n01498041": "stingray", "n01514668": "cock",

@@ -11,6 +11,7 @@ from metacore.examples import (
     omniglot_available,
     omniglot_task,
     photo_examples_available,
+    sample_characters_task,
 )
 
 lab.sidebar()
@@ -31,6 +32,18 @@ with st.expander("Start from an example", expanded=not any(c.support for c in cl
     query = cols[2].slider("Query images per class", 0, 10, 5, key="ex_query")
     left, right = st.columns(2)
     if left.button(
+        "Omniglot characters (built in)",
+        icon="🔤",
+        disabled=way > 10 or shot + query > 6,
+        help="10 characters from alphabets the model never saw, 6 drawings each, bundled with the lab",
+    ):
+        lab.load_example(
+            sample_characters_task(way, shot, query, seed=st.session_state.get("ex_seed", 0)),
+            f"Omniglot characters {way}-way {shot}-shot",
+        )
+        st.session_state.ex_seed = st.session_state.get("ex_seed", 0) + 1
+        st.rerun()
+    if left.button(
         "Handwritten digits (built in)",
         icon="✍️",
         disabled=way > 10,
@@ -43,7 +56,7 @@ with st.expander("Start from an example", expanded=not any(c.support for c in cl
         st.rerun()
     root = lab.data_root()
     if omniglot_available(root):
-        if right.button("Omniglot characters (evaluation alphabets)", icon="🔣"):
+        if right.button("Omniglot characters (all evaluation alphabets)", icon="🔣"):
             seed = st.session_state.get("ex_seed", 0)
             try:
                 listing = lab.listed_classes(str(root), *OMNIGLOT_EXAMPLES)

@@ -2,7 +2,7 @@ import streamlit as st
 
 import lab
 from metacore.errors import MetacoreError
-from metacore.examples import digits_task
+from metacore.examples import sample_characters_task
 
 lab.sidebar()
 st.title("🧪 Few-shot learning lab")
@@ -18,7 +18,7 @@ except MetacoreError as exc:
     st.stop()
 
 if "classes" not in st.session_state or not any(c.support for c in st.session_state.classes):
-    lab.load_example(digits_task(way=5, shot=1, query=5, seed=0), "digits 5-way 1-shot")
+    lab.load_example(sample_characters_task(way=5, shot=1, query=5, seed=0), "Omniglot characters 5-way 1-shot")
 
 classes = lab.session_classes()
 left, right = st.columns([3, 2])

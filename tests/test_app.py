@@ -184,7 +184,7 @@ def test_photo_model_adapts_to_uploaded_photos_and_shows_tsne() -> None:
 @pytest.mark.skipif(not OMNIGLOT.is_dir(), reason=f"Omniglot not found at {OMNIGLOT}")
 def test_omniglot_example() -> None:
     at = page(start(), "build")
-    button(at, "Omniglot characters").click().run()
+    button(at, "Omniglot characters (all").click().run()
     assert at.session_state["example"].startswith("Omniglot 5-way")
 
 
@@ -336,3 +336,17 @@ def test_features_page_maps_before_and_after_together_and_says_when_nothing_can_
     at.sidebar.radio[0].set_value(photos_label).run()
     at = page(at, "features")  # the photo model adapts its head only: the features cannot change
     assert any("The features did not change" in i.value for i in at.info)
+
+
+def test_a_fresh_install_opens_on_bundled_characters_the_model_recognises() -> None:
+    from metacore.examples import SAMPLE_ROOT
+
+    files = [f for f in SAMPLE_ROOT.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) < 100_000  # tens of KB in the repository
+    assert "MIT License" in (SAMPLE_ROOT / "omniglot_sample" / "LICENSE").read_text()
+    at = start()
+    assert at.session_state["example"] == "Omniglot characters 5-way 1-shot"
+    at = page(at, "adapt")
+    button(at, "Run").click().run()
+    last = at.session_state["runs"]["maml"]["records"][-1]
+    assert last["query_acc"] >= 0.8  # alphabets never seen in training, one drawing per class
