@@ -184,7 +184,7 @@ def add_uploads(target: list[Item], files: list[tuple[str, bytes]], room: int = 
     return problems
 
 
-def load_example(task: dict[str, dict[str, list[Image.Image]]], label: str) -> None:
+def load_example(task: dict[str, dict[str, list[Image.Image]]], label: str, photos: bool = False) -> None:
     st.session_state.classes = [
         TaskClass(
             name,
@@ -194,7 +194,23 @@ def load_example(task: dict[str, dict[str, list[Image.Image]]], label: str) -> N
         for name, parts in task.items()
     ]
     st.session_state.example = label
+    st.session_state.example_photos = photos
     reset_runs()
+
+
+def example_mismatch() -> str | None:
+    """One sentence when the loaded example does not suit the picked model (photos for the character model, or
+    characters for the photo model), else None."""
+    if "example" not in st.session_state or st.session_state.get("example_photos") is None:
+        return None
+    photos = bool(st.session_state.example_photos)
+    if photos == (not takes_drawings()):
+        return None
+    kind, other = ("photos", "Photos") if photos else ("characters", "Characters")
+    return (
+        f"This example is {kind}, but the picked model reads {'characters' if photos else 'photos'}: expect poor "
+        f"accuracy. Pick **{other}** in the sidebar, or another example."
+    )
 
 
 def task_problems(classes: list[TaskClass]) -> list[str]:

@@ -12,6 +12,8 @@ lab.sidebar()
 st.title("📉 Adapt step by step")
 
 classes, tensors = lab.require_task()
+if mismatch := lab.example_mismatch():
+    st.warning(mismatch, icon="⚠️")
 shipped, _ = lab.shared_model()
 controls = st.columns([3, 2, 2])
 init = controls[0].selectbox("Starting point", list(lab.INITS), format_func=lab.INITS.get, key="init")

@@ -89,9 +89,12 @@ with st.expander("Start from an example", expanded=not any(c.support for c in cl
                 except MetacoreError as exc:
                     st.error(str(exc))
                 else:
-                    lab.load_example(task, f"{label} {way}-way {shot}-shot")
+                    lab.load_example(task, f"{label} {way}-way {shot}-shot", photos=True)
                     st.session_state.ex_seed = seed + 1
                     st.rerun()
+
+if mismatch := lab.example_mismatch():
+    st.warning(mismatch, icon="⚠️")
 
 top = st.columns([1, 1, 4])
 if top[0].button("Add a class", icon="➕", disabled=len(classes) >= 20):
@@ -101,6 +104,7 @@ if top[0].button("Add a class", icon="➕", disabled=len(classes) >= 20):
 if top[1].button("Clear all", icon="🗑️"):
     st.session_state.classes = [lab.TaskClass("class 1"), lab.TaskClass("class 2")]
     st.session_state.pop("example", None)
+    st.session_state.pop("example_photos", None)
     lab.reset_runs()
     st.rerun()
 

@@ -350,3 +350,13 @@ def test_a_fresh_install_opens_on_bundled_characters_the_model_recognises() -> N
     button(at, "Run").click().run()
     last = at.session_state["runs"]["maml"]["records"][-1]
     assert last["query_acc"] >= 0.8  # alphabets never seen in training, one drawing per class
+
+
+def test_an_example_that_does_not_suit_the_model_gets_a_warning() -> None:
+    at = page(start(), "build")  # the bundled characters, with the character model: no warning
+    assert not any("expect poor accuracy" in w.value for w in at.warning)
+    photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
+    at.sidebar.radio[0].set_value(photos_label).run()
+    for name in ("build", "adapt"):
+        at = page(at, name)
+        assert any("This example is characters, but the picked model reads photos" in w.value for w in at.warning)
