@@ -20,6 +20,22 @@ init = controls[0].selectbox("Starting point", list(lab.INITS), format_func=lab.
 lr = controls[1].number_input(
     "Inner learning rate", 0.001, 10.0, float(shipped.inner_lr), 0.05, format="%.3f", key="lr"
 )
+
+
+def set_lr(value: float) -> None:
+    st.session_state.lr = min(10.0, max(0.001, round(value, 6)))
+
+
+presets = controls[1].columns(3)
+for column, (label, factor) in zip(presets, (("÷10", 0.1), ("default", 1.0), ("×10", 10.0))):
+    column.button(
+        label,
+        key=f"lr_{label}",
+        on_click=set_lr,
+        args=(shipped.inner_lr * factor,),
+        help=f"lr {shipped.inner_lr * factor:g}"
+        + ("" if factor == 1 else f" (the default {shipped.inner_lr:g} {label})"),
+    )
 run_steps = controls[2].slider("Steps per Run", 1, 50, 5, key="run_steps")
 learner = lab.learner_for(init)
 has_query = tensors.query_x is not None
@@ -223,6 +239,13 @@ if comparison:
     )
     fig.update_layout(legend_title_text="")
     st.plotly_chart(integer_steps(fig, run_steps), key="compare")
+    curves = {lab.INITS[k]: [row[metric] for row in rows if row["start"] == lab.INITS[k]] for k in comparison}
+    names = list(curves)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if len(curves[a]) == len(curves[b]) and np.allclose(curves[a], curves[b], rtol=0, atol=1e-6):
+                st.caption(f"**{a}** and **{b}** give the same values at every step: their lines lie on top of each "
+                           "other (told apart by dash style).")  # fmt: skip
     st.caption(
         "Meta-learning's point: from the MAML initialisation a few steps on a few images go a long way; "
         "from a random initialisation the same steps barely help."

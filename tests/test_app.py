@@ -360,3 +360,24 @@ def test_an_example_that_does_not_suit_the_model_gets_a_warning() -> None:
     for name in ("build", "adapt"):
         at = page(at, name)
         assert any("This example is characters, but the picked model reads photos" in w.value for w in at.warning)
+
+
+def test_lr_presets_set_the_models_default_divided_or_multiplied_by_ten() -> None:
+    import lab
+    from metacore.checkpoint import read_checkpoint
+
+    default = read_checkpoint(lab.MODELS[next(iter(lab.MODELS))])["learner"]["inner_lr"]
+    at = page(start(), "adapt")
+    for key, expected in (("lr_×10", 10 * default), ("lr_÷10", default / 10), ("lr_default", default)):
+        at.button(key=key).click().run()
+        assert at.number_input(key="lr").value == pytest.approx(expected)
+
+
+def test_the_comparison_says_when_two_lines_coincide() -> None:
+    at = page(start(), "adapt")
+    button(at, "Step").click().run()  # the comparison sits below the stepping area, shown once there is a step
+    button(at, "Compare").click().run()
+    assert len(at.get("plotly_chart")) >= 1
+    records = at.session_state["comparison"]
+    same = [r["query_acc"] for r in records["maml"]] == [r["query_acc"] for r in records["anil"]]
+    assert same == any("give the same values at every step" in c.value for c in at.caption)
