@@ -4,6 +4,7 @@ import io
 import numpy as np
 import pandas as pd
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 import torch
 
@@ -79,50 +80,67 @@ def item_index(point: dict) -> int | None:
     return None if data is None else int(data)
 
 
-def scatter(coords: np.ndarray, title: str):
-    frame = pd.DataFrame(
-        {
-            "x": coords[:, 0],
-            "y": coords[:, 1],
-            "class": [tensors.names[i] for i in labels],
-            "set": sets,
-            "image": [i.name for i in items],
-            "index": range(len(items)),
-        }
-    )
-    fig = px.scatter(
-        frame,
-        x="x",
-        y="y",
-        color="class",
-        symbol="set",
-        hover_name="image",
-        custom_data=["index"],
-        hover_data={"x": False, "y": False, "index": False},
-        title=title,
-        symbol_map={"support": "circle", "query": "x"},
-        height=480,
-    )
+PALETTE = px.colors.qualitative.Dark24  # 24 distinct colours: each class of a 20-way task its own
+SYMBOLS = {"support": "circle", "query": "x"}
+
+
+def scatter(coords: np.ndarray, title: str, highlight: set[int]) -> go.Figure:
+    """One legend entry per class (its colour); support and query told apart by marker shape; the images
+    drawn beside their points, not over them; `highlight`: points picked in either map."""
+    fig = go.Figure()
+    for label, name in enumerate(tensors.names):
+        members = np.flatnonzero(labels == label)
+        fig.add_trace(
+            go.Scatter(
+                x=coords[members, 0],
+                y=coords[members, 1],
+                mode="markers",
+                name=name,
+                marker={
+                    "color": PALETTE[label % len(PALETTE)],
+                    "symbol": [SYMBOLS[sets[i]] for i in members],
+                    "size": 11,
+                    "line": {"width": 1, "color": "white"},
+                },
+                customdata=members,
+                hovertext=[f"{items[i].name} ({name}, {sets[i]})" for i in members],
+                hoverinfo="text",
+                selectedpoints=[j for j, i in enumerate(members) if i in highlight] if highlight else None,
+            )
+        )
+    for set_name, symbol in SYMBOLS.items():  # legend keys for the two marker shapes
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=set_name, marker={"color": "grey",
+                                 "symbol": symbol, "size": 11}, hoverinfo="skip"))  # fmt: skip
     if thumbs:
         span = max(np.ptp(coords[:, 0]), np.ptp(coords[:, 1]), 1e-6)
         for (x, y), item in zip(coords, items):
             fig.add_layout_image(
                 source=png_uri(item),
-                x=x,
-                y=y,
+                x=x + span / 80,  # beside the point: its marker stays visible
+                y=y + span / 80,
                 xref="x",
                 yref="y",
-                sizex=span / 12,
-                sizey=span / 12,
-                xanchor="center",
-                yanchor="middle",
-                opacity=0.8,
+                sizex=span / 14,
+                sizey=span / 14,
+                xanchor="left",
+                yanchor="bottom",
+                opacity=0.75,
                 layer="below",
             )
-    fig.update_layout(margin={"t": 40, "b": 10}, legend_title_text="")
+    fig.update_layout(title=title, height=480, margin={"t": 40, "b": 10}, legend_title_text="")
     fig.update_xaxes(showticklabels=False, title="")
     fig.update_yaxes(showticklabels=False, title="")
     return fig
+
+
+def picked_in(key: str) -> set[int]:
+    """Images picked (clicked, boxed or lassoed) in one map at the last interaction; the other map highlights
+    them (a map's own figure stays as it was, so that its selection is kept)."""
+    try:
+        points = st.session_state[key]["selection"]["points"]
+    except (KeyError, TypeError):  # no interaction with that map yet
+        points = []
+    return {i for i in map(item_index, points) if i is not None}
 
 
 def maps() -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -164,7 +182,7 @@ for column, feats, title, key in (
             st.error(f"{title}: {problems[key]}.")
             continue
         event = st.plotly_chart(
-            scatter(coordinates[key], title),
+            scatter(coordinates[key], title, picked_in("map_after" if key == "before" else "map_before")),
             key=f"map_{key}",
             on_select="rerun",
             selection_mode=("points", "box", "lasso"),

@@ -381,3 +381,13 @@ def test_the_comparison_says_when_two_lines_coincide() -> None:
     records = at.session_state["comparison"]
     same = [r["query_acc"] for r in records["maml"]] == [r["query_acc"] for r in records["anil"]]
     assert same == any("give the same values at every step" in c.value for c in at.caption)
+
+
+def test_features_maps_have_one_legend_entry_per_class_and_distinct_colours() -> None:
+    at = page(start(), "features")
+    data = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    names = [trace["name"] for trace in data]
+    classes = [c.name for c in at.session_state["classes"]]
+    assert names == [*classes, "support", "query"]  # not one entry per class and set
+    colours = [trace["marker"]["color"] for trace in data[: len(classes)]]
+    assert len(set(colours)) == len(classes)
