@@ -96,8 +96,8 @@ def step_curve(
     accuracies: list[torch.Tensor] = []
     losses: list[torch.Tensor] = []
     bar = tqdm(total=episodes, desc="step curve", disable=not progress, leave=False)
-    while sum(len(a) for a in accuracies) < episodes:
-        size = min(chunk, episodes - sum(len(a) for a in accuracies))
+    for start in range(0, episodes, chunk):
+        size = min(chunk, episodes - start)
         tasks = [sampler.sample().to(device, dtype) for _ in range(size)]
 
         def one_task(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, way: int = tasks[0].way):

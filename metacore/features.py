@@ -14,7 +14,7 @@ from metacore.algorithms import MAML
 from metacore.bodies import model_inputs
 from metacore.data import folder_classes
 from metacore.errors import MetacoreError
-from metacore.images import InputSpec, image_files, load_pixels, try_load_pixels
+from metacore.images import InputSpec, image_files, try_load_pixels
 from metacore.inner import run_to_end
 from metacore.models import Params
 
@@ -128,8 +128,3 @@ def predict_proba(learner: MAML, params: Params, images: Tensor, batch_size: int
             for i in range(0, len(images), batch_size)
         ]
     return torch.cat(chunks).cpu()
-
-
-def load_images(files: list[Path], spec: InputSpec) -> Tensor:
-    """Image files -> the model's inputs (pixels, or a frozen body's features)."""
-    return model_inputs(load_pixels(files, spec), spec)

@@ -214,8 +214,8 @@ def decode(source: str | Path | bytes | BinaryIO | Image.Image, name: str | None
     else:
         image = open_image(source, name, draft=KEEP_SIDE)
     small = shrink(image, KEEP_SIDE)
-    if small is not image and exif_orientation(image) in TRANSPOSES:  # the shrunk copy has no EXIF of its own
-        small = small.transpose(TRANSPOSES[exif_orientation(image)])
+    if small is not image and (orientation := exif_orientation(image)) in TRANSPOSES:  # the copy has no EXIF
+        small = small.transpose(TRANSPOSES[orientation])
     image = to_standard_mode(small, label)
     return resize_shorter_side(image, KEEP_SIDE) if min(image.size) > KEEP_SIDE else image
 

@@ -59,13 +59,12 @@ def project(features: np.ndarray, method: str = "tsne", perplexity: float = 30.0
     """(n, d) features -> (n, 2) coordinates. Identical feature vectors get identical coordinates."""
     if method not in ("tsne", "pca"):
         raise MetacoreError(f"unknown projection '{method}' (choose: tsne, pca)")
-    features = checked_features(features)
     n = len(features)
     if n < 2:
         raise MetacoreError(f"a 2-D map needs at least 2 images, got {n}")
     if method == "tsne" and n > MAX_TSNE_POINTS:
         raise MetacoreError(f"t-SNE of {n} images would take minutes; pick PCA or at most {MAX_TSNE_POINTS} images")
-    distinct, inverse = distinct_points(features)
+    distinct, inverse = distinct_points(features)  # checks the features too
     if len(distinct) <= 2 or distinct.shape[1] == 1:  # nothing to fit: one point, two, or a line
         line = distinct[:, 0] if distinct.shape[1] == 1 else np.array([-1.0, 1.0])[: len(distinct)]
         return np.stack([line, np.zeros_like(line)], 1)[inverse]

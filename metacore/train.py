@@ -178,6 +178,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             },
         )
 
+    def stop_diverged(iteration: int, loss: float) -> None:
+        kept = (
+            f"the last good checkpoint, {out} at iteration {history[-1]['iteration']}, is kept"
+            if history
+            else f"nothing was saved to {out}"
+        )
+        raise MetacoreError(
+            f"training diverged at iteration {iteration} (loss {loss:.3g}): {kept}; "
+            "try a smaller --meta-lr or --inner-lr"
+        )
+
     def validate() -> dict:
         val_sampler.rng = np.random.default_rng(cfg.seed + 1)  # the same episodes at every validation
         return evaluate(learner, val_sampler, cfg.val_episodes, cfg.eval_steps, None, device)
@@ -205,20 +216,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             metrics = captured(tasks)
         else:
             metrics = learner.outer_step(optimizer, tasks, batching)
-        if not math.isfinite(metrics["loss"]) or not all(torch.isfinite(p).all() for p in learner.params.values()):
-            kept = (
-                f"the last good checkpoint, {out} at iteration {history[-1]['iteration']}, is kept"
-                if history
-                else (f"nothing was saved to {out}")
-            )
-            raise MetacoreError(
-                f"training diverged at iteration {iteration + 1} (loss {metrics['loss']:.3g}): {kept}; "
-                "try a smaller --meta-lr or --inner-lr"
-            )
+        if not math.isfinite(metrics["loss"]):  # .item() already synced: free to test on every step
+            stop_diverged(iteration + 1, metrics["loss"])
         running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in metrics.items()}
         bar.set_postfix(loss=f"{running['loss']:.3f}", acc=f"{100 * running['accuracy']:.1f}%")
         done = iteration + 1
         if done % cfg.val_every == 0 or done == cfg.iterations:
+            if not all(bool(torch.isfinite(p).all()) for p in learner.params.values()):  # checked before saving only
+                stop_diverged(done, metrics["loss"])
             val = validate()
             seconds = elapsed_before + time.perf_counter() - started
             history.append(
