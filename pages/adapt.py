@@ -203,8 +203,8 @@ with right:
             key="shift",
         )
     st.caption(
-        "L2 distance of each layer's weights from where adaptation started. In MAML the head moves most: "
-        "a good initialisation needs only small changes to the body."
+        "L2 distance of each layer's weights from where adaptation started: which layers the steps change, and by "
+        "how much (a zero head must move before the body gets any gradient; a prototype head may barely move)."
     )
 
 st.divider()
