@@ -2,6 +2,10 @@
 
 import streamlit as st
 
+# The pages' heavy libraries are imported by `lab`, here, before any page: one session imports them while the
+# others wait. Sessions whose first pages imported pandas at the same moment met a half-imported module.
+import lab  # noqa: F401
+
 st.set_page_config(page_title="Few-shot lab", page_icon="🧪", layout="wide")
 
 pages = [

@@ -13,6 +13,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas  # noqa: F401 (the pages' libraries, imported here once; see app.py)
+import plotly.express  # noqa: F401
+import plotly.graph_objects  # noqa: F401
 import streamlit as st
 import torch
 from PIL import Image
@@ -64,7 +67,19 @@ def model_path() -> str:
 @st.cache_resource(show_spinner="Loading the meta-trained model ...")
 def _load_model(path: str) -> tuple[MAML, dict]:
     learner, meta = load_checkpoint(path, resolve_device("auto"))
+    warm_up(learner)
     return learner, meta
+
+
+def warm_up(learner: MAML) -> None:
+    """One step on a blank two-image task: torch's first calls cost ~1 s (kernel choice, vmap set-up), paid
+    here once per server instead of by the first Step someone presses."""
+    spec = learner.backbone.input_spec
+    blank = preprocess(Image.new("L", (spec.size, spec.size)), spec)
+    x = model_inputs(torch.stack([blank, blank]), spec).to(learner.backbone.device)
+    y = torch.tensor([0, 1], device=x.device)
+    for _ in learner.adapt(x, y, x, y, steps=1, way=2):
+        pass
 
 
 def shared_model() -> tuple[MAML, dict]:

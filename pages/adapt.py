@@ -1,9 +1,7 @@
 import numpy as np
-import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
+import charts
 import lab
 
 MAX_STEPS = 200
@@ -40,172 +38,103 @@ run_steps = controls[2].slider("Steps per Run", 1, 50, 5, key="run_steps")
 learner = lab.learner_for(init)
 has_query = tensors.query_x is not None
 
-runs = lab.session_runs()
-run = runs.get(init)
-if run is None or run["lr"] != lr:
-    run = runs[init] = lab.new_run(learner, tensors, MAX_STEPS, lr)
-records: list[dict] = run["records"]
+
+def explain_init(init: str) -> None:
+    if init == "protonet":
+        st.info("ProtoNet does not take gradient steps: it classifies by distance to each class's mean feature.")
+    elif init == "maml" and shipped.head == "proto":
+        body = shipped.backbone.input_spec.body
+        features = "a frozen ImageNet network's features" if body else "its meta-learned features"
+        st.caption(
+            f"This model's head starts at the class prototypes of {features}, which is already close to the best "
+            f"head for a few shots: step 0 is the prediction, and its steps (lr {shipped.inner_lr}) change little "
+            "(with one image per class, almost nothing: each prototype *is* that image, so the support loss starts "
+            "near 0). Meta-learning shaped the feature space instead (see Learn). Compare with the random init "
+            "below, or raise the lr to watch the steps overshoot."
+        )
+    elif init == "maml":
+        st.caption(
+            f"This model was meta-trained to adapt in {shipped.inner_steps} step(s) at lr {shipped.inner_lr}: "
+            "that is where it is best; further steps can overshoot."
+        )
 
 
-def advance(count: int) -> None:
-    for _ in range(count):
-        if not lab.advance_run(run):
-            break
+@st.fragment  # Step, Run and the step slider redraw this part only, not the page
+def stepping_area(init: str, lr: float, run_steps: int) -> None:
+    runs = lab.session_runs()
+    run = runs.get(init)
+    if run is None or run["lr"] != lr:
+        run = runs[init] = lab.new_run(learner, tensors, MAX_STEPS, lr)
+    records: list[dict] = run["records"]
 
+    def advance(count: int) -> None:
+        for _ in range(count):
+            if not lab.advance_run(run):
+                break
 
-def curves_figure(records: list[dict]) -> go.Figure:
-    rows = []
-    for r in records:
-        rows.append({"step": r["step"], "value": r["support_loss"], "metric": "loss", "set": "support"})
-        rows.append({"step": r["step"], "value": 100 * r["support_acc"], "metric": "accuracy %", "set": "support"})
-        if r["query_loss"] is not None:
-            rows.append({"step": r["step"], "value": r["query_loss"], "metric": "loss", "set": "query"})
-            rows.append({"step": r["step"], "value": 100 * r["query_acc"], "metric": "accuracy %", "set": "query"})
-    fig = px.line(
-        pd.DataFrame(rows),
-        x="step",
-        y="value",
-        color="set",
-        facet_col="metric",
-        markers=True,
-        category_orders={"metric": ["loss", "accuracy %"]},
+    buttons = st.columns([1, 1, 1, 4])
+    step_clicked = buttons[0].button("Step", icon="👣", help="one inner gradient step", type="primary")
+    run_clicked = buttons[1].button(f"Run {run_steps}", icon="▶️")
+    if buttons[2].button("Reset", icon="↩️", help="back to step 0 and the model's default learning rate"):
+        runs.pop(init, None)
+        st.session_state.pop("lr", None)
+        st.rerun()  # the whole page: the lr box outside this part goes back to the default
+
+    chart = st.empty()
+    if step_clicked:
+        advance(2 if not records else 1)  # the first click also records step 0 (before adapting)
+    if run_clicked:
+        progress = st.progress(0.0, text="adapting ...")
+        target = len(records) + run_steps + (0 if records else 1)
+        while len(records) < target:
+            before = len(records)
+            advance(1)
+            if len(records) == before:
+                break
+            chart.plotly_chart(charts.curves(records), key=f"live_{len(records)}")
+            progress.progress(min(1.0, len(records) / target), text=f"step {records[-1]['step']}")
+        progress.empty()
+
+    explain_init(init)
+    if not records:
+        st.info("Press **Step** to take the first inner gradient step, or **Run** for several.")
+        return
+
+    chart.plotly_chart(charts.curves(records), key="curves")
+    if run.get("diverged"):
+        st.error(run["diverged"], icon="💥")
+    last = records[-1]
+    summary = (
+        f"Step {last['step']}: support loss {last['support_loss']:.3f}, "
+        f"support accuracy {100 * last['support_acc']:.0f}%"
     )
-    fig.update_yaxes(matches=None, showticklabels=True)
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
-    fig.update_layout(height=320, margin={"t": 30, "b": 10}, legend_title_text="", yaxis2={"range": [-3, 103]})
-    losses = [v for row in rows if row["metric"] == "loss" and (v := row["value"]) > 0]
-    if losses and max(losses) > 100 * min(losses):  # a diverging or vanishing loss: a linear axis hides the rest
-        fig.update_layout(yaxis={"type": "log", "title": "loss (log scale)"})
-    return integer_steps(fig, records[-1]["step"])
-
-
-def integer_steps(fig: go.Figure, last_step: int) -> go.Figure:
-    """Step axes show whole steps only (0, 1, 2 ... or every 5th, 10th ...), never 0.5."""
-    every = next(d for d in (1, 2, 5, 10, 20, 50, 100) if last_step / d <= 10)
-    fig.update_xaxes(tick0=0, dtick=every, tickformat="d", rangemode="tozero")
-    return fig
-
-
-buttons = st.columns([1, 1, 1, 4])
-step_clicked = buttons[0].button("Step", icon="👣", help="one inner gradient step", type="primary")
-run_clicked = buttons[1].button(f"Run {run_steps}", icon="▶️")
-if buttons[2].button("Reset", icon="↩️", help="back to step 0 and the model's default learning rate"):
-    runs.pop(init, None)
-    st.session_state.pop("lr", None)
-    st.rerun()
-
-chart = st.empty()
-if step_clicked:
-    advance(2 if not records else 1)  # the first click also records step 0 (before adapting)
-if run_clicked:
-    progress = st.progress(0.0, text="adapting ...")
-    target = len(records) + run_steps + (0 if records else 1)
-    while len(records) < target:
-        before = len(records)
-        advance(1)
-        if len(records) == before:
-            break
-        chart.plotly_chart(curves_figure(records), key=f"live_{len(records)}")
-        progress.progress(min(1.0, len(records) / target), text=f"step {records[-1]['step']}")
-    progress.empty()
-
-if init == "protonet":
-    st.info("ProtoNet does not take gradient steps: it classifies by distance to each class's mean feature.")
-elif init == "maml" and shipped.head == "proto":
-    body = shipped.backbone.input_spec.body
-    features = "a frozen ImageNet network's features" if body else "its meta-learned features"
-    st.caption(
-        f"This model's head starts at the class prototypes of {features}, which is already close to the best head "
-        f"for a few shots: step 0 is the prediction, and its steps (lr {shipped.inner_lr}) change little (with one "
-        "image per class, almost nothing: each prototype *is* that image, so the support loss starts near 0). "
-        "Meta-learning shaped the feature space instead (see Learn). Compare with the random init below, or raise "
-        "the lr to watch the steps overshoot."
-    )
-elif init == "maml":
-    st.caption(
-        f"This model was meta-trained to adapt in {shipped.inner_steps} step(s) at lr {shipped.inner_lr}: "
-        "that is where it is best; further steps can overshoot."
-    )
-if not records:
-    st.info("Press **Step** to take the first inner gradient step, or **Run** for several.")
-    st.stop()
-
-chart.plotly_chart(curves_figure(records), key="curves")
-if run.get("diverged"):
-    st.error(run["diverged"], icon="💥")
-last = records[-1]
-summary = (
-    f"Step {last['step']}: support loss {last['support_loss']:.3f}, support accuracy {100 * last['support_acc']:.0f}%"
-)
-if has_query:
-    summary += f", query accuracy **{100 * last['query_acc']:.1f}%**"
-st.markdown(summary)
-
-shown = st.slider("Look at step", 0, len(records) - 1, len(records) - 1, key="scrub") if len(records) > 1 else 0
-st.session_state.chosen_step = {"init": init, "step": shown}
-record = records[shown]
-left, right = st.columns(2)
-with left:
-    st.subheader("Query predictions")
     if has_query:
-        labels = [
-            f"{tensors.names[int(y)]} · {item.name[-8:]}" for y, item in zip(tensors.query_y, tensors.query_items)
-        ]
-        heat = px.imshow(
-            record["query_probs"],
-            x=tensors.names,
-            y=labels,
-            zmin=0,
-            zmax=1,
-            aspect="auto",
-            color_continuous_scale="Blues",
-            labels={"color": "p"},
+        summary += f", query accuracy **{100 * last['query_acc']:.1f}%**"
+    st.markdown(summary)
+
+    shown = st.slider("Look at step", 0, len(records) - 1, len(records) - 1, key="scrub") if len(records) > 1 else 0
+    st.session_state.chosen_step = {"init": init, "step": shown}
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Query predictions")
+        if has_query:
+            labels = tensors.query_y.cpu().numpy()
+            rows = [f"{tensors.names[y]} · {item.name[-8:]}" for y, item in zip(labels, tensors.query_items)]
+            st.plotly_chart(charts.probabilities(records[shown]["query_probs"], tensors.names, rows), key="heat")
+            st.plotly_chart(charts.true_class_probability(records, labels, tensors.names), key="truep")
+        else:
+            st.caption("Add query images on the Build page to see predictions on held-out images.")
+    with right:
+        st.subheader("How far each layer moved")
+        st.plotly_chart(charts.layer_movement(records), key="shift")
+        st.caption(
+            "L2 distance of each layer's weights from where adaptation started: which layers the steps change, and "
+            "by how much (a zero head must move before the body gets any gradient; a prototype head may barely "
+            "move)."
         )
-        heat.update_layout(height=max(250, 18 * len(labels)), margin={"t": 10, "b": 10})
-        st.plotly_chart(heat, key="heat")
-        true_p = [r["query_probs"][np.arange(len(tensors.query_y)), tensors.query_y.cpu().numpy()] for r in records]
-        per_class = (
-            pd.DataFrame(
-                [
-                    {"step": r["step"], "class": tensors.names[int(y)], "p(true class)": p}
-                    for r, ps in zip(records, true_p)
-                    for y, p in zip(tensors.query_y, ps)
-                ]
-            )
-            .groupby(["step", "class"], as_index=False)
-            .mean()
-        )
-        true_class = px.line(
-            per_class, x="step", y="p(true class)", color="class", markers=True, height=260, range_y=[-0.02, 1.02]
-        )
-        st.plotly_chart(integer_steps(true_class, records[-1]["step"]), key="truep")
-    else:
-        st.caption("Add query images on the Build page to see predictions on held-out images.")
-with right:
-    st.subheader("How far each layer moved")
-    shift = pd.DataFrame(
-        [{"step": r["step"], "layer": k, "distance": v} for r in records for k, v in r["shift"].items()]
-    )
-    if len(shift):
-        st.plotly_chart(
-            integer_steps(
-                px.line(
-                    shift,
-                    x="step",
-                    y="distance",
-                    color="layer",
-                    markers=True,
-                    height=300,
-                    labels={"distance": "‖θ_step − θ_0‖"},
-                ),
-                records[-1]["step"],
-            ),
-            key="shift",
-        )
-    st.caption(
-        "L2 distance of each layer's weights from where adaptation started: which layers the steps change, and by "
-        "how much (a zero head must move before the body gets any gradient; a prototype head may barely move)."
-    )
+
+
+stepping_area(init, lr, run_steps)
 
 st.divider()
 st.subheader("Side by side: meta-learned init vs random init vs ProtoNet")
@@ -220,26 +149,12 @@ if st.button(f"Compare ({run_steps} steps each)", icon="⚖️"):
 comparison = st.session_state.get("comparison")
 if comparison:
     metric = "query_acc" if has_query else "support_loss"
-    rows = []
+    steps = max(len(recs) for key, recs in comparison.items() if key != "protonet")  # ProtoNet takes none
+    curves = {}
     for key, recs in comparison.items():
-        steps_seen = [r["step"] for r in recs] if key != "protonet" else list(range(run_steps + 1))
-        values = [r[metric] for r in recs] if key != "protonet" else [recs[0][metric]] * (run_steps + 1)
-        for s, v in zip(steps_seen, values):
-            rows.append({"step": s, "start": lab.INITS[key], metric: 100 * v if metric.endswith("acc") else v})
-    fig = px.line(
-        pd.DataFrame(rows),
-        x="step",
-        y=metric,
-        color="start",
-        line_dash="start",  # lines that coincide stay told apart
-        markers=True,
-        height=340,
-        labels={"query_acc": "query accuracy %", "support_loss": "support loss"},
-        range_y=[-3, 103] if metric == "query_acc" else None,
-    )
-    fig.update_layout(legend_title_text="")
-    st.plotly_chart(integer_steps(fig, run_steps), key="compare")
-    curves = {lab.INITS[k]: [row[metric] for row in rows if row["start"] == lab.INITS[k]] for k in comparison}
+        values = [r[metric] for r in recs] if key != "protonet" else [recs[0][metric]] * steps
+        curves[lab.INITS[key]] = [100 * v for v in values] if metric == "query_acc" else values
+    st.plotly_chart(charts.comparison(curves, "query accuracy %" if has_query else "support loss"), key="compare")
     names = list(curves)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:

@@ -3,12 +3,12 @@ import io
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 import torch
 
 import lab
+from charts import PALETTE
 from metacore.checkpoint import adapted_checkpoint
 from metacore.errors import MetacoreError
 from metacore.features import embed
@@ -80,7 +80,6 @@ def item_index(point: dict) -> int | None:
     return None if data is None else int(data)
 
 
-PALETTE = px.colors.qualitative.Dark24  # 24 distinct colours: each class of a 20-way task its own
 SYMBOLS = {"support": "circle", "query": "x"}
 
 

@@ -1,12 +1,17 @@
-"""Many browser sessions on one lab server: how long a Step click waits while the others work.
+"""Many sessions on one lab server: how long a Step click waits while the others step and draw maps.
 
-    python scripts/load_test.py --sessions 20 --rounds 2
+    python scripts/load_test.py --sessions 20 --browsers 1 --rounds 2
 
-Starts `streamlit run app.py` on a free local port and drives N headless-Chromium sessions at once
-(one browser, one context each). Every session, per round: Adapt -> Step x5 -> Features (t-SNE) -> Adapt.
-A Step's latency is from the click until Streamlit has finished the rerun (its status widget is gone).
-Prints p50/p95/max of the Step latencies, failures, and the server's peak RSS, as one JSON line.
-Needs Chromium (apt-get install chromium) and playwright (requirements-dev.txt).
+Starts `streamlit run app.py` on a free local port and drives N sessions at once. Every session, per round:
+Adapt -> Step x5 -> Features (t-SNE maps). `--browsers B` of them are headless Chromium (one context each);
+the other N - B speak Streamlit's websocket protocol directly, as a browser does (the same rerun messages,
+the same widget triggers, every reply read): in a class each student's browser draws on its own laptop, so
+only the server's work belongs on this machine's cores. `--browsers N` puts every browser here too.
+
+A browser's Step latency is from the click (in the page) until the curve chart shows the new step; a
+protocol session's, from sending the click until the server's last message of that rerun.
+Prints p50/p95/max per kind, failures, the server's CPU seconds and peak RSS, as one JSON line.
+Needs Chromium (apt-get install chromium) and playwright (requirements-dev.txt) for the browsers.
 """
 
 from __future__ import annotations
@@ -47,7 +52,19 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def idle(page, timeout_s: float = 240) -> None:
+CHART = "document.querySelector('[data-testid=\"stPlotlyChart\"] .js-plotly-plot')"  # the curves: first chart
+POINTS = f"(() => {{ const c = {CHART}; return c && c._fullData?.length ? c._fullData[0].x.length : 0 }})()"
+CLICK_STEP = f"""async () => {{
+  const before = {POINTS};
+  const button = [...document.querySelectorAll('button')].find(b => b.innerText.trim().endsWith('Step'));
+  const started = performance.now();
+  button.click();
+  while ({POINTS} < before + (before === 0 ? 2 : 1)) await new Promise(r => requestAnimationFrame(r));
+  return (performance.now() - started) / 1000;
+}}"""  # timed in the page: the click to the frame that shows the new step, without the driver's own delays
+
+
+async def idle(page, timeout_s: float = 600) -> None:
     await page.wait_for_timeout(300)
     await page.wait_for_function(IDLE, timeout=timeout_s * 1000)
 
@@ -57,40 +74,115 @@ async def go(page, title: str) -> None:
     await idle(page)
 
 
-async def session(
-    browser, url: str, rounds: int, steps: list[float], failures: list[str], index: int, features: bool
-) -> None:
+async def browser_session(browser, url: str, rounds: int, times: dict, failures: list[str], index: int, features: bool):
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(300_000)  # under load a page can take minutes to draw: measure it, do not fail it
+    context.set_default_timeout(600_000)  # under load a page can take minutes to draw: measure it, do not fail it
     page = await context.new_page()
     try:
         await page.goto(url)
-        await page.get_by_text("Few-shot learning lab").first.wait_for(timeout=240_000)
+        await page.get_by_text("Few-shot learning lab").first.wait_for()
         await idle(page)
         for _ in range(rounds):
             await go(page, "Adapt step by step")
             for _ in range(5):
-                started = time.perf_counter()
-                await page.get_by_role("button", name="Step").first.click()
-                await idle(page)
-                steps.append(time.perf_counter() - started)
+                await page.get_by_role("button", name="Step").first.wait_for()
+                times["step"].append(await page.evaluate(CLICK_STEP))
+            await idle(page)
             if features:
+                started = time.perf_counter()
                 await go(page, "Features")
                 await page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2")
+                times["features"].append(time.perf_counter() - started)
         errors = page.locator('[data-testid="stException"], :text("Traceback")')
         if await errors.count():
             text = " ".join((await errors.first.inner_text()).split())
-            failures.append(f"session {index}: an exception on the page: {text[:300]}")
+            failures.append(f"browser {index}: an exception on the page: {text[:300]}")
     except Exception as exc:  # one session's failure is a result, not the end of the measurement
-        failures.append(f"session {index}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        failures.append(f"browser {index}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     finally:
         await context.close()
 
 
-async def drive(url: str, sessions: int, rounds: int, chromium: str, server_pid: int, features: bool) -> dict:
-    from playwright.async_api import async_playwright
+class ProtocolSession:
+    """One session driven over Streamlit's websocket, as its frontend drives it (no rendering)."""
 
-    steps: list[float] = []
+    def __init__(self, websocket) -> None:
+        self.websocket = websocket
+        self.pages: dict[str, str] = {}  # url path -> page script hash
+        self.buttons: dict[str, tuple[str, str]] = {}  # label -> (widget id, fragment id)
+
+    async def rerun(self, page: str = "", click: str | None = None) -> list:
+        """Send one rerun (a page visit, or a button click) and read every reply until the script has finished."""
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        message = BackMsg()
+        message.rerun_script.page_script_hash = self.pages.get(page, "")
+        if click is not None:
+            widget_id, fragment_id = self.buttons[click]
+            message.rerun_script.fragment_id = fragment_id
+            state = message.rerun_script.widget_states.widgets.add()
+            state.id, state.trigger_value = widget_id, True
+        await self.websocket.send(message.SerializeToString())
+        elements = []
+        while True:
+            reply = ForwardMsg()
+            reply.ParseFromString(await self.websocket.recv())
+            kind = reply.WhichOneof("type")
+            if kind == "navigation":
+                self.pages = {p.url_pathname: p.page_script_hash for p in reply.navigation.app_pages}
+            elif kind == "delta" and reply.delta.WhichOneof("type") == "new_element":
+                element = reply.delta.new_element
+                elements.append(element)
+                if element.WhichOneof("type") == "button":
+                    self.buttons[element.button.label] = (element.button.id, reply.delta.fragment_id)
+                if element.WhichOneof("type") == "exception":
+                    raise RuntimeError(f"an exception on the page: {element.exception.message[:300]}")
+            elif kind == "script_finished":
+                return elements
+
+
+async def protocol_session(url: str, rounds: int, times: dict, failures: list[str], index: int, features: bool):
+    import websockets
+
+    try:
+        stream = url.replace("http://", "ws://") + "/_stcore/stream"
+        async with websockets.connect(stream, subprotocols=["streamlit"], max_size=None, open_timeout=600) as socket:
+            session = ProtocolSession(socket)
+            await session.rerun()
+            for _ in range(rounds):
+                await session.rerun("adapt")
+                for _ in range(5):
+                    started = time.perf_counter()
+                    await session.rerun("adapt", click="Step")
+                    times["step"].append(time.perf_counter() - started)
+                if features:
+                    started = time.perf_counter()
+                    drawn = await session.rerun("features")
+                    maps = sum(e.WhichOneof("type") == "plotly_chart" for e in drawn)
+                    if maps != 2:
+                        failures.append(f"session {index}: the Features page drew {maps} maps, not 2")
+                    times["features"].append(time.perf_counter() - started)
+    except Exception as exc:
+        failures.append(f"session {index}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+
+
+def percentiles(values: list[float]) -> dict:
+    values = sorted(values)
+    if not values:
+        return {"count": 0}
+    return {
+        "count": len(values),
+        "p50_s": round(statistics.median(values), 2),
+        "p95_s": round(values[int(0.95 * (len(values) - 1))], 2),
+        "max_s": round(values[-1], 2),
+    }
+
+
+async def drive(url: str, args: argparse.Namespace, chromium: str | None, server_pid: int) -> dict:
+    features = not args.no_features
+    browser_times: dict = {"step": [], "features": []}
+    protocol_times: dict = {"step": [], "features": []}
     failures: list[str] = []
     peak = [rss_mb(server_pid)]
 
@@ -99,26 +191,37 @@ async def drive(url: str, sessions: int, rounds: int, chromium: str, server_pid:
             peak[0] = max(peak[0], rss_mb(server_pid))
             await asyncio.sleep(1)
 
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-        watcher = asyncio.create_task(watch())
-        started, cpu_before = time.perf_counter(), cpu_seconds(server_pid)
-        await asyncio.gather(*(session(browser, url, rounds, steps, failures, i, features) for i in range(sessions)))
-        watcher.cancel()
-        server_cpu = cpu_seconds(server_pid) - cpu_before
-        await browser.close()
-    steps.sort()
+    watcher = asyncio.create_task(watch())
+    started, cpu_before = time.perf_counter(), cpu_seconds(server_pid)
+    protocol = [
+        protocol_session(url, args.rounds, protocol_times, failures, i, features)
+        for i in range(args.sessions - args.browsers)
+    ]
+    if args.browsers:
+        from playwright.async_api import async_playwright
+
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+            browsers = [
+                browser_session(browser, url, args.rounds, browser_times, failures, i, features)
+                for i in range(args.browsers)
+            ]
+            await asyncio.gather(*browsers, *protocol)
+            await browser.close()
+    else:
+        await asyncio.gather(*protocol)
+    watcher.cancel()
     return {
-        "sessions": sessions,
-        "rounds": rounds,
-        "features_visits": features,
-        "step_clicks": len(steps),
-        "step_p50_s": round(statistics.median(steps), 2) if steps else None,
-        "step_p95_s": round(steps[int(0.95 * (len(steps) - 1))], 2) if steps else None,
-        "step_max_s": round(steps[-1], 2) if steps else None,
+        "sessions": args.sessions,
+        "browsers": args.browsers,
+        "rounds": args.rounds,
+        "browser_step": percentiles(browser_times["step"]),
+        "protocol_step": percentiles(protocol_times["step"]),
+        "all_steps": percentiles(browser_times["step"] + protocol_times["step"]),
+        "features_page": percentiles(browser_times["features"] + protocol_times["features"]),
         "wall_s": round(time.perf_counter() - started, 1),
         "server_peak_rss_mb": round(peak[0]),
-        "server_cpu_s": round(server_cpu, 1),  # the rest of 2 x wall_s went to the browsers (and the OS)
+        "server_cpu_s": round(cpu_seconds(server_pid) - cpu_before, 1),
         "failures": failures,
         "cpus": os.cpu_count(),
     }
@@ -127,12 +230,15 @@ async def drive(url: str, sessions: int, rounds: int, chromium: str, server_pid:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--browsers", type=int, default=1, help="how many of the sessions are real Chromium ones")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--log", default=None, help="write the server's output to this file")
     parser.add_argument("--no-features", action="store_true", help="Step clicks only, no Features page (t-SNE)")
     args = parser.parse_args()
+    if not 0 <= args.browsers <= args.sessions:
+        parser.error("--browsers must be between 0 and --sessions")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+    if chromium is None and args.browsers:
         print("error: no Chromium found (apt-get install chromium)", file=sys.stderr)
         return 2
     port = free_port()
@@ -150,7 +256,7 @@ def main() -> int:
                 break
             except OSError:
                 time.sleep(0.5)
-        result = asyncio.run(drive(url, args.sessions, args.rounds, chromium, server.pid, not args.no_features))
+        result = asyncio.run(drive(url, args, chromium, server.pid))
         result["server_alive"] = server.poll() is None
     finally:
         server.terminate()

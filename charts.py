@@ -1,0 +1,113 @@
+"""The Adapt page's charts, written as plain plotly specs and validated once.
+
+plotly.express takes ~60 ms of server time per figure (a pandas round trip and its templating), and each
+`update_layout` call parses its keys again; one `go.Figure(data, layout)` takes ~2 ms, which matters when
+twenty sessions press Step at once on two cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+SET_COLOURS = {"support": "#636efa", "query": "#ef553b"}
+PALETTE = qualitative.Dark24  # distinct colours for up to 24 classes or layers
+DASHES = ("solid", "dash", "dot", "dashdot")
+
+
+def step_axis(last_step: int, **extra) -> dict:
+    """A step axis with whole steps only (0, 1, 2 ... or every 5th, 10th ...), never 0.5."""
+    every = next(d for d in (1, 2, 5, 10, 20, 50, 100) if last_step / d <= 10)
+    return {"tick0": 0, "dtick": every, "tickformat": "d", "rangemode": "tozero", "title": {"text": "step"}, **extra}
+
+
+def line(x: list, y, name: str, colour: str, dash: str = "solid", **extra) -> dict:
+    style = {"color": colour, "dash": dash}
+    return {"type": "scatter", "mode": "lines+markers", "x": x, "y": y, "name": name, "line": style, **extra}
+
+
+def curves(records: list[dict]) -> go.Figure:
+    """Loss (left) and accuracy in % (right) of the support and query sets against the step."""
+    steps = [r["step"] for r in records]
+    traces = []
+    for name in ("support", "query"):
+        if records[0][f"{name}_loss"] is None:
+            continue
+        colour = SET_COLOURS[name]
+        traces.append(line(steps, [r[f"{name}_loss"] for r in records], name, colour, legendgroup=name))
+        accuracies = [100 * r[f"{name}_acc"] for r in records]
+        traces.append(line(steps, accuracies, name, colour, legendgroup=name, showlegend=False, xaxis="x2", yaxis="y2"))
+    losses = [v for r in records for k in ("support_loss", "query_loss") if (v := r[k]) is not None and v > 0]
+    log = bool(losses) and max(losses) > 100 * min(losses)  # diverging or vanishing: a linear axis hides the rest
+    layout = {
+        "height": 320,
+        "margin": {"t": 30, "b": 10},
+        "xaxis": step_axis(steps[-1], domain=[0, 0.47]),
+        "xaxis2": step_axis(steps[-1], domain=[0.53, 1], anchor="y2"),
+        "yaxis": {"title": {"text": "loss (log scale)" if log else "loss"}, "type": "log" if log else "linear"},
+        "yaxis2": {"title": {"text": "accuracy %"}, "range": [-3, 103], "anchor": "x2"},
+        "legend": {"title": {"text": ""}},
+    }
+    return go.Figure(traces, layout)
+
+
+def probabilities(probs: np.ndarray, classes: list[str], rows: list[str]) -> go.Figure:
+    """Each query image's predicted probability for each class (rows top to bottom in task order)."""
+    heat = {"type": "heatmap", "z": probs, "x": classes, "y": rows, "zmin": 0, "zmax": 1, "colorscale": "Blues"}
+    layout = {
+        "height": max(250, 18 * len(rows)),
+        "margin": {"t": 10, "b": 10},
+        "xaxis": {"type": "category"},
+        "yaxis": {"type": "category", "autorange": "reversed"},
+    }
+    return go.Figure([{**heat, "colorbar": {"title": {"text": "p"}}}], layout)
+
+
+def true_class_probability(records: list[dict], labels: np.ndarray, classes: list[str]) -> go.Figure:
+    """Per class, the mean probability its query images give their true class, against the step."""
+    steps = [r["step"] for r in records]
+    true_p = np.array([r["query_probs"][np.arange(len(labels)), labels] for r in records])  # steps x queries
+    traces = [
+        line(steps, true_p[:, labels == index].mean(1), name, PALETTE[index % len(PALETTE)])
+        for index, name in enumerate(classes)
+        if (labels == index).any()
+    ]
+    layout = {
+        "height": 260,
+        "margin": {"t": 10, "b": 10},
+        "xaxis": step_axis(steps[-1]),
+        "yaxis": {"title": {"text": "p(true class)"}, "range": [-0.02, 1.02]},
+    }
+    return go.Figure(traces, layout)
+
+
+def layer_movement(records: list[dict]) -> go.Figure:
+    """Each layer's L2 distance from where adaptation started, against the step."""
+    steps = [r["step"] for r in records]
+    traces = [
+        line(steps, [r["shift"][layer] for r in records], layer, PALETTE[index % len(PALETTE)])
+        for index, layer in enumerate(records[0]["shift"])
+    ]
+    layout = {
+        "height": 300,
+        "margin": {"t": 10, "b": 10},
+        "xaxis": step_axis(steps[-1]),
+        "yaxis": {"title": {"text": "‖θ_step − θ_0‖"}},
+    }
+    return go.Figure(traces, layout)
+
+
+def comparison(curves: dict[str, list[float]], metric: str) -> go.Figure:
+    """One line per starting point; lines that coincide stay told apart by their dash style."""
+    traces = [
+        line(list(range(len(values))), values, name, PALETTE[index], DASHES[index % len(DASHES)])
+        for index, (name, values) in enumerate(curves.items())
+    ]
+    layout = {
+        "height": 340,
+        "xaxis": step_axis(max(len(values) for values in curves.values()) - 1),
+        "yaxis": {"title": {"text": metric}, **({"range": [-3, 103]} if metric.endswith("%") else {})},
+        "legend": {"title": {"text": ""}},
+    }
+    return go.Figure(traces, layout)
