@@ -114,6 +114,12 @@ def model_card(path: str) -> dict:
         return {}
 
 
+def unsure_threshold() -> dict | None:
+    """The picked model's "none of these" threshold and its measured rates (`python -m metacore unsure`), if any."""
+    unsure = model_card(str(Path(model_path()).with_suffix(".json"))).get("unsure")
+    return unsure if isinstance(unsure, dict) and isinstance(unsure.get("threshold"), float) else None
+
+
 def takes_drawings() -> bool:
     """Whether the picked model reads characters (drawings make sense) rather than photos."""
     shipped, _ = shared_model()

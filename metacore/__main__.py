@@ -1,4 +1,4 @@
-"""Command line: python -m metacore {train,evaluate,classify,embed,bench} --help"""
+"""Command line: python -m metacore {train,evaluate,classify,embed,unsure,bench} --help"""
 
 from __future__ import annotations
 
@@ -130,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output file: .csv or .npy")
     p.add_argument("images", nargs="+", help="image files or folders")
+
+    p = sub.add_parser(
+        "unsure",
+        help='choose and measure the "none of these" threshold of a model',
+        description="Split the data set's classes in two. On tasks from the first half, choose the novelty "
+        "(distance to the nearest class over the distance between classes) that --keep of in-task images stay "
+        "under; on tasks from the second half, measure the in-task images kept and the images of classes outside "
+        "the task flagged. --card writes both into a model card.",
+    )
+    add_common(p)
+    p.add_argument("--episodes", type=int, default=300, help="tasks per half (default: %(default)s)")
+    p.add_argument(
+        "--keep", type=float, default=0.97, help="in-task fraction kept on the first half (default: %(default)s)"
+    )
+    p.add_argument("--card", default=None, help="model card (JSON) to write the threshold and rates into")
 
     p = sub.add_parser(
         "bench",
@@ -276,8 +291,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def unsure_threshold(args: argparse.Namespace) -> float | None:
+    """The "none of these" threshold in the model card beside the checkpoint (`unsure --card`), if any."""
+    card = (Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT).with_suffix(".json")
+    try:
+        threshold = json.loads(card.read_text()).get("unsure", {}).get("threshold")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return threshold if isinstance(threshold, float) else None
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from metacore.features import adapted_params, load_support_folder, predict_proba, query_files, read_inputs
+    from metacore.openset import novelty
 
     check_steps(args)
     learner, meta, _ = load_model(args)
@@ -301,6 +327,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
         }
         for f, p in zip(readable, probs)
     ]
+    threshold = unsure_threshold(args)
+    if threshold is not None and args.support:  # the class means come from the support set
+        scores = novelty(learner, params, support.images, support.labels, images, len(classes))
+        for row, score in zip(rows, scores.tolist()):
+            row |= {"novelty": round(score, 4), "unsure": score > threshold}
     bad = [f for f in files if f not in set(readable)]
     errors = [{"file": str(f), "error": message.removeprefix("skipped ")} for f, message in zip(bad, unreadable)]
     if args.json:
@@ -308,7 +339,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     else:
         width = max(len(r["file"]) for r in rows)
         for r in rows:
-            print(f"{r['file']:<{width}}  {r['predicted']}  ({100 * r['probabilities'][r['predicted']]:.1f}%)")
+            unsure = "  unsure: none of these?" if r.get("unsure") else ""
+            print(f"{r['file']:<{width}}  {r['predicted']}  ({100 * r['probabilities'][r['predicted']]:.1f}%){unsure}")
         for e in errors:
             print(f"error: {e['error']}", file=sys.stderr)
     return 1 if errors else 0
@@ -354,6 +386,45 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unsure(args: argparse.Namespace) -> int:
+    from metacore import openset
+    from metacore.data import open_dataset
+    from metacore.errors import check_number
+
+    check_steps(args)
+    check_number(args.keep, "--keep", 0.5, 1.0)
+    if args.steps is not None or args.inner_lr is not None:
+        raise MetacoreError("the threshold is chosen for the model's own steps and lr: leave out --steps/--inner-lr")
+    if not (args.way.isdigit() and args.shot.isdigit()):
+        raise MetacoreError(f"--way and --shot must be single numbers here, got {args.way} and {args.shot}")
+    try:  # read before the work, so that a bad --card path costs nothing
+        card = json.loads(Path(args.card).read_text()) if args.card else None
+    except (OSError, ValueError) as exc:
+        raise MetacoreError(f"--card {args.card}: cannot read it as a JSON model card ({exc})") from None
+    learner, _, _ = load_model(args)
+    split = args.split or ("evaluation" if args.dataset == "omniglot" else None)
+    dataset = open_dataset(args.data_root, args.dataset, split, learner.backbone.input_spec, images=args.images)
+    choose, measure = dataset.split_held_out(0.5)
+    first, second = f"{dataset.description}, classes 1-{len(choose)}", f"the other {len(measure)} classes"
+    way, shot = int(args.way), int(args.shot)
+    inside, _ = openset.episode_scores(learner, choose, args.episodes, way, shot, args.query, args.seed)
+    threshold = openset.calibrate(inside, args.keep)
+    inside, outside = openset.episode_scores(learner, measure, args.episodes, way, shot, args.query, args.seed)
+    result = {
+        "score": "novelty: cosine distance to the nearest class mean / median distance between class means",
+        "threshold": round(threshold, 6),
+        "chosen_on": f"{first}: {args.episodes} tasks, keep {args.keep:g}",
+        "measured_on": f"{second}: {args.episodes} tasks",
+        "task": f"{way}-way {shot}-shot, {args.query} query images per class, as many of up to {way} other classes",
+        **openset.rates(inside, outside, threshold),
+    }
+    if card is not None:
+        card["unsure"] = result
+        Path(args.card).write_text(json.dumps(card, indent=2) + "\n")
+    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from metacore.bench import run_bench
     from metacore.checkpoint import MAX_INNER_STEPS, check_number
@@ -387,6 +458,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "classify": cmd_classify,
     "embed": cmd_embed,
+    "unsure": cmd_unsure,
     "bench": cmd_bench,
 }
 

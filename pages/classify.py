@@ -6,6 +6,7 @@ import lab
 from canvas import drawing_canvas
 from metacore.features import predict_proba
 from metacore.isolation import compute_slot
+from metacore.openset import novelty
 
 lab.sidebar()
 st.title("🔎 Classify new images")
@@ -40,14 +41,32 @@ if not pending:
     st.stop()
 
 batch = lab.item_inputs(pending, shipped.backbone.input_spec)
+unsure = lab.unsure_threshold() if learner is shipped else None  # chosen for the meta-trained model only
 with compute_slot():
     probs = predict_proba(learner, params, batch).numpy()
-for item, p in zip(pending, probs):
+    if unsure:
+        way = len(tensors.names)
+        scores = novelty(learner, params, tensors.support_x, tensors.support_y, batch, way)
+if unsure:
+    st.caption(
+        f"An image much farther from its nearest class than the task's classes are from each other (over "
+        f"{unsure['threshold']:.2f} times, in feature space) is marked **none of these?**. That threshold was "
+        f"chosen on held-out classes; on other classes it kept {unsure['in_task_kept']:.0f}% of the images of a "
+        f"task's own classes and flagged {unsure['out_of_task_flagged']:.0f}% of images from outside the task "
+        f"({unsure['task']})."
+    )
+for index, (item, p) in enumerate(zip(pending, probs)):
     with st.container(border=True):
         a, b = st.columns([1, 4])
         a.image(item.thumbnail(128), caption=item.name)
         best = int(p.argmax())
-        b.markdown(f"**{tensors.names[best]}** — {100 * p[best]:.1f}% confident")
+        if unsure and scores[index] > unsure["threshold"]:
+            b.markdown(
+                f"**None of these?** Unsure: this image is far from every class ({scores[index]:.2f} times the "
+                f"distance between classes). Nearest: {tensors.names[best]}, {100 * p[best]:.1f}%."
+            )
+        else:
+            b.markdown(f"**{tensors.names[best]}** — {100 * p[best]:.1f}% confident")
         frame = pd.DataFrame({"class": tensors.names, "probability": p})
         fig = px.bar(frame, x="probability", y="class", orientation="h", range_x=[0, 1], height=60 + 22 * len(p))
         fig.update_layout(margin={"t": 5, "b": 5})

@@ -391,3 +391,43 @@ def test_features_maps_have_one_legend_entry_per_class_and_distinct_colours() ->
     assert names == [*classes, "support", "query"]  # not one entry per class and set
     colours = [trace["marker"]["color"] for trace in data[: len(classes)]]
     assert len(set(colours)) == len(classes)
+
+
+def test_classify_says_none_of_these_exactly_when_an_image_is_far_from_every_class() -> None:
+    import torch
+
+    from metacore.checkpoint import load_checkpoint
+    from metacore.examples import SAMPLE_ROOT
+    from metacore.images import decode, preprocess
+    from metacore.openset import novelty
+    from metacore.paths import SHIPPED_MODEL
+
+    at = start()  # the built-in characters task: 5 of the 10 bundled characters
+    classes = at.session_state["classes"]
+    outsiders = [d for d in sorted((SAMPLE_ROOT / "omniglot_sample").iterdir()) if d.is_dir()]
+    outsiders = [d for d in outsiders if d.name not in {c.name for c in classes}]
+    files = [classes[0].query[0].name] + [d.name for d in outsiders]
+    uploads = [lab_png(classes[0].query[0].image)] + [(d / sorted(p.name for p in d.iterdir())[0]).read_bytes()
+                                                     for d in outsiders]  # fmt: skip
+    at = page(at, "classify")
+    at.file_uploader[0].set_value([(f"{name}.png", data, "image/png") for name, data in zip(files, uploads)])
+    at.run()
+    card = json.loads(SHIPPED_MODEL.with_suffix(".json").read_text())["unsure"]
+    assert any(f"{card['threshold']:.2f} times" in c.value for c in at.caption)
+    verdicts = [m.value for m in at.markdown if "None of these?" in m.value or "% confident" in m.value]
+
+    learner, _ = load_checkpoint(SHIPPED_MODEL)
+    spec = learner.backbone.input_spec
+    support = torch.stack([preprocess(item.image, spec) for c in classes for item in c.support])
+    labels = torch.tensor([k for k, c in enumerate(classes) for _ in c.support])
+    *_, last = learner.adapt(support, labels, way=len(classes))
+    images = torch.stack([preprocess(decode(data, "x.png"), spec) for data in uploads])
+    expected = novelty(learner, last.params, support, labels, images, len(classes)) > card["threshold"]
+    assert ["None of these?" in v for v in verdicts] == expected.tolist()
+    assert not expected[0]  # the task's own character is recognised
+
+
+def lab_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -467,3 +468,32 @@ def test_the_labs_adapted_model_loads_in_the_cli_and_classifies_without_support(
     code, _, err = run(["evaluate", "--checkpoint", str(path), "--data-root", str(toy), *TOY_TASK, "--episodes", "2"],
                        capsys)  # fmt: skip
     assert code == 0, err  # its adapted body is a starting point like any other
+
+
+def test_unsure_writes_a_threshold_that_classify_then_applies(
+    toy: Path, checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    card = checkpoint.with_suffix(".json")
+    card.write_text(json.dumps({"model": checkpoint.name}))
+    args = ["unsure", "--checkpoint", str(checkpoint), "--data-root", str(toy), "--dataset", "toy", "--way", "2"]
+    code, stdout, _ = run([*args, "--query", "2", "--episodes", "5", "--card", str(card)], capsys)
+    assert code == 0, stdout
+    unsure = json.loads(card.read_text())["unsure"]
+    assert unsure["threshold"] > 0 and 0 <= unsure["in_task_kept"] <= 100 and "classes 1-5" in unsure["chosen_on"]
+    for name in ("class01", "class02", "class03"):  # one shot per class
+        (tmp_path / "support" / name).mkdir(parents=True)
+        shutil.copy(toy / "toy" / name / "0.png", tmp_path / "support" / name / "0.png")
+    queries = [str(tmp_path / "support" / "class01" / "0.png"), str(toy / "toy" / "class07" / "1.png")]
+    code, stdout, _ = run(["classify", "--checkpoint", str(checkpoint), "--support", str(tmp_path / "support"),
+                           *queries, "--json"], capsys)  # fmt: skip
+    own, other = json.loads(stdout)
+    assert own["novelty"] == pytest.approx(0, abs=1e-4) and own["unsure"] is False  # a support image is its class
+    assert other["novelty"] > 0 and other["unsure"] == (other["novelty"] > unsure["threshold"])
+    card.unlink()
+
+
+def test_unsure_refuses_a_range_and_an_unreadable_card_before_any_work(toy: Path, checkpoint: Path, capsys) -> None:
+    args = ["unsure", "--checkpoint", str(checkpoint), "--data-root", str(toy), "--dataset", "toy"]
+    assert run([*args, "--way", "2-5"], capsys)[0] == 2
+    code, _, err = run([*args, "--way", "2", "--card", str(toy / "missing.json")], capsys)
+    assert code == 2 and "cannot read it as a JSON model card" in err

@@ -1,0 +1,69 @@
+"""Telling an image that belongs to no class of the task: "none of these" (open-set recognition, simply).
+
+An image's novelty is how far it is from the nearest class of the task, measured against how far the task's
+classes are from each other: the cosine distance from its features to the nearest class mean, divided by the
+median cosine distance between two class means (features under the adapted parameters). 0.5 means "half as
+far from its nearest class as the classes are from one another". Being a ratio within the task, it carries
+over from one task, data set and feature scale to the next, so one threshold per model serves every task.
+`calibrate` picks it on tasks from classes held out for that: the novelty that `keep` of the in-task query
+images stay under. `rates` reports, on tasks from other classes, the in-task images kept and the images of
+classes outside the task flagged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metacore.algorithms import MAML
+from metacore.data import EpisodeSampler, ImageClasses
+from metacore.errors import MetacoreError
+from metacore.features import embed
+from metacore.models import Params
+
+
+def novelty(learner: MAML, params: Params, support_x: Tensor, support_y: Tensor, images: Tensor, way: int) -> Tensor:
+    """Per image: its cosine distance to the nearest class mean over the median distance between class means."""
+    normalize = torch.nn.functional.normalize
+    support = normalize(embed(learner, support_x, params), dim=1)
+    means = normalize(torch.stack([support[support_y.cpu() == k].mean(0) for k in range(way)]), dim=1)
+    nearest = 1 - (normalize(embed(learner, images, params), dim=1) @ means.T).max(1).values
+    between = 1 - means @ means.T
+    spacing = between[~torch.eye(way, dtype=torch.bool)].median().clamp_min(1e-6)  # identical classes: no scale
+    return nearest / spacing
+
+
+def episode_scores(
+    learner: MAML, dataset: ImageClasses, episodes: int, way: int, shot: int, query: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(in-task scores, out-of-task scores) over `episodes` tasks: each adapts to `way` classes (the model's
+    default steps and lr) and scores its own query images and `query` images of each of up to `way` classes
+    outside it."""
+    outside_classes = min(way, len(dataset) - way)
+    if outside_classes < 1:
+        raise MetacoreError(f"{dataset.description} has {len(dataset)} classes: too few for {way}-way tasks and others")
+    sampler = EpisodeSampler(dataset, way + outside_classes, shot, query, seed)
+    inside, outside = [], []
+    for _ in range(episodes):
+        task = sampler.sample()  # the first `way` classes are the task, the others are not in it
+        in_task = task.support_y < way
+        with torch.no_grad():
+            *_, last = learner.adapt(task.support_x[in_task], task.support_y[in_task], way=way)
+        scores = novelty(learner, last.params, task.support_x[in_task], task.support_y[in_task], task.query_x, way)
+        inside.append(scores[task.query_y < way])
+        outside.append(scores[task.query_y >= way])
+    return torch.cat(inside).numpy(), torch.cat(outside).numpy()
+
+
+def calibrate(inside: np.ndarray, keep: float = 0.95) -> float:
+    """The novelty that a fraction `keep` of in-task images stay under."""
+    return float(np.quantile(inside, keep))
+
+
+def rates(inside: np.ndarray, outside: np.ndarray, threshold: float) -> dict:
+    """In percent: in-task images kept (score <= threshold), out-of-task images flagged (score above it)."""
+    return {
+        "in_task_kept": round(100 * float((inside <= threshold).mean()), 1),
+        "out_of_task_flagged": round(100 * float((outside > threshold).mean()), 1),
+    }

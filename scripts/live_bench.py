@@ -1,0 +1,93 @@
+"""How live the Adapt page feels in a real browser: Step latency and Run's animation rate, one session.
+
+    python scripts/live_bench.py [--clicks 20]
+
+Starts `streamlit run app.py`, opens it in headless Chromium (1400x1000) and, with the character model on
+the built-in 5-way 1-shot Omniglot example (what Home loads), times in the page: each Step from the click to
+the frame whose curve chart shows the new step (median of --clicks), and Run 5 from the click to the frame
+showing its fifth step (steps per second, median of 4 runs). Then the same with the photo model on an
+ImageNet-18 5-way 1-shot example when the data root has it (its features are computed when the page opens,
+so its Steps are on cached features). Prints one JSON line. Needs Chromium and playwright.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+
+from load_test import CLICK_STEP, POINTS, go, idle, lab_server
+
+CLICK_RUN = f"""async () => {{
+  const before = {POINTS};
+  const button = [...document.querySelectorAll('button')].find(b => /Run \\d+$/.test(b.innerText.trim()));
+  const steps = Number(button.innerText.trim().split(' ').pop());
+  const started = performance.now();
+  button.click();
+  while ({POINTS} < before + steps + (before === 0 ? 1 : 0)) await new Promise(r => requestAnimationFrame(r));
+  return steps / ((performance.now() - started) / 1000);
+}}"""
+
+
+async def measure(page, clicks: int) -> dict:
+    await go(page, "Adapt step by step")
+    await page.get_by_role("button", name="Step").first.wait_for()
+    steps = [await page.evaluate(CLICK_STEP) for _ in range(clicks)]
+    await page.get_by_role("button", name="Reset").first.click()
+    await idle(page)
+    rates = []
+    for _ in range(4):
+        rates.append(await page.evaluate(CLICK_RUN))
+        await idle(page)
+    return {
+        "step_median_ms": round(1000 * statistics.median(steps)),
+        "step_max_ms": round(1000 * max(steps)),
+        "run_steps_per_s": round(statistics.median(rates), 1),
+    }
+
+
+async def bench(url: str, chromium: str, clicks: int) -> dict:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        page = await (await browser.new_context(viewport={"width": 1400, "height": 1000})).new_page()
+        page.set_default_timeout(180_000)
+        await page.goto(url)
+        await page.get_by_text("Few-shot learning lab").first.wait_for()
+        await idle(page)
+        result = {"characters": await measure(page, clicks)}
+        await page.get_by_text("Photos (EfficientNet-Lite2", exact=False).first.click()
+        await idle(page)
+        await go(page, "Build a task")
+        await page.get_by_text("Start from an example").first.click()
+        photos = page.get_by_role("button", name="ImageNet photos")
+        if await photos.count():
+            await photos.click()
+            await idle(page)
+            result["photos"] = await measure(page, clicks)
+        else:
+            result["photos"] = "skipped: no ImageNet-18 under the data root (METACORE_DATA_ROOT)"
+        await browser.close()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clicks", type=int, default=20, help="Step clicks to time per model")
+    args = parser.parse_args()
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        print("error: no Chromium found (apt-get install chromium)", file=sys.stderr)
+        return 2
+    with lab_server() as (url, _):
+        result = asyncio.run(bench(url, chromium, args.clicks))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
