@@ -406,6 +406,7 @@ def cmd_unsure(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.data_root, args.dataset, split, learner.backbone.input_spec, images=args.images)
     choose, measure = dataset.split_held_out(0.5)
     first, second = f"{dataset.description}, classes 1-{len(choose)}", f"the other {len(measure)} classes"
+    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT.relative_to(PROJECT_ROOT)
     way, shot = int(args.way), int(args.shot)
     inside, _ = openset.episode_scores(learner, choose, args.episodes, way, shot, args.query, args.seed)
     threshold = openset.calibrate(inside, args.keep)
@@ -417,6 +418,9 @@ def cmd_unsure(args: argparse.Namespace) -> int:
         "measured_on": f"{second}: {args.episodes} tasks",
         "task": f"{way}-way {shot}-shot, {args.query} query images per class, as many of up to {way} other classes",
         **openset.rates(inside, outside, threshold),
+        "command": f"python -m metacore unsure --checkpoint {checkpoint} "
+        f"--dataset {args.dataset} --split {split} --way {way} --shot {shot} --query {args.query} "
+        f"--episodes {args.episodes} --keep {args.keep:g} --seed {args.seed} --card {args.card}",
     }
     if card is not None:
         card["unsure"] = result
