@@ -49,7 +49,7 @@ async def measure(page, clicks: int) -> dict:
     }
 
 
-async def bench(url: str, chromium: str, clicks: int) -> dict:
+async def bench(url: str, chromium: str, clicks: int, photos_too: bool) -> dict:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
@@ -60,6 +60,8 @@ async def bench(url: str, chromium: str, clicks: int) -> dict:
         await page.get_by_text("Few-shot learning lab").first.wait_for()
         await idle(page)
         result = {"characters": await measure(page, clicks)}
+        if not photos_too:
+            return result
         await page.get_by_text("Photos (EfficientNet-Lite2", exact=False).first.click()
         await idle(page)
         await go(page, "Build a task")
@@ -78,13 +80,14 @@ async def bench(url: str, chromium: str, clicks: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clicks", type=int, default=20, help="Step clicks to time per model")
+    parser.add_argument("--characters-only", action="store_true", help="skip the photo model")
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         print("error: no Chromium found (apt-get install chromium)", file=sys.stderr)
         return 2
     with lab_server() as (url, _):
-        result = asyncio.run(bench(url, chromium, args.clicks))
+        result = asyncio.run(bench(url, chromium, args.clicks, not args.characters_only))
     print(json.dumps(result))
     return 0
 
