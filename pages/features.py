@@ -11,7 +11,7 @@ import lab
 from charts import PALETTE
 from metacore.checkpoint import adapted_checkpoint
 from metacore.errors import MetacoreError
-from metacore.features import embed
+from metacore.features import embed, predict_proba
 from metacore.isolation import compute_slot, run_isolated
 from metacore.projection import distinct_points, project, separation_scores, valid_perplexity
 
@@ -158,14 +158,37 @@ def maps() -> tuple[dict[str, np.ndarray], dict[str, str]]:
         return coords, errors
 
 
+def predictions_before_and_after() -> pd.DataFrame:
+    """Each image's predicted class and confidence at step 0 (the task head as it starts) and after adapting."""
+    with compute_slot():
+        start = next(learner.adapt(tensors.support_x, tensors.support_y, steps=0, way=len(tensors.names))).params
+        first, last = (predict_proba(learner, params, all_x).numpy() for params in (start, adapted))
+
+    def verdict(p: np.ndarray) -> str:
+        return f"{tensors.names[int(p.argmax())]} ({100 * p.max():.0f}%)"
+
+    rows = []
+    for i, (item, label) in enumerate(zip(items, labels)):
+        right = (int(first[i].argmax()) == label, int(last[i].argmax()) == label)
+        change = {(False, True): "now right", (True, False): "now wrong"}.get(right, "")
+        row = {"image": item.name, "class": tensors.names[label], "set": sets[i]}
+        rows.append(row | {"before": verdict(first[i]), "after": verdict(last[i]), "change": change})
+    return pd.DataFrame(rows)
+
+
 unchanged = np.allclose(before, after, rtol=1e-6, atol=1e-8)
 if unchanged:
     st.info(
         "The features did not change: this adaptation moved only the task head (a frozen body, ANIL, or ProtoNet), "
-        "so both maps are the same by construction. What changed is each image's predicted class and confidence: "
-        "see the query predictions on the Adapt page.",
+        "so both maps are the same by construction. What changed is each image's predicted class and confidence, "
+        "before adapting → after:",
         icon="ℹ️",
     )
+    table = predictions_before_and_after()
+    moved = (table["change"] != "").sum()
+    st.dataframe(table, hide_index=True, height=min(400, 36 + 35 * len(table)))
+    st.caption(f"{lab.plural(int(moved), 'image')} changed between right and wrong; the rest kept their class, "
+               "with the confidence shown.")  # fmt: skip
 else:
     st.caption("Both maps come from one projection fitted on the features before and after together: a point that "
                "moves between them moved in feature space.")  # fmt: skip

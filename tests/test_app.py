@@ -433,3 +433,21 @@ def lab_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_features_shows_predictions_before_and_after_when_only_the_head_adapts() -> None:
+    at = page(start(), "adapt")
+    at.selectbox(key="init").set_value("anil").run()  # the head alone adapts: the features cannot change
+    button(at, "Run").click().run()
+    at = page(at, "features")
+    assert any("The features did not change" in i.value for i in at.info)
+    table = at.dataframe[0].value
+    classes = at.session_state["classes"]
+    assert len(table) == sum(len(c.support) + len(c.query) for c in classes)
+    assert list(table.columns) == ["image", "class", "set", "before", "after", "change"]
+    assert table["after"].str.endswith("%)").all()
+    right_after = [a.startswith(f"{c} (") for a, c in zip(table["after"], table["class"])]
+    right_before = [b.startswith(f"{c} (") for b, c in zip(table["before"], table["class"])]
+    expected = ["now right" if (a and not b) else "now wrong" if (b and not a) else "" for a, b in
+                zip(right_after, right_before)]  # fmt: skip
+    assert table["change"].tolist() == expected
