@@ -120,6 +120,11 @@ def unsure_threshold() -> dict | None:
     return unsure if isinstance(unsure, dict) and isinstance(unsure.get("threshold"), float) else None
 
 
+def has_learned_rates(learner: MAML) -> bool:
+    """Whether the model adapts with meta-learned per-parameter rates (Meta-SGD) rather than one lr."""
+    return isinstance(learner.inner_lrs(learner.params), dict)
+
+
 def takes_drawings() -> bool:
     """Whether the picked model reads characters (drawings make sense) rather than photos."""
     shipped, _ = shared_model()
@@ -305,8 +310,9 @@ def session_runs() -> dict[str, list[dict]]:
 
 
 @torch.no_grad()  # applied around each step of the generator, not across its pauses
-def adaptation_records(learner: MAML, tensors: TaskTensors, steps: int, lr: float):
-    """Yield one plain record per inner step (floats, numpy, detached parameters) for charts and replay."""
+def adaptation_records(learner: MAML, tensors: TaskTensors, steps: int, lr: float | None):
+    """Yield one plain record per inner step (floats, numpy, detached parameters) for charts and replay.
+    `lr` None: the learner's own rate(s)."""
     start = None
     snapshots = learner.adapt(
         tensors.support_x,
@@ -337,7 +343,7 @@ def adaptation_records(learner: MAML, tensors: TaskTensors, steps: int, lr: floa
         yield record
 
 
-def new_run(learner: MAML, tensors: TaskTensors, steps: int, lr: float) -> dict:
+def new_run(learner: MAML, tensors: TaskTensors, steps: int, lr: float | None) -> dict:
     """A session's adaptation run: its records so far, the generator of the next ones, and a lock for it."""
     return {
         "lr": lr,
@@ -365,7 +371,7 @@ def advance_run(run: dict) -> bool:
         return not run["diverged"]
 
 
-def divergence(records: list[dict], lr: float) -> str | None:
+def divergence(records: list[dict], lr: float | None) -> str | None:
     """One sentence if the last step diverged (a non-finite support loss, or 10x its step-0 value), else None."""
     first, last = records[0]["support_loss"], records[-1]
     loss = last["support_loss"]
@@ -373,6 +379,11 @@ def divergence(records: list[dict], lr: float) -> str | None:
         return None
     shipped, _ = shared_model()
     what = "is no longer a number" if not math.isfinite(loss) else f"jumped from {first:.3g} to {loss:.3g}"
+    if lr is None:
+        return (
+            f"Stopped at step {last['step']}: the support loss {what}: the model's learned rates overshoot on this "
+            "task. Switch them off and try one rate near the model's default."
+        )
     return (
         f"Stopped at step {last['step']}: the support loss {what}, so lr {lr:g} is too large here (each step "
         f"overshoots). This model's default is {shipped.inner_lr:g}: stay within 10x of it."
@@ -404,7 +415,7 @@ def chosen_adaptation(tensors: TaskTensors) -> tuple[MAML, dict[str, torch.Tenso
         caption = f"{INITS[init]}, adapted for {record['step']} steps (chosen on the Adapt page)"
         return learner_for(init), record["params"], caption
     shipped, _ = shared_model()
-    params = list(adaptation_records(shipped, tensors, shipped.inner_steps, shipped.inner_lr))[-1]["params"]
+    params = list(adaptation_records(shipped, tensors, shipped.inner_steps, None))[-1]["params"]  # its own lr(s)
     steps = plural(shipped.inner_steps, "step")
     caption = f"{INITS['maml']}, adapted for its default {steps} (pick another on the Adapt page)"
     return shipped, params, caption
@@ -442,6 +453,6 @@ def sidebar() -> None:
                 f"{card.get('benchmark', 'Accuracy')}: "
                 + ", ".join(f"{k} {v['accuracy']:.1f}%" for k, v in card["accuracy"].items())
             )
-        st.caption(f"Default inner lr {learner.inner_lr}, {plural(learner.inner_steps, 'step')}")
+        st.caption(f"Default inner lr {learner.lr_in_force()}, {plural(learner.inner_steps, 'step')}")
         with st.expander("Model card"):
             st.json({k: v for k, v in meta.items() if k not in ("training",)}, expanded=False)

@@ -278,8 +278,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(
-            f"{result['way']}-way {result['shot']}-shot, {result['episodes']} episodes, {result['steps']} steps: "
-            f"{result['accuracy']:.2f}% ± {result['ci95']:.2f} (95% CI)"
+            f"{result['way']}-way {result['shot']}-shot, {result['episodes']} episodes, {result['steps']} steps, "
+            f"inner lr {result['inner_lr']}: {result['accuracy']:.2f}% ± {result['ci95']:.2f} (95% CI)"
         )
         for row in result.get("per_step", []):
             print(f"  step {row['step']:2d}: {row['accuracy']:.2f}% ± {row['ci95']:.2f}")

@@ -66,7 +66,7 @@ def evaluate(
         "shot": sampler.shot[0] if sampler.shot[0] == sampler.shot[1] else list(sampler.shot),
         "query": sampler.query,
         "steps": steps if learner.name != "protonet" else 0,
-        "inner_lr": learner.inner_lr if lr is None else lr,
+        "inner_lr": learner.lr_in_force(lr),  # a Meta-SGD model's own rates are described, not a scalar
     }
     if every_step:
         result["per_step"] = [

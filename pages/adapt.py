@@ -15,8 +15,12 @@ if mismatch := lab.example_mismatch():
 shipped, _ = lab.shared_model()
 controls = st.columns([3, 2, 2])
 init = controls[0].selectbox("Starting point", list(lab.INITS), format_func=lab.INITS.get, key="init")
+learned_rates = init == "maml" and lab.has_learned_rates(shipped)  # Meta-SGD: one meta-learned rate per weight
+own_rates = learned_rates and controls[0].toggle(
+    "Use its learned per-parameter rates", True, key="own_rates", help="off: one rate for every weight, from the box"
+)
 lr = controls[1].number_input(
-    "Inner learning rate", 0.001, 10.0, float(shipped.inner_lr), 0.05, format="%.3f", key="lr"
+    "Inner learning rate", 0.001, 10.0, float(shipped.inner_lr), 0.05, format="%.3f", key="lr", disabled=own_rates
 )
 
 
@@ -29,6 +33,7 @@ for column, (label, factor) in zip(presets, (("÷10", 0.1), ("default", 1.0), ("
     column.button(
         label,
         key=f"lr_{label}",
+        disabled=own_rates,
         on_click=set_lr,
         args=(shipped.inner_lr * factor,),
         help=f"lr {shipped.inner_lr * factor:g}"
@@ -36,6 +41,10 @@ for column, (label, factor) in zip(presets, (("÷10", 0.1), ("default", 1.0), ("
     )
 run_steps = controls[2].slider("Steps per Run", 1, 50, 5, key="run_steps")
 learner = lab.learner_for(init)
+if learned_rates:
+    in_force = shipped.lr_in_force(None if own_rates else lr)
+    st.caption(f"In force: **{in_force}**" + ("" if own_rates else " (replacing the learned rates)"))
+lr = None if own_rates else lr  # None: the model's own rates
 has_query = tensors.query_x is not None
 
 
@@ -53,14 +62,15 @@ def explain_init(init: str) -> None:
             "below, or raise the lr to watch the steps overshoot."
         )
     elif init == "maml":
+        rate = "its learned per-parameter rates" if learned_rates else f"lr {shipped.inner_lr}"
         st.caption(
-            f"This model was meta-trained to adapt in {shipped.inner_steps} step(s) at lr {shipped.inner_lr}: "
+            f"This model was meta-trained to adapt in {shipped.inner_steps} step(s) at {rate}: "
             "that is where it is best; further steps can overshoot."
         )
 
 
 @st.fragment  # Step, Run and the step slider redraw this part only, not the page
-def stepping_area(init: str, lr: float, run_steps: int) -> None:
+def stepping_area(init: str, lr: float | None, run_steps: int) -> None:
     runs = lab.session_runs()
     run = runs.get(init)
     if run is None or run["lr"] != lr:

@@ -451,3 +451,56 @@ def test_features_shows_predictions_before_and_after_when_only_the_head_adapts()
     expected = ["now right" if (a and not b) else "now wrong" if (b and not a) else "" for a, b in
                 zip(right_after, right_before)]  # fmt: skip
     assert table["change"].tolist() == expected
+
+
+@pytest.fixture
+def metasgd_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A Meta-SGD character model trained for 2 iterations on random class folders, offered in the sidebar."""
+    import lab
+    from metacore.__main__ import main
+    from test_data import make_class_folders
+
+    make_class_folders(tmp_path / "toy", {f"c{i}": 4 for i in range(6)})
+    out = tmp_path / "metasgd.pt"
+    args = ["train", "--algo", "metasgd", "--data-root", str(tmp_path), "--dataset", "toy", "--way", "3",
+            "--query", "2", "--iterations", "2", "--meta-batch", "2", "--val-every", "2", "--val-episodes", "2",
+            "--steps", "1", "--inner-lr", "0.05", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    monkeypatch.setattr(lab, "MODELS", {"Meta-SGD (test)": out})
+    return out
+
+
+def test_a_meta_sgd_model_adapts_with_its_learned_rates_unless_overridden(metasgd_model: Path) -> None:
+    from metacore.checkpoint import load_checkpoint
+
+    at = page(start(), "adapt")
+    assert at.toggle(key="own_rates").value is True and at.number_input(key="lr").disabled
+    assert any("In force: **learned per-parameter rates" in c.value for c in at.caption)
+    button(at, "Step").click().run()
+    run = at.session_state["runs"]["maml"]
+    assert run["lr"] is None  # the model's own rates
+
+    learner, _ = load_checkpoint(metasgd_model)
+    tensors = lab_tensors(at, learner)
+    own = list(learner.adapt(tensors[0], tensors[1], steps=1))[-1].support_loss.item()
+    scalar = list(learner.adapt(tensors[0], tensors[1], steps=1, lr=0.05))[-1].support_loss.item()
+    assert own != pytest.approx(scalar, rel=1e-4)  # the two really differ on this task ...
+    assert run["records"][-1]["support_loss"] == pytest.approx(own, rel=1e-5)  # ... and the page used its own
+
+    at.toggle(key="own_rates").set_value(False).run()
+    assert not at.number_input(key="lr").disabled
+    assert any("(replacing the learned rates)" in c.value for c in at.caption)
+    button(at, "Step").click().run()
+    assert at.session_state["runs"]["maml"]["lr"] == at.number_input(key="lr").value
+
+
+def lab_tensors(at: AppTest, learner) -> tuple:
+    import torch
+
+    from metacore.images import preprocess
+
+    classes = at.session_state["classes"]
+    spec = learner.backbone.input_spec
+    x = torch.stack([preprocess(item.image, spec) for c in classes for item in c.support])
+    y = torch.tensor([k for k, c in enumerate(classes) for _ in c.support])
+    return x, y

@@ -497,3 +497,16 @@ def test_unsure_refuses_a_range_and_an_unreadable_card_before_any_work(toy: Path
     assert run([*args, "--way", "2-5"], capsys)[0] == 2
     code, _, err = run([*args, "--way", "2", "--card", str(toy / "missing.json")], capsys)
     assert code == 2 and "cannot read it as a JSON model card" in err
+
+
+def test_evaluate_reports_a_meta_sgd_models_learned_rates_not_a_scalar(toy: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "metasgd.pt"
+    train = ["train", "--algo", "metasgd", "--data-root", str(toy), *TOY_TASK, "--iterations", "2", "--meta-batch",
+             "2", "--val-every", "2", "--val-episodes", "2", "--steps", "1", "--out", str(out)]  # fmt: skip
+    assert main(train) == 0
+    capsys.readouterr()
+    evaluate = ["evaluate", "--checkpoint", str(out), "--data-root", str(toy), *TOY_TASK, "--episodes", "3", "--json"]
+    code, stdout, _ = run(evaluate, capsys)
+    assert code == 0 and json.loads(stdout)["inner_lr"].startswith("learned per-parameter rates (Meta-SGD; mean")
+    code, stdout, _ = run([*evaluate, "--inner-lr", "0.02"], capsys)
+    assert json.loads(stdout)["inner_lr"] == 0.02  # an explicit lr replaces them, and is reported

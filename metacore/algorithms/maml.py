@@ -50,6 +50,19 @@ class MAML:
     def inner_lrs(self, params: Params) -> float | Params:
         return self.inner_lr
 
+    def lr_in_force(self, lr: float | None = None) -> float | str:
+        """What adaptation uses for `lr` (None: the model's own): a number, or a description of learned rates."""
+        if lr is not None:
+            return lr
+        rates = self.inner_lrs(self.params)
+        if isinstance(rates, dict):
+            values = torch.cat([v.flatten() for v in rates.values()])
+            return (
+                f"learned per-parameter rates (Meta-SGD; mean {values.mean().item():.3g}, "
+                f"{values.min().item():.3g} to {values.max().item():.3g})"
+            )
+        return rates
+
     # -- the inner loop ----------------------------------------------------------------------
     def adapt(
         self,
