@@ -54,14 +54,19 @@ def data_root() -> Path:
 # -- the shared, never-mutated models ----------------------------------------------------------
 
 
+def available_models() -> dict[str, Path]:
+    """The shipped models, then those meta-trained and saved in this session (the Meta-train page)."""
+    return MODELS | st.session_state.get("trained_models", {})
+
+
 def model_label() -> str:
     """The model this session picked in the sidebar (characters by default)."""
     label = st.session_state.get("model_label")
-    return label if label in MODELS else next(iter(MODELS))
+    return label if label in available_models() else next(iter(MODELS))
 
 
 def model_path() -> str:
-    return str(MODELS[model_label()])
+    return str(available_models()[model_label()])
 
 
 @st.cache_resource(show_spinner="Loading the meta-trained model ...")
@@ -434,7 +439,10 @@ def image_to_png(image: Image.Image) -> bytes:
 def sidebar() -> None:
     """Device and model card, on every page."""
     with st.sidebar:
-        label = st.radio("Model", list(MODELS), index=list(MODELS).index(model_label()), key="model_picker")
+        if run := st.session_state.get("live_run"):
+            run.seen()  # a meta-training run stops once its session has been gone for a while
+        models = list(available_models())
+        label = st.radio("Model", models, index=models.index(model_label()), key="model_picker")
         if label != model_label():
             st.session_state.model_label = label
             reset_runs()  # runs were made with the other model

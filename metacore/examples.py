@@ -46,6 +46,29 @@ def sample_characters_task(way: int = 5, shot: int = 1, query: int = 5, seed: in
     return dataset_task(SAMPLE_ROOT, "omniglot_sample", None, way, shot, query, seed)
 
 
+BUNDLED_BACKGROUND = SAMPLE_ROOT / "omniglot_background_300.npz"  # scripts/make_bundled_background.py
+
+
+def bundled_background_root() -> Path:
+    """A data root holding `omniglot-bundled/`: the bundled 300 background characters (20 drawings each) as class
+    folders of 28x28 PNGs, unpacked once into the cache folder. Meta-training works on a fresh install."""
+    from metacore.bodies import cache_dir
+
+    root = cache_dir() / f"bundled-{BUNDLED_BACKGROUND.stat().st_size}"
+    folder = root / "omniglot-bundled"
+    done = folder / ".complete"
+    if not done.is_file():
+        with np.load(BUNDLED_BACKGROUND) as data:
+            images, names = data["images"], data["names"]
+        for name, drawings in zip(names, images):
+            target = folder / str(name).replace("/", "__")
+            target.mkdir(parents=True, exist_ok=True)
+            for i, pixels in enumerate(drawings):
+                Image.fromarray(pixels).save(target / f"{i:02d}.png")
+        done.write_text("unpacked\n")
+    return root
+
+
 IMAGENET_NAMES = {  # the 18 ImageNet-1k classes of imagenet-mini18
     "n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark", "n01491361": "tiger shark",
     "n01494475": "hammerhead", "n01496331": "electric ray", "n01498041": "stingray", "n01514668": "cock",

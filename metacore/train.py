@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -81,12 +82,20 @@ def check_writable(path: Path) -> None:
         raise MetacoreError(f"cannot write {path} ({exc.strerror or exc})") from None
 
 
+class StopTraining(Exception):
+    """Raised by an `on_step` callback to end training early: what was learned so far is saved and returned."""
+
+
 def _log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Run meta-training as configured; returns a summary dict. Checkpoints go to `cfg.out`."""
+def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], None] | None = None) -> dict:
+    """Run meta-training as configured; returns a summary dict. Checkpoints go to `cfg.out`.
+
+    `on_step`, if given, is called once before the first outer step (loss None) and after every outer step, with
+    the iteration, its loss and accuracy, the validation just made (or None) and the learner (read it, do not
+    change it). It may block (a pause) or raise StopTraining (the run ends there, its checkpoint saved)."""
     parse_range(cfg.way, "way")  # fail early, before loading any data
     parse_range(cfg.shot, "shot")
     if cfg.iterations < 1 or cfg.meta_batch < 1:
@@ -204,6 +213,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     running: dict[str, float] = {}
     distortions = torch.Generator().manual_seed(cfg.seed + start_iteration)
     captured = None  # --batching graph: the recorded outer step, replayed for every meta-batch
+    done = start_iteration
+    try:
+        if on_step is not None:  # the starting point, before any outer step
+            on_step({"iteration": done, "loss": None, "accuracy": None, "validation": None, "learner": learner})
+    except StopTraining:  # stopped before it began: nothing to save
+        bar.close()
+        bar = []
     for iteration in bar:
         if cfg.cosine:
             for group in optimizer.param_groups:
@@ -236,17 +252,27 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     "seconds": seconds,
                 }
             )
-            _log(
-                f"iter {done}/{cfg.iterations}  loss {running['loss']:.3f}  acc {100 * running['accuracy']:.1f}%  "
-                f"val {val['way']}w{val['shot']}s {val['accuracy']:.1f}% ± {val['ci95']:.1f}  ({seconds:.0f} s)"
-            )
+            if progress:  # the lab's Meta-train page draws these instead
+                _log(
+                    f"iter {done}/{cfg.iterations}  loss {running['loss']:.3f}  acc {100 * running['accuracy']:.1f}%  "
+                    f"val {val['way']}w{val['shot']}s {val['accuracy']:.1f}% ± {val['ci95']:.1f}  ({seconds:.0f} s)"
+                )
             save(done, seconds)
+        if on_step is not None:
+            validated = bool(history) and history[-1]["iteration"] == done
+            report = {"iteration": done, "loss": metrics["loss"], "accuracy": metrics["accuracy"], "learner": learner}
+            try:
+                on_step(report | {"validation": history[-1] if validated else None})
+            except StopTraining:
+                if not validated:
+                    save(done, elapsed_before + time.perf_counter() - started)
+                break
     seconds = elapsed_before + time.perf_counter() - started
     last = history[-1] if history else {}
     return {
         "checkpoint": str(out),
         "algorithm": cfg.algorithm,
-        "iterations": cfg.iterations,
+        "iterations": done,  # fewer than asked when on_step stopped the run
         "seconds": round(seconds, 1),
         "device": str(device),
         "batching": batching,

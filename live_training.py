@@ -1,0 +1,175 @@
+"""Meta-training runs that a browser session starts and watches: a background thread each, sharing a cap.
+
+The training itself is `metacore.train.train`, the code the CLI runs; this module only runs it off the page's
+thread, records what the Meta-train page draws (every outer step's loss and accuracy, each validation, and the
+inner-loop curve on one fixed validation task from the initialisation as it was at outer steps 0, 10, 25, 50,
+100, 200, ...), and pauses or stops it between outer steps.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from metacore.data import EpisodeSampler, Task, open_dataset
+from metacore.errors import MetacoreError
+from metacore.images import InputSpec
+from metacore.train import StopTraining, TrainConfig, train
+
+MAX_RUNNING = 2  # server-wide: each run keeps a core busy; more queue
+IDLE_LIMIT_S = 15 * 60  # a run whose session has not been seen for this long stops (a closed tab)
+CURVE_STEPS = 25  # inner steps shown in the inner-loop curves (past the K the model trains with)
+
+_queue: list[LiveRun] = []  # runs waiting for a slot, first come first served
+_running: list[LiveRun] = []
+_queue_lock = threading.Lock()
+
+
+def snapshot_steps() -> list[int]:
+    """The outer steps at which the inner-loop curve is drawn: 0, 10, 25, 50, 100, 200, 400, ..."""
+    steps, n = [0, 10, 25, 50], 100
+    while n <= 10**6:
+        steps.append(n)
+        n *= 2
+    return steps
+
+
+@dataclass
+class LiveRun:
+    """One session's meta-training run: its settings, what it has recorded so far, and its state."""
+
+    cfg: TrainConfig
+    probe: Task  # the fixed validation task of the inner-loop curves
+    state: str = "queued"  # queued, running, paused, stopping, finished, stopped, failed
+    steps: list[dict] = field(default_factory=list)  # per outer step: iteration, loss, accuracy
+    validations: list[dict] = field(default_factory=list)
+    curves: dict[int, list[dict]] = field(default_factory=dict)  # outer step -> [{step, accuracy, loss}]
+    message: str = ""
+    started_at: float | None = None
+    summary: dict | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+    _resume: threading.Event = field(default_factory=threading.Event, repr=False)
+    _stop: bool = False
+
+    @property
+    def checkpoint(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running", "paused", "stopping")
+
+    def queue_position(self) -> int | None:
+        with _queue_lock:
+            return _queue.index(self) + 1 if self in _queue else None
+
+    def start(self) -> None:
+        self._resume.set()
+        with _queue_lock:
+            _queue.append(self)
+        threading.Thread(target=self._main, name="meta-training", daemon=True).start()
+
+    def pause(self) -> None:
+        if self.state == "running":
+            self._resume.clear()
+            self.state = "paused"
+
+    def resume(self) -> None:
+        if self.state == "paused":
+            self.state = "running"
+            self._resume.set()
+
+    def stop(self) -> None:
+        if self.active:
+            self._stop = True
+            if self.state != "queued":
+                self.state = "stopping"
+            self._resume.set()
+
+    def seen(self) -> None:
+        """The session is still there (called whenever one of its pages runs)."""
+        self.last_seen = time.monotonic()
+
+    # -- in the run's own thread ---------------------------------------------------------------
+    def _main(self) -> None:
+        if not self._wait_for_a_slot():
+            self.state, self.message = "stopped", "Stopped before it started."
+            return
+        self.state, self.started_at = "running", time.monotonic()
+        try:
+            self.summary = train(self.cfg, progress=False, on_step=self._on_step)
+        except MetacoreError as exc:
+            self.state, self.message = "failed", str(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 (a bug reaches the page as a sentence; the thread must not die silently)
+            self.state, self.message = "failed", f"meta-training failed: {type(exc).__name__}: {exc}"
+            return
+        finally:
+            with _queue_lock:
+                if self in _running:
+                    _running.remove(self)
+        if self._stop:
+            self.state = "stopped"
+            self.message = self.message or f"Stopped at outer step {self.summary['iterations']}."
+        else:
+            self.state, self.message = "finished", f"Finished {self.summary['iterations']} outer steps."
+
+    def _wait_for_a_slot(self) -> bool:
+        """Wait, first come first served, until fewer than MAX_RUNNING runs are running; False if stopped first."""
+        while True:
+            with _queue_lock:
+                if self._stop or time.monotonic() - self.last_seen > IDLE_LIMIT_S:
+                    _queue.remove(self)
+                    return False
+                if _queue[0] is self and len(_running) < MAX_RUNNING:
+                    _queue.pop(0)
+                    _running.append(self)
+                    return True
+            time.sleep(0.2)
+
+    def _on_step(self, report: dict) -> None:
+        iteration = report["iteration"]
+        if report["loss"] is not None:
+            self.steps.append(
+                {"iteration": iteration, "loss": report["loss"], "accuracy": 100 * report["accuracy"],
+                 "seconds": time.monotonic() - self.started_at}
+            )  # fmt: skip
+        if report["validation"] is not None:
+            self.validations.append(report["validation"])
+        if iteration in snapshot_steps():
+            self.curves[iteration] = inner_curve(report["learner"], self.probe)
+        if time.monotonic() - self.last_seen > IDLE_LIMIT_S:
+            self._stop = True
+            self.message = f"Stopped at outer step {iteration}: its browser session was gone for over 15 minutes."
+        self._resume.wait()  # a pause holds the run here, between two outer steps
+        if self._stop:
+            raise StopTraining
+
+
+def inner_curve(learner, task: Task) -> list[dict]:
+    """Query accuracy (%) and loss after each inner step 0..CURVE_STEPS on `task`, from the learner's current
+    initialisation (its training parameters are read, not changed)."""
+    device = next(iter(learner.params.values())).device
+    dtype = next(iter(learner.params.values())).dtype
+    task = task.to(device, dtype)
+    params = {k: v.detach() for k, v in learner.params.items()}
+    with torch.no_grad():
+        snapshots = learner.adapt(
+            task.support_x, task.support_y, task.query_x, task.query_y, steps=CURVE_STEPS, way=task.way, params=params
+        )
+        return [{"step": s.step, "accuracy": 100 * float(s.query_acc), "loss": float(s.query_loss)} for s in snapshots]
+
+
+def new_run(cfg: TrainConfig, spec: InputSpec) -> LiveRun:
+    """A run for `cfg` (its checkpoint in a fresh temporary folder), with the fixed task of its curves drawn from
+    the same held-out classes its validation uses."""
+    cfg.out = str(Path(tempfile.mkdtemp(prefix="metatrain-")) / "meta_trained.pt")
+    held_out = open_dataset(cfg.data_root, cfg.dataset, cfg.split, spec).split_held_out(cfg.val_fraction)[1]
+    way, shot = int(cfg.way), int(cfg.shot)
+    probe = EpisodeSampler(held_out, min(way, len(held_out)), shot, cfg.query, seed=cfg.seed + 7).sample()
+    return LiveRun(cfg, probe)

@@ -1,0 +1,193 @@
+import json
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+import charts
+import lab
+import live_training
+from metacore.errors import MetacoreError
+from metacore.examples import bundled_background_root, omniglot_available
+from metacore.images import InputSpec
+from metacore.train import TrainConfig
+
+lab.sidebar()
+st.title("🏋️ Meta-train")
+st.write(
+    "Watch an initialisation **learn to learn**. Each outer step adapts a copy of the network to a few small tasks "
+    "(the inner loop) and moves the starting point so that those few inner steps work better next time. The last "
+    "chart is the point: on one fixed task the model never trains on, the same inner steps, taken from the "
+    "starting point as it was after 0, 10, 50, 100 ... outer steps."
+)
+
+ALGORITHMS = {
+    "maml": "MAML (second order)",
+    "fomaml": "First-order MAML",
+    "reptile": "Reptile",
+    "anil": "ANIL (head only in the inner loop)",
+    "metasgd": "Meta-SGD (learned per-weight rates)",
+    "protonet": "ProtoNet (no inner loop)",
+}
+
+root = lab.data_root()
+if omniglot_available(root):
+    data_root, dataset, split = str(root), "omniglot", "background"
+    data_note = f"Omniglot's background alphabets under `{root}` (964 characters; 10% held out to validate)"
+else:
+    data_root, dataset, split = str(bundled_background_root()), "omniglot-bundled", None
+    data_note = "300 Omniglot background characters bundled with the lab (no data root found; 10% held out to validate)"
+
+run: live_training.LiveRun | None = st.session_state.get("live_run")
+busy = run is not None and run.active
+
+with st.container(border=True):
+    left, middle, right = st.columns(3)
+    algorithm = left.selectbox("Algorithm", list(ALGORITHMS), format_func=ALGORITHMS.get, key="mt_algo", disabled=busy)
+    way = left.slider("Classes per task (N)", 2, 20, 5, key="mt_way", disabled=busy)
+    shot = left.slider("Support images per class (K)", 1, 5, 1, key="mt_shot", disabled=busy)
+    steps = middle.slider("Inner steps", 1, 5, 1, key="mt_steps", disabled=busy)
+    inner_lr = middle.number_input("Inner lr", 0.001, 2.0, 0.4, 0.05, format="%.3f", key="mt_lr", disabled=busy)
+    meta_batch = middle.slider("Tasks per outer step", 1, 16, 4, key="mt_batch", disabled=busy)
+    meta_lr = right.select_slider("Outer lr", [1e-4, 3e-4, 1e-3, 3e-3], 1e-3, key="mt_meta_lr", disabled=busy)
+    outer_steps = right.number_input("Outer steps", 10, 5000, 1000, 100, key="mt_iters", disabled=busy)
+    right.caption(f"Data: {data_note}. Validation: 50 tasks of the held-out classes every 25 outer steps.")
+
+buttons = st.columns([1, 1, 1, 4])
+if buttons[0].button("Start", icon="▶️", type="primary", disabled=busy):
+    cfg = TrainConfig(
+        algorithm=algorithm, data_root=data_root, dataset=dataset, split=split, way=str(way), shot=str(shot),
+        query=5, meta_batch=meta_batch, inner_lr=inner_lr, inner_steps=steps, meta_lr=meta_lr,
+        iterations=int(outer_steps), val_every=25, val_episodes=50,
+    )  # fmt: skip
+    try:
+        run = live_training.new_run(cfg, InputSpec())
+    except MetacoreError as exc:
+        st.error(str(exc))
+    else:
+        run.start()
+        st.session_state.live_run = run
+        st.rerun()
+if run is not None and run.state in ("running", "paused"):
+    if run.state == "running" and buttons[1].button("Pause", icon="⏸️"):
+        run.pause()
+        st.rerun()
+    if run.state == "paused" and buttons[1].button("Resume", icon="⏯️"):
+        run.resume()
+        st.rerun()
+if busy and buttons[2].button("Stop", icon="⏹️"):
+    run.stop()
+    st.rerun()
+
+
+def training_chart(run: live_training.LiveRun) -> go.Figure:
+    steps = [s["iteration"] for s in run.steps]
+    traces = [
+        charts.line(steps, [s["loss"] for s in run.steps], "query loss (training tasks)", "#ef553b", mode="lines"),
+        charts.line(steps, [s["accuracy"] for s in run.steps], "query accuracy % (training tasks)", "#636efa",
+                    mode="lines", yaxis="y2"),
+    ]  # fmt: skip
+    layout = {
+        "height": 300, "margin": {"t": 30, "b": 10}, "title": {"text": "Each outer step"},
+        "xaxis": {"title": {"text": "outer step"}, "rangemode": "tozero"},
+        "yaxis": {"title": {"text": "loss"}, "rangemode": "tozero"},
+        "yaxis2": {"title": {"text": "accuracy %"}, "range": [0, 100], "overlaying": "y", "side": "right"},
+        "legend": {"orientation": "h", "y": -0.25},
+    }  # fmt: skip
+    return go.Figure(traces, layout)
+
+
+def validation_chart(run: live_training.LiveRun) -> go.Figure:
+    rows = run.validations
+    x = [r["iteration"] for r in rows]
+    y = [r["val_accuracy"] for r in rows]
+    ci = {"type": "data", "array": [r["val_ci95"] for r in rows]}
+    trace = charts.line(x, y, "held-out classes", "#00a08b", error_y=ci)
+    title = f"Validation: {run.cfg.way}-way {run.cfg.shot}-shot tasks of held-out classes"
+    layout = {
+        "height": 300, "margin": {"t": 30, "b": 10}, "title": {"text": title},
+        "xaxis": {"title": {"text": "outer step"}, "rangemode": "tozero"},
+        "yaxis": {"title": {"text": "query accuracy % (95% CI)"}, "range": [0, 100]},
+    }  # fmt: skip
+    return go.Figure([trace], layout)
+
+
+def curves_chart(run: live_training.LiveRun) -> go.Figure:
+    snapshots, trained = sorted(run.curves), run.cfg.inner_steps
+    traces = []
+    for index, outer in enumerate(snapshots):
+        shade = 0.25 + 0.75 * (index + 1) / len(snapshots)  # later snapshots darker
+        rows = run.curves[outer]
+        x, y = [r["step"] for r in rows], [r["accuracy"] for r in rows]
+        traces.append(charts.line(x, y, f"after {outer} outer steps", f"rgba(31, 119, 180, {shade:.2f})"))
+    layout = {
+        "height": 380, "margin": {"t": 30, "b": 10},
+        "title": {"text": "The inner loop on one fixed held-out task, from the starting point as it was"},
+        "xaxis": charts.step_axis(live_training.CURVE_STEPS, title={"text": "inner step"}),
+        "yaxis": {"title": {"text": "query accuracy %"}, "range": [-3, 103]},
+        "shapes": [{"type": "line", "x0": trained, "x1": trained, "y0": 0, "y1": 100, "line": {"dash": "dot"}}],
+    }  # fmt: skip
+    return go.Figure(traces, layout)
+
+
+@st.fragment(run_every=1.0 if busy else None)  # redraws itself while the run goes on; the page stays responsive
+def live_view() -> None:
+    run: live_training.LiveRun | None = st.session_state.get("live_run")
+    if run is None:
+        st.info("Press **Start**: the first points appear within seconds.")
+        return
+    run.seen()
+    if busy and not run.active:
+        st.rerun()  # it has just ended: the whole page, for the Save and Download buttons
+    if run.state == "queued":
+        position = run.queue_position()
+        st.warning(
+            f"Waiting for a free slot: this server runs at most {live_training.MAX_RUNNING} meta-trainings at once"
+            + (f"; you are number {position} in the queue." if position else ".")
+        )
+    elif run.state == "failed":
+        st.error(run.message)
+    else:
+        last = run.steps[-1] if run.steps else None
+        status = {"running": "Training", "paused": "Paused", "stopping": "Stopping", "finished": "Done",
+                  "stopped": "Stopped"}[run.state]  # fmt: skip
+        line = f"**{status}**" + (f": outer step {last['iteration']} of {run.cfg.iterations}, "
+                                  f"{last['seconds']:.0f} s" if last else "")  # fmt: skip
+        if run.validations:
+            best = run.validations[-1]
+            line += f"; validation {best['val_accuracy']:.1f}% ± {best['val_ci95']:.1f}"
+        st.markdown(line + (f". {run.message}" if run.message else ""))
+    if run.curves:
+        st.plotly_chart(curves_chart(run), key="mt_curves")
+        st.caption(
+            f"The dotted line is the number of inner steps the model trains with ({run.cfg.inner_steps}); beyond it "
+            "the steps are the same, just more of them. Early on, the steps from the starting point barely help; as "
+            "meta-training goes on, the same few steps reach high accuracy."
+        )
+    a, b = st.columns(2)
+    if run.steps:
+        a.plotly_chart(training_chart(run), key="mt_train")
+    if run.validations:
+        b.plotly_chart(validation_chart(run), key="mt_val")
+
+
+live_view()
+
+run = st.session_state.get("live_run")
+if run is not None and run.state in ("finished", "stopped") and run.checkpoint.is_file():
+    st.divider()
+    label = f"Meta-trained in this session ({ALGORITHMS[run.cfg.algorithm]}, {run.cfg.way}-way {run.cfg.shot}-shot)"
+    saved = label in st.session_state.get("trained_models", {})
+    left, right = st.columns(2)
+    if left.button("Use it in the lab", icon="💾", disabled=saved, help="adds it to the sidebar's model picker"):
+        card = {"model": run.checkpoint.name, "benchmark": "Validation on held-out classes (this session)"}
+        if run.validations:
+            last = run.validations[-1]
+            card["accuracy"] = {f"{run.cfg.way}-way {run.cfg.shot}-shot": {"accuracy": last["val_accuracy"],
+                                                                            "ci95": last["val_ci95"]}}  # fmt: skip
+        Path(run.checkpoint).with_suffix(".json").write_text(json.dumps(card, indent=2))
+        st.session_state.setdefault("trained_models", {})[label] = run.checkpoint
+        st.rerun()
+    if saved:
+        left.success("In the sidebar's model picker: pick it there, then Build, Adapt and Features use it.")
+    right.download_button("Download the checkpoint (.pt)", run.checkpoint.read_bytes(), "meta_trained.pt", icon="⬇️")
