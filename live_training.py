@@ -23,7 +23,7 @@ from metacore.train import StopTraining, TrainConfig, train
 
 MAX_RUNNING = 2  # server-wide: each run keeps a core busy; more queue
 IDLE_LIMIT_S = 15 * 60  # a run whose session has not been seen for this long stops (a closed tab)
-CURVE_STEPS = 25  # inner steps shown in the inner-loop curves (past the K the model trains with)
+CURVE_STEPS = 10  # inner steps shown in the inner-loop curves (past the K the model trains with)
 
 _queue: list[LiveRun] = []  # runs waiting for a slot, first come first served
 _running: list[LiveRun] = []
@@ -171,5 +171,5 @@ def new_run(cfg: TrainConfig, spec: InputSpec) -> LiveRun:
     cfg.out = str(Path(tempfile.mkdtemp(prefix="metatrain-")) / "meta_trained.pt")
     held_out = open_dataset(cfg.data_root, cfg.dataset, cfg.split, spec).split_held_out(cfg.val_fraction)[1]
     way, shot = int(cfg.way), int(cfg.shot)
-    probe = EpisodeSampler(held_out, min(way, len(held_out)), shot, cfg.query, seed=cfg.seed + 7).sample()
+    probe = EpisodeSampler(held_out, min(way, len(held_out)), shot, 15, seed=cfg.seed + 7).sample()  # 15 a class
     return LiveRun(cfg, probe)

@@ -159,10 +159,13 @@ def live_view() -> None:
         st.markdown(line + (f". {run.message}" if run.message else ""))
     if run.curves:
         st.plotly_chart(curves_chart(run), key="mt_curves")
+        k = run.cfg.inner_steps
         st.caption(
-            f"The dotted line is the number of inner steps the model trains with ({run.cfg.inner_steps}); beyond it "
-            "the steps are the same, just more of them. Early on, the steps from the starting point barely help; as "
-            "meta-training goes on, the same few steps reach high accuracy."
+            f"Darker lines: later starting points. The dotted line marks the {lab.plural(k, 'inner step')} the model "
+            f"is meta-trained to take: at first {'it barely helps' if k == 1 else 'they barely help'}; as "
+            "meta-training goes on, the same step reaches high accuracy on classes it never trained on. Past the "
+            "line the steps are the same, just more of them: MAML optimises the starting point for exactly that "
+            "many steps at that lr, so more of them can overshoot (the Adapt page shows the same)."
         )
     a, b = st.columns(2)
     if run.steps:

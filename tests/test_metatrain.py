@@ -1,0 +1,106 @@
+"""The Meta-train page driven with streamlit.testing: real (short) meta-training runs in background threads."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import live_training
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture(autouse=True)
+def no_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a fresh clone: no data root, so the page meta-trains on the bundled background characters."""
+    monkeypatch.setenv("METACORE_DATA_ROOT", str(tmp_path / "no-data"))
+
+
+def meta_train_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("pages/metatrain.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    [button] = [b for b in at.button if b.label == label]
+    button.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def wait(condition, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_short_run_draws_its_charts_and_is_then_used_by_the_other_pages() -> None:
+    at = meta_train_page()
+    assert "bundled" in " ".join(c.value for c in at.caption)
+    at.number_input(key="mt_iters").set_value(10).run()
+    click(at, "Start")
+    run = at.session_state["live_run"]
+    wait(lambda: not run.active)
+    assert run.state == "finished", run.message
+    assert [s["iteration"] for s in run.steps] == list(range(1, 11))
+    assert sorted(run.curves) == [0, 10] and len(run.curves[0]) == live_training.CURVE_STEPS + 1
+    assert run.validations and run.validations[-1]["iteration"] == 10
+    at.run()
+    assert len(at.get("plotly_chart")) == 3  # the inner-loop curves, each outer step, validation
+    click(at, "Use it in the lab")
+    trained = [o for o in at.sidebar.radio[0].options if o.startswith("Meta-trained in this session")]
+    assert len(trained) == 1
+    at.sidebar.radio[0].set_value(trained[0]).run()
+    at.switch_page("pages/adapt.py").run()
+    [step] = [b for b in at.button if b.label == "Step"]
+    step.click().run()
+    assert not at.exception and at.session_state["runs"]["maml"]["records"]
+    at.switch_page("pages/features.py").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 2
+
+
+def test_pause_holds_the_run_and_stop_ends_it_with_a_checkpoint() -> None:
+    at = meta_train_page()
+    at.number_input(key="mt_iters").set_value(5000).run()
+    click(at, "Start")
+    run = at.session_state["live_run"]
+    wait(lambda: len(run.steps) >= 2)
+    click(at, "Pause")
+    assert run.state == "paused"
+    time.sleep(1.0)  # at most the step under way finishes
+    held = len(run.steps)
+    time.sleep(1.5)
+    assert len(run.steps) == held
+    click(at, "Resume")
+    wait(lambda: len(run.steps) > held)
+    click(at, "Stop")
+    wait(lambda: not run.active, 30)
+    assert run.state == "stopped" and run.checkpoint.is_file()
+    at.run()
+    assert any(b.label == "Use it in the lab" for b in at.button)
+
+
+def test_sessions_keep_their_own_runs_and_a_third_waits_for_a_slot() -> None:
+    sessions = [meta_train_page() for _ in range(3)]
+    for at in sessions:
+        at.number_input(key="mt_iters").set_value(5000).run()
+        click(at, "Start")
+    runs = [at.session_state["live_run"] for at in sessions]
+    try:
+        wait(lambda: all(len(r.steps) >= 2 for r in runs[:2]))
+        assert runs[2].state == "queued" and runs[2].queue_position() == 1
+        sessions[2].run()
+        assert any("at most 2 meta-trainings at once; you are number 1" in w.value for w in sessions[2].warning)
+        assert runs[0].checkpoint != runs[1].checkpoint and runs[0].steps is not runs[1].steps
+        runs[0].stop()
+        wait(lambda: runs[2].state == "running")  # the freed slot goes to the one waiting
+    finally:
+        for run in runs:
+            run.stop()
+        wait(lambda: not any(r.active for r in runs), 60)
