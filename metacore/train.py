@@ -60,10 +60,11 @@ class TrainConfig:
     out: str = "runs/model.pt"
     resume: bool = False
     init: str | None = None  # a checkpoint whose backbone parameters are the starting point
+    preload: bool = True  # decode every image before the first step (False: as episodes first need them)
 
 
 # What --resume takes from the command line rather than from the checkpoint: where and how this machine runs it.
-MACHINE_SETTINGS = ("iterations", "resume", "device", "out", "data_root", "batching")
+MACHINE_SETTINGS = ("iterations", "resume", "device", "out", "data_root", "batching", "preload")
 
 
 def check_writable(path: Path) -> None:
@@ -161,8 +162,9 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
         raise MetacoreError(f"unknown --batching '{cfg.batching}' (choose: auto, loop, vmap, threads, graph)")
     if batching == "graph":
         check_capturable(learner, device, sampler, cfg.cosine)
-    train_set.preload(progress)
-    val_set.preload(progress)
+    if cfg.preload:
+        train_set.preload(progress)
+        val_set.preload(progress)
 
     learner.params = {k: v.detach().clone().requires_grad_(True) for k, v in learner.params.items()}
     optimizer = torch.optim.Adam(learner.params.values(), lr=cfg.meta_lr, capturable=batching == "graph")

@@ -58,7 +58,7 @@ if buttons[0].button("Start", icon="▶️", type="primary", disabled=busy):
     cfg = TrainConfig(
         algorithm=algorithm, data_root=data_root, dataset=dataset, split=split, way=str(way), shot=str(shot),
         query=5, meta_batch=meta_batch, inner_lr=inner_lr, inner_steps=steps, meta_lr=meta_lr,
-        iterations=int(outer_steps), val_every=25, val_episodes=50,
+        iterations=int(outer_steps), val_every=25, val_episodes=50, preload=False,  # the first point in seconds
     )  # fmt: skip
     try:
         run = live_training.new_run(cfg, InputSpec())
