@@ -69,6 +69,14 @@ def bundled_background_root() -> Path:
     return root
 
 
+def meta_training_data(data_root: str | Path) -> tuple[str, str, str | None, str]:
+    """(data root, dataset, split, a description) to meta-train characters on: Omniglot's background alphabets
+    when the data root has them, else the bundled 300 background characters."""
+    if omniglot_available(data_root):
+        return str(data_root), "omniglot", "background", f"Omniglot's background alphabets under `{data_root}`"
+    return str(bundled_background_root()), "omniglot-bundled", None, "300 Omniglot background characters bundled"
+
+
 IMAGENET_NAMES = {  # the 18 ImageNet-1k classes of imagenet-mini18
     "n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark", "n01491361": "tiger shark",
     "n01494475": "hammerhead", "n01496331": "electric ray", "n01498041": "stingray", "n01514668": "cock",
