@@ -26,9 +26,15 @@ st.latex(
     r"\theta \;\leftarrow\; \theta - \beta \,\nabla_\theta \sum_i \mathcal{L}^{\text{query}}_{\mathcal{T}_i}(\theta'_i)"
 )
 st.markdown(
-    "The outer loop runs once, offline, when the shipped model is meta-trained (`python -m metacore train`). "
-    "It judges θ by how well the *adapted* weights do on held-out query images, which is why a few steps "
-    "from θ work so well. Compare with **Random init** on the *Adapt* page: the same steps barely help."
+    "The shipped models ran this outer loop once, offline (`python -m metacore train`). It judges θ by how well "
+    "the *adapted* weights do on held-out query images, which is why a few steps from θ work so well."
+)
+st.markdown(
+    "**Watch both levels on the *Meta-train* page.** Its *Each outer step* chart is the outer objective: the "
+    "query loss after adaptation, averaged over the tasks of one outer step, falling as θ improves; its "
+    "*Validation* chart is the same objective's accuracy on classes the outer loop never sees. Its first chart is "
+    "the inner loop, θ'ᵢ = θ − α∇L, on one fixed held-out task, taken from θ as it was after 0, 10, 50, 100 … "
+    "outer steps: the same few inner steps, useless from the first θ, decisive from the later ones."
 )
 st.subheader("First- vs second-order")
 st.latex(
@@ -56,7 +62,8 @@ st.markdown(
 )
 st.subheader("Where to see it")
 st.markdown(
-    "- *Adapt*: each **Step** is one inner update; the layer-distance chart shows the body barely moves.\n"
+    "- *Meta-train*: the outer loop, live: θ learning to learn, and the inner loop from each θ on the way.\n"
+    "- *Adapt*: each **Step** is one inner update; the layer-distance chart shows which layers the steps move.\n"
     "- *Features*: before vs after adaptation in t-SNE — meta-learned features already separate new classes.\n"
     "- *Classify*: the adapted model on images it has never seen."
 )
