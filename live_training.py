@@ -132,6 +132,15 @@ class LiveRun:
                     return True
             time.sleep(0.2)
 
+    def _gone(self, iteration: int) -> bool:
+        """Whether the session has not been seen for IDLE_LIMIT_S (its tab closed): the run then stops."""
+        if time.monotonic() - self.last_seen <= IDLE_LIMIT_S:
+            return False
+        minutes = IDLE_LIMIT_S / 60
+        self._stop = True
+        self.message = f"Stopped at outer step {iteration}: its browser session was gone for {minutes:g} min."
+        return True
+
     def _on_step(self, report: dict) -> None:
         iteration = report["iteration"]
         if report["loss"] is not None:
@@ -143,11 +152,9 @@ class LiveRun:
             self.validations.append(report["validation"])
         if iteration in snapshot_steps():
             self.curves[iteration] = inner_curve(report["learner"], self.probe)
-        if time.monotonic() - self.last_seen > IDLE_LIMIT_S:
-            self._stop = True
-            self.message = f"Stopped at outer step {iteration}: its browser session was gone for over 15 minutes."
-        self._resume.wait()  # a pause holds the run here, between two outer steps
-        if self._stop:
+        while not self._resume.wait(0.5) and not self._gone(iteration):
+            pass  # a pause holds the run here, between two outer steps (not past its session's end)
+        if self._gone(iteration) or self._stop:
             raise StopTraining
 
 

@@ -189,3 +189,20 @@ def test_photo_model_on_an_imagenet_example(server: str, browser_page) -> None:
     go(page, "Features")
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2", timeout=60_000)
     page.screenshot(path=SHOTS / "features_photos.png", full_page=True)
+
+
+def test_meta_train_start_watch_and_stop(server: str, browser_page) -> None:
+    page = browser_page
+    page.goto(server)  # a new session
+    page.get_by_text("Few-shot learning lab").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    go(page, "Meta-train")
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 1", timeout=60_000)
+    page.get_by_text("validation", exact=False).nth(1).wait_for(timeout=120_000)  # the first validation is in
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 3", timeout=120_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=SHOTS / "metatrain.png", full_page=True)
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Stopped", exact=False).first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Use it in the lab").wait_for(timeout=60_000)

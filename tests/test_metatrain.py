@@ -104,3 +104,15 @@ def test_sessions_keep_their_own_runs_and_a_third_waits_for_a_slot() -> None:
         for run in runs:
             run.stop()
         wait(lambda: not any(r.active for r in runs), 60)
+
+
+def test_a_run_whose_session_is_gone_stops_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    at = meta_train_page()
+    at.number_input(key="mt_iters").set_value(5000).run()
+    click(at, "Start")
+    run = at.session_state["live_run"]
+    wait(lambda: len(run.steps) >= 1)
+    click(at, "Pause")  # paused, then the tab is closed: the run must not hold its slot for ever
+    monkeypatch.setattr(live_training, "IDLE_LIMIT_S", 0.5)  # nothing of the session runs from now on
+    wait(lambda: not run.active, 30)
+    assert run.state == "stopped" and "session was gone" in run.message and run.checkpoint.is_file()
