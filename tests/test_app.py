@@ -343,8 +343,9 @@ def test_features_page_maps_before_and_after_together_and_says_when_nothing_can_
 def test_a_fresh_install_opens_on_bundled_characters_the_model_recognises() -> None:
     from metacore.examples import SAMPLE_ROOT
 
-    files = [f for f in SAMPLE_ROOT.rglob("*") if f.is_file()]
+    files = [f for f in (SAMPLE_ROOT / "omniglot_sample").rglob("*") if f.is_file()]
     assert sum(f.stat().st_size for f in files) < 100_000  # tens of KB in the repository
+    assert (SAMPLE_ROOT / "omniglot_background_300.npz").stat().st_size < 2**20  # the Meta-train page's data
     assert "MIT License" in (SAMPLE_ROOT / "omniglot_sample" / "LICENSE").read_text()
     at = start()
     assert at.session_state["example"] == "Omniglot characters 5-way 1-shot"
