@@ -40,10 +40,10 @@ MODELS = {  # what the sidebar's picker offers: label -> checkpoint
 MAX_TASK_IMAGES = 400  # each image is kept at <= 320 px on its shorter side (~0.4 MB): ~160 MB per session at most
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # a 200-megapixel phone JPEG is 20-50 MB
 INITS = {
-    "maml": "Shipped meta-trained init",
-    "anil": "Shipped meta-trained init, head only (ANIL)",
+    "maml": "Meta-trained init (the picked model)",
+    "anil": "Meta-trained init, head only (ANIL)",
     "random": "Random init (no meta-learning)",
-    "protonet": "ProtoNet (shipped features, no steps)",
+    "protonet": "ProtoNet (the model's features, no steps)",
 }
 
 
