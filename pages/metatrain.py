@@ -16,7 +16,7 @@ lab.sidebar()
 st.title("🏋️ Meta-train")
 st.write(
     "Watch an initialisation **learn to learn**. Each outer step adapts a copy of the network to a few small tasks "
-    "(the inner loop) and moves the starting point so that those few inner steps work better next time. The last "
+    "(the inner loop) and moves the starting point so that those few inner steps work better next time. The first "
     "chart is the point: on one fixed task the model never trains on, the same inner steps, taken from the "
     "starting point as it was after 0, 10, 50, 100 ... outer steps."
 )

@@ -71,6 +71,11 @@ def test_pause_holds_the_run_and_stop_ends_it_with_a_checkpoint() -> None:
     click(at, "Start")
     run = at.session_state["live_run"]
     wait(lambda: len(run.steps) >= 2)
+    at.switch_page("pages/learn.py").run()  # leave the page: the run goes on ...
+    seen = len(run.steps)
+    wait(lambda: len(run.steps) > seen)
+    at.switch_page("pages/metatrain.py").run()  # ... and is there on coming back
+    assert at.session_state["live_run"] is run and any(b.label == "Pause" for b in at.button)
     click(at, "Pause")
     assert run.state == "paused"
     time.sleep(1.0)  # at most the step under way finishes
