@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metacore import distributed
 from metacore.errors import MetacoreError
 from metacore.paths import PROJECT_ROOT, SHIPPED_MODEL, default_data_root
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how a meta-batch is computed (auto: one vmap call on GPU, a task per CPU thread on CPU; "
         "graph: the vmap step recorded once as a CUDA graph and replayed, for fixed --way/--shot)",
     )
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="float64: for exactness checks")
     p.add_argument("--out", default=None, help="checkpoint path (default: runs/<algo>.pt)")
     p.add_argument("--resume", action="store_true", help="continue training the checkpoint at --out")
     p.add_argument(
@@ -229,12 +231,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         out=args.out or f"runs/{args.algo}.pt",
         resume=args.resume,
         init=args.init,
+        dtype=args.dtype,
     )
     from metacore.algorithms import ALGORITHMS
 
     if cfg.algorithm not in ALGORITHMS:
         raise MetacoreError(f"unknown --algo '{cfg.algorithm}' (choose: {', '.join(ALGORITHMS)})")
     summary = train(cfg, progress=not args.json or sys.stderr.isatty())
+    if not distributed.current().main:
+        return 0  # under torchrun, rank 0 reports
     if args.json:
         print(json.dumps(summary))
     else:
@@ -267,12 +272,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise MetacoreError("--episodes must be at least 1")
     curve = parse_curve(args.steps_curve) if args.steps_curve else None
     learner, _, device = load_model(args)
+    world, device = distributed.setup(device)  # under torchrun: the episodes are shared out
+    learner.params = {k: v.to(device) for k, v in learner.params.items()}
     split = args.split or ("evaluation" if args.dataset == "omniglot" else None)
     dataset = open_dataset(args.data_root, args.dataset, split, learner.backbone.input_spec, images=args.images)
     sampler = EpisodeSampler(dataset, args.way, args.shot, args.query, args.seed)
     dataset.preload(progress=not args.json)
     result = evaluate(
-        learner, sampler, args.episodes, args.steps, args.inner_lr, device, args.every_step, progress=not args.json
+        learner, sampler, args.episodes, args.steps, args.inner_lr, device, args.every_step, not args.json, world
     )
     if curve:
         sampler = EpisodeSampler(dataset, args.way, args.shot, args.query, args.seed)  # the same episodes again
@@ -281,6 +288,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result |= {
         "dataset": args.dataset, "split": split, "images": args.images, "algorithm": learner.name, "seed": args.seed,
     }  # fmt: skip
+    if not world.main:
+        return 0
     if args.json:
         print(json.dumps(result))
     else:
@@ -502,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: unexpected {type(exc).__name__}: {exc} (set METACORE_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from metacore.algorithms import MAML
 from metacore.data import EpisodeSampler
+from metacore.distributed import World, gather_in_order
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
@@ -30,17 +31,22 @@ def evaluate(
     device: torch.device | str = "cpu",
     every_step: bool = False,
     progress: bool = False,
+    world: World | None = None,
 ) -> dict:
     """Adapt on each episode's support set and score its query set. Accuracies are in percent.
 
-    With `every_step`, also report accuracy after each inner step 0..steps.
-    """
+    With `every_step`, also report accuracy after each inner step 0..steps. Under torchrun (`world`), every
+    process draws every episode and scores every world.size-th; the scores are gathered in episode order, so the
+    mean and CI are those of one process."""
+    world = world or World()
     steps = learner.inner_steps if steps is None else steps
-    final: list[float] = []
-    per_step: list[list[float]] = []
+    scores: list[tuple[int, tuple[float, list[float]]]] = []
     dtype = next(iter(learner.params.values())).dtype
-    for _ in tqdm(range(episodes), desc="evaluating", disable=not progress, leave=False):
-        task = sampler.sample().to(device, dtype)
+    for episode in tqdm(range(episodes), desc="evaluating", disable=not progress or not world.main, leave=False):
+        task = sampler.sample()  # drawn by every process, so that the episodes are the same as in one process
+        if episode % world.size != world.rank:
+            continue
+        task = task.to(device, dtype)
         with torch.no_grad():  # no outer graph: the inner loop's own gradients still flow
             snapshots = list(
                 learner.adapt(
@@ -54,9 +60,11 @@ def evaluate(
                     query_every_step=every_step,
                 )
             )
-        final.append(100.0 * snapshots[-1].query_acc.item())
-        if every_step:
-            per_step.append([100.0 * s.query_acc.item() for s in snapshots])
+        curve = [100.0 * s.query_acc.item() for s in snapshots] if every_step else []
+        scores.append((episode, (100.0 * snapshots[-1].query_acc.item(), curve)))
+    gathered = gather_in_order(world, scores)
+    final = [accuracy for accuracy, _ in gathered]
+    per_step = [curve for _, curve in gathered]
     accuracy, ci95 = mean_ci95(final)
     result = {
         "accuracy": accuracy,

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from metacore import distributed
 from metacore.capture import CapturedOuterStep, check_capturable
 from metacore.checkpoint import (
     MAX_INNER_LR,
@@ -61,6 +63,7 @@ class TrainConfig:
     resume: bool = False
     init: str | None = None  # a checkpoint whose backbone parameters are the starting point
     preload: bool = True  # decode every image before the first step (False: as episodes first need them)
+    dtype: str = "float32"  # float64: for exactness checks (e.g. one process against several under torchrun)
 
 
 def quick_recipe(data_root: str, dataset: str, split: str | None, **overrides) -> TrainConfig:
@@ -133,9 +136,21 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
     check_number(cfg.meta_lr, "meta-lr", 0, 1.0, above=True)
     check_number(cfg.inner_lr, "inner-lr", 0, MAX_INNER_LR, above=True)
     check_number(cfg.inner_steps, "inner steps", 0, MAX_INNER_STEPS, integer=True)
-    device = resolve_device(cfg.device)
+    if cfg.dtype not in ("float32", "float64"):
+        raise MetacoreError(f"--dtype must be float32 or float64, got {cfg.dtype}")
+    world, device = distributed.setup(resolve_device(cfg.device))
+    if world.size > cfg.meta_batch:
+        raise MetacoreError(
+            f"{world.size} processes but a meta-batch of {cfg.meta_batch} tasks: every process needs at least one "
+            "task per outer step (raise --meta-batch or start fewer processes)"
+        )
+    progress = progress and world.main
     out = Path(cfg.out)
-    check_writable(out)  # before any work: a finished training must not be lost to a bad path
+    if world.main:
+        check_writable(out)  # before any work: a finished training must not be lost to a bad path
+    if world.size > 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and out.is_file():
+        cfg = replace(cfg, resume=True)  # torchrun restarted the job after a failure: go on from the checkpoint
+    distributed.check_same_everywhere(world, asdict(cfg))
     if cfg.resume and not out.is_file():
         raise MetacoreError(f"--resume: no checkpoint at {out} to continue (leave out --resume to start afresh)")
     start_iteration, optimizer_state, elapsed_before = 0, None, 0.0
@@ -150,7 +165,8 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
         saved = meta.get("config", {})
         keep = {k: v for k, v in saved.items() if k not in MACHINE_SETTINGS}
         cfg = TrainConfig(**{**asdict(cfg), **keep})
-        _log(f"resuming {out} from iteration {start_iteration}")
+        if world.main:
+            _log(f"resuming {out} from iteration {start_iteration}")
     else:
         torch.manual_seed(cfg.seed)
         if cfg.init:
@@ -160,7 +176,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
         elif cfg.backbone not in BACKBONES:
             raise MetacoreError(f"unknown backbone '{cfg.backbone}' (known: {', '.join(BACKBONES)})")
         else:
-            backbone = Backbone(cfg.backbone).to(device)
+            backbone = Backbone(cfg.backbone).to(device, getattr(torch, cfg.dtype))
         learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head)
 
     if cfg.augment and learner.backbone.input_spec.body:
@@ -188,6 +204,8 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
     if batching not in ("loop", "vmap", "threads", "graph"):
         raise MetacoreError(f"unknown --batching '{cfg.batching}' (choose: auto, loop, vmap, threads, graph)")
     if batching == "graph":
+        if world.size > 1:
+            raise MetacoreError("--batching graph records one process's whole step; under torchrun use vmap or loop")
         check_capturable(learner, device, sampler, cfg.cosine)
     if cfg.preload:
         train_set.preload(progress)
@@ -197,10 +215,15 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
     optimizer = torch.optim.Adam(learner.params.values(), lr=cfg.meta_lr, capturable=batching == "graph")
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
+    share = world.share(cfg.meta_batch)  # this process's tasks of every meta-batch
+    if world.size > 1:
+        optimizer = distributed.SummedGradients(optimizer, world, len(share) / cfg.meta_batch)
     dtype = next(iter(learner.params.values())).dtype
     hardware = describe(device)  # for the checkpoint's metadata (reads /proc/cpuinfo: once, not per save)
 
     def save(iteration: int, seconds: float) -> None:
+        if not world.main:
+            return
         save_checkpoint(
             out,
             learner,
@@ -229,7 +252,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
 
     def validate() -> dict:
         val_sampler.rng = np.random.default_rng(cfg.seed + 1)  # the same episodes at every validation
-        return evaluate(learner, val_sampler, cfg.val_episodes, cfg.eval_steps, None, device)
+        return evaluate(learner, val_sampler, cfg.val_episodes, cfg.eval_steps, None, device, world=world)
 
     started = time.perf_counter()
     bar = tqdm(
@@ -253,14 +276,18 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
         if cfg.cosine:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.meta_lr * 0.5 * (1 + math.cos(math.pi * iteration / cfg.iterations))
-        tasks = [t.to(device, dtype) for t in sampler.sample_batch(cfg.meta_batch)]
+        batch = sampler.sample_batch(cfg.meta_batch)  # every process draws the whole meta-batch ...
         if cfg.augment:
-            tasks = [augment_task(t, distortions) for t in tasks]
+            batch = [augment_task(t, distortions) for t in batch]
+        tasks = [batch[i].to(device, dtype) for i in share]  # ... and computes its share of it
         if batching == "graph":
             captured = captured or CapturedOuterStep(learner, optimizer, tasks)
             metrics = captured(tasks)
         else:
             metrics = learner.outer_step(optimizer, tasks, batching)
+        if world.size > 1:  # the whole meta-batch's mean, as one process reports it
+            total = distributed.sum_across(world, [metrics["loss"] * len(share), metrics["accuracy"] * len(share)])
+            metrics = {"loss": total[0] / cfg.meta_batch, "accuracy": total[1] / cfg.meta_batch}
         if not math.isfinite(metrics["loss"]):  # .item() already synced: free to test on every step
             stop_diverged(iteration + 1, metrics["loss"])
         running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in metrics.items()}
