@@ -116,3 +116,20 @@ def test_a_killed_rank_restarts_from_the_last_checkpoint_and_ends_where_a_resume
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = parameters(out), parameters(reference)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ranks_started_with_other_settings_end_with_one_line(root: Path) -> None:
+    script = (f"exec {sys.executable} -m metacore train --data-root {root} {' '.join(TASK)} --iterations 2 "
+              f"--out {root / 'mismatch.pt'} --seed $RANK")  # fmt: skip
+    done = subprocess.run([*TORCHRUN, "--no-python", "bash", "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode != 0
+    assert "rank 1 was started with other settings than rank 0 (seed)" in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_nccl_without_gpus_ends_with_one_line(root: Path) -> None:
+    done = metacore(["train", "--data-root", str(root), *TASK, "--iterations", "2", "--device", "cuda",
+                     "--out", str(root / "cuda.pt")], TORCHRUN, timeout=120)  # fmt: skip
+    assert done.returncode != 0
+    assert "error: --device cuda was asked for, but no CUDA GPU is available" in done.stderr
