@@ -52,8 +52,9 @@ def test_two_processes_take_the_steps_one_process_takes(root: Path, algo: str) -
     assert one.keys() == two.keys() and all(v.dtype == torch.float64 for v in one.values())
     everything = torch.cat([one[k].flatten() - two[k].flatten() for k in one]).norm()
     assert everything <= 1e-10 * torch.cat([v.flatten() for v in one.values()]).norm()
-    for k in one:  # each tensor; ProtoNet's last GroupNorm bias, whose meta-gradient is ~0, reaches ~6e-10
-        assert (one[k] - two[k]).norm() <= 1e-8 * one[k].norm().clamp_min(1e-30), k
+    for k in one:  # each value to 1e-10 relative; values that are zero in exact arithmetic (ProtoNet's last
+        # GroupNorm bias has a meta-gradient of rounding noise, which Adam turns into moves of ~1e-12) to 1e-11
+        assert torch.allclose(two[k], one[k], rtol=1e-10, atol=1e-11), k
 
 
 def test_evaluate_under_torchrun_gives_the_same_mean_and_ci(root: Path) -> None:
