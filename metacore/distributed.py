@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -58,7 +59,19 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # A collective whose peer died fails after this timeout instead of hanging for gloo's default 30 minutes.
+        timeout = timedelta(seconds=float(os.environ.get("METACORE_DIST_TIMEOUT_S", 600)))
+        # Each attempt (torchrun --max-restarts) keeps its keys apart in the launcher's store: a restarted group
+        # must not read the addresses its dead predecessors left there.
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world.size, is_master=False, timeout=timeout
+        ) if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None  # fmt: skip
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if store is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            attempt = dist.PrefixStore(f"metacore/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+            dist.init_process_group(backend, store=attempt, rank=world.rank, world_size=world.size, timeout=timeout)
     if device.type == "cpu":
         torch.set_num_threads(1)  # one process per core: each computes its tasks single-threaded
     return world, device

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +75,48 @@ def test_more_processes_than_tasks_ends_with_one_line_not_a_hang(root: Path) -> 
                      "--out", str(root / "x.pt")], TORCHRUN, timeout=120)  # fmt: skip
     assert done.returncode != 0
     assert "2 processes but a meta-batch of 1 tasks: every process needs at least one task" in done.stderr
+
+
+def worker_pids(launcher: int) -> list[int]:
+    """The processes torchrun started (its children that run metacore)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == launcher:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds torchrun's workers through /proc")
+def test_a_killed_rank_restarts_from_the_last_checkpoint_and_ends_where_a_resumed_run_ends(root: Path) -> None:
+    out, saved = root / "fault.pt", root / "fault_at_kill.pt"
+    args = ["train", "--data-root", str(root), *TASK, "--iterations", "60", "--val-every", "10", "--val-episodes",
+            "2", "--dtype", "float64", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "METACORE_DIST_TIMEOUT_S": "10"}  # the survivor waits 10 s
+    launcher = [*TORCHRUN[:3], "--max-restarts", "1", *TORCHRUN[3:]]
+    job = subprocess.Popen([*launcher, "-m", "metacore", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=env, cwd=ROOT)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not out.is_file():  # the first checkpoint (iteration 10)
+        assert time.monotonic() < deadline and job.poll() is None, "no checkpoint was written"
+        time.sleep(0.02)
+    time.sleep(0.2)  # let the save finish
+    shutil.copy(out, saved)
+    os.kill(worker_pids(job.pid)[-1], signal.SIGKILL)
+    _, stderr = job.communicate(timeout=240)
+    assert job.returncode == 0, stderr[-2000:]
+    resumed_from = torch.load(saved, weights_only=True)["training"]["iteration"]
+    assert f"from iteration {resumed_from}" in stderr  # it went on from the checkpoint that was there
+
+    reference = root / "resumed.pt"
+    shutil.copy(saved, reference)  # an uninterrupted run resumed from that same checkpoint
+    done = metacore([*args[:-1], str(reference), "--resume"], TORCHRUN)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = parameters(out), parameters(reference)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_ranks_started_with_other_settings_end_with_one_line(root: Path) -> None:
