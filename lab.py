@@ -30,6 +30,7 @@ from metacore.images import InputSpec, decode, preprocess
 from metacore.inner import layer_shift
 from metacore.isolation import compute_slot
 from metacore.models import Backbone
+from metacore.openset import card_entry
 from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL, default_data_root
 
 DEFAULT_MODEL = SHIPPED_MODEL
@@ -121,13 +122,7 @@ def model_card(path: str) -> dict:
 
 def unsure_threshold() -> dict | None:
     """The picked model's "none of these" threshold and its measured rates (`python -m metacore unsure`), if any."""
-    unsure = model_card(str(Path(model_path()).with_suffix(".json"))).get("unsure")
-    return unsure if isinstance(unsure, dict) and isinstance(unsure.get("threshold"), float) else None
-
-
-def has_learned_rates(learner: MAML) -> bool:
-    """Whether the model adapts with meta-learned per-parameter rates (Meta-SGD) rather than one lr."""
-    return isinstance(learner.inner_lrs(learner.params), dict)
+    return card_entry(model_card(str(Path(model_path()).with_suffix(".json"))))
 
 
 def takes_drawings() -> bool:

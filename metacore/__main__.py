@@ -309,12 +309,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def unsure_threshold(args: argparse.Namespace) -> float | None:
     """The "none of these" threshold in the model card beside the checkpoint (`unsure --card`), if any."""
+    from metacore.openset import card_entry
+
     card = (Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT).with_suffix(".json")
     try:
-        threshold = json.loads(card.read_text()).get("unsure", {}).get("threshold")
-    except (OSError, ValueError, AttributeError):
+        entry = card_entry(json.loads(card.read_text()))
+    except (OSError, ValueError):
         return None
-    return threshold if isinstance(threshold, float) else None
+    return entry["threshold"] if entry else None
 
 
 def cmd_classify(args: argparse.Namespace) -> int:

@@ -56,6 +56,12 @@ def episode_scores(
     return torch.cat(inside).numpy(), torch.cat(outside).numpy()
 
 
+def card_entry(card: dict) -> dict | None:
+    """A model card's "none of these" entry (written by `python -m metacore unsure --card`), if it holds one."""
+    unsure = card.get("unsure") if isinstance(card, dict) else None
+    return unsure if isinstance(unsure, dict) and isinstance(unsure.get("threshold"), float) else None
+
+
 def calibrate(inside: np.ndarray, keep: float = 0.95) -> float:
     """The novelty that a fraction `keep` of in-task images stay under."""
     return float(np.quantile(inside, keep))

@@ -15,7 +15,7 @@ if mismatch := lab.example_mismatch():
 shipped, _ = lab.shared_model()
 controls = st.columns([3, 2, 2])
 init = controls[0].selectbox("Starting point", list(lab.INITS), format_func=lab.INITS.get, key="init")
-learned_rates = init == "maml" and lab.has_learned_rates(shipped)  # Meta-SGD: one meta-learned rate per weight
+learned_rates = init == "maml" and shipped.learns_rates  # Meta-SGD: one meta-learned rate per weight
 own_rates = learned_rates and controls[0].toggle(
     "Use its learned per-parameter rates", True, key="own_rates", help="off: one rate for every weight, from the box"
 )

@@ -399,6 +399,7 @@ def test_features_maps_have_one_legend_entry_per_class_and_distinct_colours() ->
 def test_classify_says_none_of_these_exactly_when_an_image_is_far_from_every_class() -> None:
     import torch
 
+    import lab
     from metacore.checkpoint import load_checkpoint
     from metacore.examples import SAMPLE_ROOT
     from metacore.images import decode, preprocess
@@ -410,7 +411,7 @@ def test_classify_says_none_of_these_exactly_when_an_image_is_far_from_every_cla
     outsiders = [d for d in sorted((SAMPLE_ROOT / "omniglot_sample").iterdir()) if d.is_dir()]
     outsiders = [d for d in outsiders if d.name not in {c.name for c in classes}]
     files = [classes[0].query[0].name] + [d.name for d in outsiders]
-    uploads = [lab_png(classes[0].query[0].image)] + [(d / sorted(p.name for p in d.iterdir())[0]).read_bytes()
+    uploads = [lab.image_to_png(classes[0].query[0].image)] + [(d / sorted(p.name for p in d.iterdir())[0]).read_bytes()
                                                      for d in outsiders]  # fmt: skip
     at = page(at, "classify")
     at.file_uploader[0].set_value([(f"{name}.png", data, "image/png") for name, data in zip(files, uploads)])
@@ -428,12 +429,6 @@ def test_classify_says_none_of_these_exactly_when_an_image_is_far_from_every_cla
     expected = novelty(learner, last.params, support, labels, images, len(classes)) > card["threshold"]
     assert ["None of these?" in v for v in verdicts] == expected.tolist()
     assert not expected[0]  # the task's own character is recognised
-
-
-def lab_png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def test_features_shows_predictions_before_and_after_when_only_the_head_adapts() -> None:

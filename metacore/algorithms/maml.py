@@ -50,12 +50,17 @@ class MAML:
     def inner_lrs(self, params: Params) -> float | Params:
         return self.inner_lr
 
+    @property
+    def learns_rates(self) -> bool:
+        """Whether its own inner rates are meta-learned per parameter (Meta-SGD) rather than one number."""
+        return isinstance(self.inner_lrs(self.params), dict)
+
     def lr_in_force(self, lr: float | None = None) -> float | str:
         """What adaptation uses for `lr` (None: the model's own): a number, or a description of learned rates."""
         if lr is not None:
             return lr
         rates = self.inner_lrs(self.params)
-        if isinstance(rates, dict):
+        if self.learns_rates:
             values = torch.cat([v.flatten() for v in rates.values()])
             return (
                 f"learned per-parameter rates (Meta-SGD; mean {values.mean().item():.3g}, "
