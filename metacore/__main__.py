@@ -168,14 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(args: argparse.Namespace):
+def load_model(args: argparse.Namespace, device: torch.device | None = None):
     from metacore.checkpoint import load_checkpoint
     from metacore.device import resolve_device
 
     path = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
     if not args.checkpoint and not path.is_file():
         raise MetacoreError(f"no --checkpoint given and the shipped model {path} is missing")
-    device = resolve_device(args.device)
+    device = device or resolve_device(args.device)
     learner, meta = load_checkpoint(path, device)
     return learner, meta, device
 
@@ -271,9 +271,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise MetacoreError("--episodes must be at least 1")
     curve = parse_curve(args.steps_curve) if args.steps_curve else None
-    learner, _, device = load_model(args)
-    world, device = distributed.setup(device)  # under torchrun: the episodes are shared out
-    learner.params = {k: v.to(device) for k, v in learner.params.items()}
+    from metacore.device import resolve_device
+
+    world, device = distributed.setup(resolve_device(args.device))  # under torchrun: the episodes are shared out
+    learner, _, device = load_model(args, device)  # built on this process's device (cuda:LOCAL_RANK)
     split = args.split or ("evaluation" if args.dataset == "omniglot" else None)
     dataset = open_dataset(args.data_root, args.dataset, split, learner.backbone.input_spec, images=args.images)
     sampler = EpisodeSampler(dataset, args.way, args.shot, args.query, args.seed)
