@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algo", default="maml", help="maml, fomaml, reptile, anil, metasgd, protonet")
     p.add_argument("--head", default="zero", choices=["zero", "proto"], help="task head initialisation")
     p.add_argument("--backbone", default="conv4", help="conv4 (28x28 characters) or feature_adapter (photos)")
+    p.add_argument(
+        "--feature-scale",
+        type=float,
+        default=None,
+        help="conv4: L2-normalise the features and multiply them by a learned scale starting here (e.g. 30), so "
+        "that one step from a zero head is a cosine-prototype classifier",
+    )
     p.add_argument("--rotations", action="store_true", help="add 90/180/270-degree rotations as extra classes")
     p.add_argument("--augment", action="store_true", help="distort each training image (random shift, rotation, scale)")
     p.add_argument("--meta-batch", type=int, default=16, help="tasks per outer step")
@@ -212,6 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         images=args.images,
         val_images=args.val_images,
         backbone=args.backbone,
+        feature_scale=args.feature_scale,
         head=args.head,
         way=args.way,
         shot=args.shot,
@@ -499,7 +507,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return distributed.finish(COMMANDS[args.command](args))
     except MetacoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -515,8 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected {type(exc).__name__}: {exc} (set METACORE_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        distributed.leave()
 
 
 if __name__ == "__main__":

@@ -122,7 +122,8 @@ def validated(payload: dict, path: Path) -> tuple[dict, dict, InputSpec]:
         for key, value in kwargs.items():
             if key not in BACKBONES[name].defaults:
                 raise MetacoreError(f"unknown {name} setting '{key}'")
-            check_number(value, f"{name} setting '{key}'", 1e-3, 4096, integer=key != "scale")
+            scale = key == "scale"  # a real number; 0 for a conv4 without feature normalisation
+            check_number(value, f"{name} setting '{key}'", 0.0 if scale else 1e-3, 4096, integer=not scale)
         fields = dict(info.get("input_spec", {}))
         unknown = set(fields) - set(InputSpec.__dataclass_fields__)
         if unknown:

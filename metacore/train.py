@@ -42,6 +42,7 @@ class TrainConfig:
     images: str | None = None  # a slice of each class's sorted images, e.g. "0:500"
     val_images: str | None = None  # validate on this slice of every class's images, not on held-out classes
     backbone: str = "conv4"
+    feature_scale: float | None = None  # conv4: L2-normalised features times a learned scale starting here
     head: str = "zero"
     way: str = "5"
     shot: str = "1"
@@ -173,10 +174,14 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
             backbone = load_checkpoint(cfg.init, device)[0].backbone
             if backbone.name != cfg.backbone:
                 raise MetacoreError(f"--init {cfg.init} holds a '{backbone.name}' backbone, not '{cfg.backbone}'")
+            if cfg.feature_scale:
+                backbone = backbone.with_feature_scale(cfg.feature_scale)
         elif cfg.backbone not in BACKBONES:
             raise MetacoreError(f"unknown backbone '{cfg.backbone}' (known: {', '.join(BACKBONES)})")
         else:
             backbone = Backbone(cfg.backbone).to(device, getattr(torch, cfg.dtype))
+            if cfg.feature_scale:
+                backbone = backbone.with_feature_scale(cfg.feature_scale)
         learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head)
 
     if cfg.augment and learner.backbone.input_spec.body:

@@ -9,6 +9,7 @@ import torch
 
 from conftest import random_task, tiny_backbone
 from metacore.algorithms import ALGORITHMS, ANIL, MAML, MetaSGD, ProtoNet, Reptile
+from metacore.errors import MetacoreError
 from metacore.features import predict_proba
 from metacore.inner import run_to_end
 from metacore.models import Conv4, class_means, fits_few_channel_conv
@@ -173,3 +174,30 @@ def test_features_of_a_large_batch_are_computed_in_chunks_with_the_same_values()
     with torch.no_grad():
         chunked = backbone.features(backbone.params, x)
     assert torch.allclose(whole, chunked, rtol=1e-12, atol=1e-14)
+
+
+def test_one_step_from_a_zero_head_on_scaled_features_is_the_cosine_prototype_classifier() -> None:
+    backbone = tiny_backbone().with_feature_scale(7.0)
+    learner = MAML(backbone, inner_lr=0.01, inner_steps=1, head="zero")
+    task = random_task(way=4, shot=1, query=5, seed=5)
+    step0, step1 = learner.adapt(task.support_x, task.support_y, task.query_x, task.query_y, way=4)
+    assert torch.allclose(step0.query_logits, torch.zeros_like(step0.query_logits))  # step 0: exact chance
+    support = backbone.features(backbone.params, task.support_x)
+    query = backbone.features(backbone.params, task.query_x)
+    assert torch.allclose(query.norm(dim=1), torch.full((len(query),), 7.0, dtype=query.dtype))
+    cosine = torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(support, dim=1).T
+    assert torch.equal(step1.query_logits.argmax(1), cosine.argmax(1))  # the body has not moved yet: only the head
+
+
+def test_the_feature_scale_is_a_parameter_that_adapts_and_survives_a_checkpoint(tmp_path) -> None:
+    from metacore.checkpoint import load_checkpoint, save_checkpoint
+
+    learner = MAML(tiny_backbone().with_feature_scale(5.0), inner_lr=0.1, inner_steps=3, head="zero")
+    task = random_task(seed=1)
+    last = run_to_end(learner.adapt(task.support_x, task.support_y, way=task.way))
+    assert last.params["scale"].item() != 5.0 and learner.params["scale"].item() == 5.0
+    save_checkpoint(tmp_path / "scaled.pt", learner)
+    loaded, _ = load_checkpoint(tmp_path / "scaled.pt")
+    assert loaded.backbone.kwargs["scale"] == 5.0 and torch.equal(loaded.params["scale"], learner.params["scale"])
+    with pytest.raises(MetacoreError, match="already normalises its features"):
+        loaded.backbone.with_feature_scale(5.0)
