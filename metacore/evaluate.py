@@ -84,6 +84,33 @@ def evaluate(
     return result
 
 
+def evaluate_with_curve(
+    learner: MAML,
+    sampler: EpisodeSampler,
+    episodes: int,
+    steps: int | None,
+    lr: float | None,
+    curve: tuple[int, int],
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict:
+    """`evaluate`'s result plus the step curve over `curve` (first, last step), both from one adaptation of each
+    episode to the curve's last step: the accuracy at `steps` is the curve's row for that step."""
+    steps = learner.inner_steps if steps is None else steps
+    rows = step_curve(learner, sampler, episodes, max(curve[1], steps), lr, device, progress=progress)
+    return {
+        "accuracy": rows[steps]["accuracy"],
+        "ci95": rows[steps]["ci95"],
+        "episodes": episodes,
+        "way": sampler.way[0] if sampler.way[0] == sampler.way[1] else list(sampler.way),
+        "shot": sampler.shot[0] if sampler.shot[0] == sampler.shot[1] else list(sampler.shot),
+        "query": sampler.query,
+        "steps": steps,
+        "inner_lr": learner.lr_in_force(lr),
+        "curve": rows[curve[0] : curve[1] + 1],
+    }
+
+
 def step_curve(
     learner: MAML,
     sampler: EpisodeSampler,

@@ -32,9 +32,11 @@ def conv_block(in_channels: int, out_channels: int, groups: int) -> nn.Sequentia
 class Conv4(nn.Module):
     """The classic few-shot Conv-4: 4 x [conv 3x3, norm, ReLU, max-pool 2x2], flattened features.
 
-    With `scale` > 0 the features are L2-normalised and multiplied by a learned scale (starting at `scale`):
-    one gradient step from a zero head then writes each class's mean direction into its row of the head, a
-    cosine-prototype classifier, whereas raw features of different lengths make that first step a poor one.
+    With `scale` > 0 the features are centred (minus a learned `center`), L2-normalised and multiplied by a
+    learned scale (starting at `scale`). One gradient step from a zero head then writes each class's mean
+    direction into its row of the head: a cosine-prototype classifier. Raw features make that first step a poor
+    one (their lengths differ), and uncentred ones a timid one (after ReLU they all point one way, cosine 0.9 on
+    average, so the logits the head can reach in a few stable steps stay small).
     """
 
     def __init__(self, in_channels: int = 1, hidden: int = 64, groups: int = 8, scale: float = 0.0) -> None:
@@ -42,6 +44,7 @@ class Conv4(nn.Module):
         channels = [in_channels, hidden, hidden, hidden, hidden]
         self.blocks = nn.Sequential(*[conv_block(channels[i], channels[i + 1], groups) for i in range(4)])
         self.scale = nn.Parameter(torch.full((), float(scale))) if scale > 0 else None
+        self.center = nn.Parameter(torch.zeros(hidden)) if scale > 0 else None
 
     def forward(self, x: Tensor) -> Tensor:
         # The same function as `self.blocks(x)`, computed faster (on CPU: 1.2x a meta-step, 1.4x an inner step):
@@ -51,7 +54,7 @@ class Conv4(nn.Module):
         for conv, norm, relu, pool in self.blocks:
             x = relu(pool(norm(few_channel_conv(conv, x) if fits_few_channel_conv(conv) else conv(x))))
         x = x.flatten(1)
-        return x if self.scale is None else self.scale * F.normalize(x, dim=-1)
+        return x if self.scale is None else self.scale * F.normalize(x - self.center, dim=-1)
 
 
 def fits_few_channel_conv(conv: nn.Conv2d) -> bool:
@@ -181,8 +184,9 @@ class Backbone:
             return functional_call(self._template(), body, (x,))
         return torch.cat([functional_call(self._template(), body, (part,)) for part in x.split(FORWARD_CHUNK)])
 
-    def with_feature_scale(self, scale: float) -> Backbone:
-        """The same Conv-4 with L2-normalised features times a learned scale starting at `scale` (see `Conv4`)."""
+    def with_feature_scale(self, scale: float, center: Tensor | None = None) -> Backbone:
+        """The same Conv-4 with centred, L2-normalised features times a learned scale starting at `scale` (see
+        `Conv4`); `center` is where the centre starts (e.g. the mean feature of the training images)."""
         if self.name != "conv4":
             raise MetacoreError(f"--feature-scale applies to the conv4 backbone, not '{self.name}'")
         if "scale" in self.params:
@@ -192,7 +196,8 @@ class Backbone:
             )
         check_number(scale, "--feature-scale", 0.0, 1000.0, above=True)
         like = next(iter(self.params.values()))
-        params = {**self.params, "scale": like.new_tensor(float(scale))}
+        center = like.new_zeros(self.feature_dim) if center is None else center.to(like)
+        params = {**self.params, "scale": like.new_tensor(float(scale)), "center": center}
         return Backbone(self.name, params, self.input_spec, **{**self.kwargs, "scale": float(scale)})
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Backbone:

@@ -24,7 +24,7 @@ from metacore.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from metacore.data import EpisodeSampler, augment_task, open_dataset, parse_range
+from metacore.data import EpisodeSampler, ImageClasses, augment_task, open_dataset, parse_range
 from metacore.device import describe, resolve_device
 from metacore.errors import MetacoreError
 from metacore.evaluate import evaluate
@@ -96,6 +96,15 @@ def time_to_accuracy(cfg: TrainConfig, targets: tuple[float, ...] = (85.0, 90.0)
 
 # What --resume takes from the command line rather than from the checkpoint: where and how this machine runs it.
 MACHINE_SETTINGS = ("iterations", "resume", "device", "out", "data_root", "batching", "preload")
+
+
+def mean_feature(backbone: Backbone, dataset: ImageClasses, limit: int = 2000) -> torch.Tensor:
+    """The mean feature vector of up to `limit` images, the first few of each class (of as many classes as fit)."""
+    per_class = max(1, limit // len(dataset))
+    classes = range(min(len(dataset), limit // per_class))
+    images = torch.cat([dataset.images(i, list(range(min(per_class, len(dataset.classes[i].files))))) for i in classes])
+    with torch.no_grad():
+        return backbone.features(backbone.params, images.to(next(iter(backbone.params.values())))).mean(0)
 
 
 def check_writable(path: Path) -> None:
@@ -174,14 +183,10 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
             backbone = load_checkpoint(cfg.init, device)[0].backbone
             if backbone.name != cfg.backbone:
                 raise MetacoreError(f"--init {cfg.init} holds a '{backbone.name}' backbone, not '{cfg.backbone}'")
-            if cfg.feature_scale:
-                backbone = backbone.with_feature_scale(cfg.feature_scale)
         elif cfg.backbone not in BACKBONES:
             raise MetacoreError(f"unknown backbone '{cfg.backbone}' (known: {', '.join(BACKBONES)})")
         else:
             backbone = Backbone(cfg.backbone).to(device, getattr(torch, cfg.dtype))
-            if cfg.feature_scale:
-                backbone = backbone.with_feature_scale(cfg.feature_scale)
         learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head)
 
     if cfg.augment and learner.backbone.input_spec.body:
@@ -202,6 +207,9 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
             )
     else:
         train_set, val_set = dataset.split_held_out(cfg.val_fraction)
+    if cfg.feature_scale and not cfg.resume:  # centred on the mean feature of (up to 2,000) training images
+        backbone = learner.backbone.with_feature_scale(cfg.feature_scale, mean_feature(learner.backbone, train_set))
+        learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head)
     sampler = EpisodeSampler(train_set, cfg.way, cfg.shot, cfg.query, seed=cfg.seed + start_iteration)
     val_way, val_shot = sampler.way[0], sampler.shot[0]
     val_sampler = EpisodeSampler(val_set, min(val_way, len(val_set)), val_shot, cfg.query, seed=cfg.seed + 1)

@@ -177,19 +177,22 @@ def predictions_before_and_after() -> pd.DataFrame:
 
 
 unchanged = np.allclose(before, after, rtol=1e-6, atol=1e-8)
-if unchanged:
-    st.info(
+change = float(np.linalg.norm(after - before) / max(float(np.linalg.norm(before)), 1e-12))
+if unchanged or change < 0.01:
+    why = (
         "The features did not change: this adaptation moved only the task head (a frozen body, ANIL, or ProtoNet), "
-        "so both maps are the same by construction. What changed is each image's predicted class and confidence, "
-        "before adapting → after:",
-        icon="ℹ️",
+        "so both maps are the same by construction."
+        if unchanged
+        else f"The features barely changed ({100 * change:.2g}% of their length): these steps moved mostly the "
+        "task head, so the two maps look alike."
     )
+    st.info(f"{why} What changed is each image's predicted class and confidence, before adapting → after:", icon="ℹ️")
     table = predictions_before_and_after()
     moved = (table["change"] != "").sum()
     st.dataframe(table, hide_index=True, height=min(400, 36 + 35 * len(table)))
     st.caption(f"{lab.plural(int(moved), 'image')} changed between right and wrong; the rest kept their class, "
                "with the confidence shown.")  # fmt: skip
-else:
+if not unchanged:
     st.caption("Both maps come from one projection fitted on the features before and after together: a point that "
                "moves between them moved in feature space.")  # fmt: skip
 coordinates, problems = maps()

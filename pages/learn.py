@@ -14,8 +14,22 @@ st.subheader("The inner loop: adapting to one task")
 st.latex(r"\theta'_i \;=\; \theta - \alpha \,\nabla_\theta \mathcal{L}^{\text{support}}_{\mathcal{T}_i}(\theta)")
 st.markdown(
     "This is what **Step** on the *Adapt* page does, with α the *inner learning rate*. Repeating it gives the "
-    "curve of support and query loss you see there. The head starts at zero (or at the class prototypes), "
-    "so the same model serves any number of classes."
+    "curve of support and query loss you see there."
+)
+st.markdown(
+    "**The head starts at zero.** Every class then gets the same score for every image: step 0 is exactly "
+    "chance (support loss ln N), for any number of classes N. The body gets no gradient yet (the zero head passes "
+    "none back); the head's does: for class k's row it is (1/N)(c̄ − cₖ), where cₖ is the mean feature of class "
+    "k's support images and c̄ the mean over all of them. So **one step writes each class's mean feature into "
+    "the head**: a prototype classifier, learned in one step rather than given. The later steps sharpen it and "
+    "move the body too. (The character model centres and normalises its features, so the first step gives a "
+    "cosine-prototype classifier.)"
+)
+st.latex(r"W^{(1)}_k \;=\; \tfrac{\alpha}{N}\,\big(c_k - \bar c\big), \qquad b^{(1)}_k = 0")
+st.markdown(
+    "The alternative, a **prototype head** (ProtoMAML), starts at the answer: Wₖ = 2cₖ, bₖ = −‖cₖ‖², so that the "
+    "logits are −‖f − cₖ‖² plus a constant, ProtoNet's rule. Strong, but it leaves the inner loop little to do: "
+    "the character model shipped before this one started there and scored the same at every step."
 )
 st.subheader("The outer loop: learning the initialisation")
 st.latex(
@@ -42,7 +56,14 @@ st.latex(
     r"\mathcal{L}^{\text{support}}(\theta)\big)\, \nabla_{\theta'} \mathcal{L}^{\text{query}}(\theta'_i)"
 )
 st.markdown(
-    "The exact meta-gradient contains a Hessian term: it differentiates *through* the inner step. "
+    "With K inner steps θ₀ = θ, θⱼ₊₁ = θⱼ − α∇L^support(θⱼ), the chain rule goes back through every one of them:"
+)
+st.latex(
+    r"\nabla_\theta \mathcal{L}^{\text{query}}(\theta_K) \;=\; \prod_{j=K-1}^{0} \big(I - \alpha \nabla^2 "
+    r"\mathcal{L}^{\text{support}}(\theta_j)\big)\; \nabla_{\theta_K} \mathcal{L}^{\text{query}}(\theta_K)"
+)
+st.markdown(
+    "The exact meta-gradient contains Hessian terms: it differentiates *through* the inner steps. "
     "**First-order MAML** drops it (treats the bracket as *I*), which is cheaper; **Reptile** moves θ toward "
     "the adapted weights; **ANIL** adapts only the head; **Meta-SGD** also learns α per weight; **ProtoNet** "
     "skips gradient steps and classifies by distance to class means. `metacore` computes the exact term "
@@ -52,13 +73,14 @@ st.subheader("The photo model: meta-learning on top of a pretrained network")
 st.markdown(
     "Pick **Photos** in the sidebar. A network pretrained on ImageNet (EfficientNet-Lite2) is kept *frozen*: "
     "each photo passes through it once and becomes 1280 numbers. What was meta-learned is a small adapter on "
-    "those numbers and a head that starts at the class prototypes (ANIL + ProtoMAML); only the head moves in "
-    "the inner loop, so a step takes milliseconds. With such strong features the prototype head is already "
-    "close to the best linear head for a few shots, so the steps change little: on photos, most of the work is "
-    "done by what the body learned from millions of images, and meta-learning mostly adjusts the feature space. "
-    "It helps where the body is weakest (tiny CIFAR-10 images: 81.5% instead of 71.3% with plain prototypes, "
-    "5-way 5-shot) and costs a little where the body is already strong (ImageNet classes, 1-shot: 87.8% "
-    "instead of 91.7%): meta-learning fits the feature space to the tasks it was trained on."
+    "those numbers (meta-trained with ANIL); each task starts from a zero head, and only the head moves in the "
+    "inner loop, so a step takes milliseconds. The first step gives the class means (the adapter's features are "
+    "normalised, so: cosine prototypes); the next ones sharpen them (ImageNet-18 5-way 5-shot: 20% at step 0, "
+    "94.5% after one step, 96.3% after five). Most of the work is done by what the body learned from millions of "
+    "images; meta-learning adjusts the feature space. It helps where the body is weakest (tiny CIFAR-10 images: "
+    "about 82% instead of 71.3% with plain prototypes, 5-way 5-shot) and costs a little where the body is already "
+    "strong (ImageNet classes, 1-shot: about 88% instead of 91.7%): meta-learning fits the feature space to the "
+    "tasks it was trained on."
 )
 st.subheader("Where to see it")
 st.markdown(

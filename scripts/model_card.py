@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +34,9 @@ SUITES = {
         "what": "a Conv-4 (GroupNorm) backbone",
         "evaluation": "Omniglot images_evaluation (659 characters, 20 alphabets)",
         "settings": [(f"{w}-way {s}-shot", OMNIGLOT_EVAL, w, s) for w, s in [(5, 1), (5, 5), (20, 1), (20, 5)]],
+        "tuning": ["--split", "background"],
+        "random_note": "Random init: the same architecture (centred, normalised features), seed 0, not meta-trained.",
+        "lr_grid": [0.01, 0.1, 0.4, 1.0],
     },
     "photo": {
         "benchmark": "Accuracy on images unseen in meta-training",
@@ -50,12 +52,23 @@ SUITES = {
             ("ImageNet-18 5-way 5-shot", IMAGENET_EVAL, 5, 5),
             ("CIFAR-10 5-way 5-shot", CIFAR_EVAL, 5, 5),
         ],
+        "tuning": ["--dataset", "cifar10-test", "--images", "0:400"],
+        "random_note": "A random initialisation of this adapter is not a random network: its residual starts at zero, "
+        "so it passes the frozen body's own (normalised) features through, and the random-init rows measure those.",
+        "lr_grid": [0.1, 0.5, 2.0, 8.0],
     },
 }
 
 
 def evaluate(
-    checkpoint: Path, data_root: str, data_args: list[str], way: int, shot: int, episodes: int, every_step: bool
+    checkpoint: Path,
+    data_root: str,
+    data_args: list[str],
+    way: int,
+    shot: int,
+    episodes: int,
+    curve_steps: int,
+    inner_lr: float | None = None,
 ) -> dict:
     args = [
         sys.executable,
@@ -79,10 +92,76 @@ def evaluate(
         "0",
         "--json",
     ]
-    if every_step:
-        args.append("--every-step")
+    args += ["--steps-curve", f"0:{curve_steps}"]
+    if inner_lr is not None:
+        args += ["--inner-lr", str(inner_lr)]
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(result.stdout)
+
+
+def rounded(rows: list[dict]) -> list[dict]:
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
+def random_init_curves(payload: dict, out: Path, suite: dict, args: argparse.Namespace) -> dict:
+    """The same curves from a random initialisation of the same architecture (seed 0), at the best inner lr of a
+    small grid, picked by accuracy after the default steps on 100 episodes of the suite's tuning data (classes or
+    images used in meta-training, never the evaluation ones)."""
+    from metacore.models import Backbone
+
+    torch.manual_seed(0)
+    fresh = Backbone(payload["backbone"]["name"], **payload["backbone"]["kwargs"])
+    random_model = out.with_name(out.stem + "_random_init.pt")
+    torch.save({**payload, "state_dict": dict(fresh.params)}, random_model)
+    _, data_args, way, shot = suite["settings"][0]
+    grid = {}
+    for lr in suite["lr_grid"]:
+        result = evaluate(random_model, args.data_root, suite["tuning"], way, shot, 100, args.steps, lr)
+        grid[lr] = round(result["accuracy"], 2)
+        print(f"random init, lr {lr}: {grid[lr]:.2f} on the tuning data", flush=True)
+    best = max(grid, key=grid.get)
+    curves = {}
+    for label, data_args, way, shot in suite["settings"]:
+        result = evaluate(random_model, args.data_root, data_args, way, shot, args.episodes, args.curve_steps, best)
+        curves[label] = rounded(result["curve"])
+        print(f"random init, {label}: {result['accuracy']:.2f} ± {result['ci95']:.2f}", flush=True)
+    random_model.unlink()
+    return {"inner_lr": best, "lr_grid": grid, "curves": curves, "note": suite["random_note"]}
+
+
+HEAD_WORDS = {
+    "zero": "zero head (any number of classes): step 0 is exact chance, and what it knows after the inner steps "
+    "it learned in them",
+    "proto": "prototype head (W = 2c, b = -|c|^2 from the class means: any number of classes)",
+}
+CURVE_COLUMNS = (0, 1, 2, 3, 4, 5, 10, 20, 50)
+
+
+def curve_tables(card: dict, steps: int) -> str:
+    """Markdown: query accuracy (95% CI) and support loss after chosen inner steps, per setting (and from a random
+    initialisation, if measured)."""
+    last = len(next(iter(card["curves"].values()))) - 1
+    columns = sorted({c for c in CURVE_COLUMNS if c <= last} | {steps, last})
+    head = "| setting | " + " | ".join(f"step {c}" for c in columns) + " |\n|---|" + "---|" * len(columns)
+    sources = [("", card["curves"])]
+    if card.get("random_init"):
+        sources.append((f" (random init, lr {card['random_init']['inner_lr']:g})", card["random_init"]["curves"]))
+    accuracy, loss = [head], [head]
+    note = ""
+    if card.get("random_init"):
+        grid = ", ".join(f"{float(lr):g}: {acc:.1f}%" for lr, acc in card["random_init"]["lr_grid"].items())
+        note = f"\n{card['random_init']['note']} Its inner lr was picked on the tuning data ({grid}).\n"
+    for suffix, curves in sources:
+        for label, rows in curves.items():
+            accuracy.append(f"| {label}{suffix} | " + " | ".join(
+                f"{rows[c]['accuracy']:.1f} ± {rows[c]['ci95']:.1f}" for c in columns) + " |")  # fmt: skip
+            loss.append(f"| {label}{suffix} | " + " | ".join(f"{rows[c]['support_loss']:.3f}" for c in columns) + " |")
+    lr = card["default_inner_lr"]
+    return (
+        f"### Query accuracy % (95% CI) after each inner step, at the default lr {lr:g}\n\n" + "\n".join(accuracy)
+        + f"\n\n### Support loss after each inner step, at the default lr {lr:g}\n\n" + "\n".join(loss) + "\n"
+        + note
+    )  # fmt: skip
 
 
 def body_package_version(package: str) -> str:
@@ -97,7 +176,9 @@ def body_package_version(package: str) -> str:
 def card_command(args: argparse.Namespace) -> str:
     return (
         f"python scripts/model_card.py {args.checkpoint} --suite {args.suite} --out {args.out} "
-        f"--steps {args.steps} --inner-lr {args.inner_lr}"
+        f"--steps {args.steps} --inner-lr {args.inner_lr} --curve-steps {args.curve_steps}"
+        + (f" --head {args.head}" if args.head else "")
+        + (" --contrast" if args.contrast else "")
     )
 
 
@@ -142,9 +223,13 @@ def main() -> None:
     parser.add_argument("--out", default="models/omniglot_conv4.pt")
     parser.add_argument("--steps", type=int, required=True, help="default inner steps written into the model")
     parser.add_argument("--inner-lr", type=float, required=True, help="default inner lr written into the model")
+    parser.add_argument("--head", default=None, choices=["zero", "proto"], help="the task head the model starts from")
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--curve-steps", type=int, default=10, help="accuracy vs inner steps 0..N (5w1s)")
+    parser.add_argument("--curve-steps", type=int, default=50, help="query accuracy and support loss after steps 0..N")
+    parser.add_argument(
+        "--contrast", action="store_true", help="also the curves from a random initialisation of the same architecture"
+    )
     parser.add_argument("--command", default="", help="the exact training command, for the card")
     args = parser.parse_args()
 
@@ -152,29 +237,29 @@ def main() -> None:
     stages = [stage_summary(payload)]  # read before the long evaluations: a missing earlier stage fails at once
     init = payload["config"].get("init")
     while init:  # a recipe in stages (e.g. protonet, then ProtoMAML from its backbone): describe each
+        card = (ROOT / init).with_suffix(".json")
+        if card.is_file():  # a shipped model: its card already describes its stages
+            stages[:0] = json.loads(card.read_text())["stages"]
+            break
         earlier = read_checkpoint(ROOT / init)
         stages.insert(0, stage_summary(earlier))
         init = earlier["config"].get("init")
     payload["learner"] = {**payload["learner"], "inner_steps": args.steps, "inner_lr": args.inner_lr}
+    if args.head:
+        payload["learner"]["head"] = args.head
     payload["training"].pop("optimizer", None)  # not needed to use the model; keeps the file small
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, out)
 
     suite = SUITES[args.suite]
-    table = {}
+    table, curves = {}, {}
     for label, data_args, way, shot in suite["settings"]:
-        result = evaluate(out, args.data_root, data_args, way, shot, args.episodes, False)
+        result = evaluate(out, args.data_root, data_args, way, shot, args.episodes, args.curve_steps)
         table[label] = {"accuracy": round(result["accuracy"], 2), "ci95": round(result["ci95"], 2)}
+        curves[label] = rounded(result["curve"])
         print(f"{label}: {result['accuracy']:.2f} ± {result['ci95']:.2f}", flush=True)
-    curve_model = out.with_name(out.stem + "_curve.pt")
-    shutil.copy(out, curve_model)
-    curve_payload = read_checkpoint(curve_model)
-    curve_payload["learner"]["inner_steps"] = args.curve_steps
-    torch.save(curve_payload, curve_model)
-    first = suite["settings"][0]
-    curve = evaluate(curve_model, args.data_root, first[1], first[2], first[3], args.episodes, True)["per_step"]
-    curve_model.unlink()
+    contrast = random_init_curves(payload, out, suite, args) if args.contrast else None
 
     training = payload["training"]
     card = {
@@ -198,9 +283,8 @@ def main() -> None:
         "default_inner_lr": args.inner_lr,
         "default_inner_steps": args.steps,
         "accuracy": table,
-        "accuracy_vs_steps_5w1s": [
-            {"step": r["step"], "accuracy": round(r["accuracy"], 2), "ci95": round(r["ci95"], 2)} for r in curve
-        ],
+        "curves": curves,
+        "random_init": contrast,
         "command": args.command,
     }
     body = payload["backbone"]["input_spec"].get("body")
@@ -212,7 +296,6 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 
     rows = "\n".join(f"| {k} | {v['accuracy']:.2f} ± {v['ci95']:.2f} |" for k, v in table.items())
-    curve_rows = " | ".join(f"{r['accuracy']:.1f}" for r in curve)  # from the unrounded values, as results.py
     training_lines = "\n".join(
         f"- **Training{f' stage {i + 1}' if len(stages) > 1 else ''}**: {stage['algorithm']}, {stage['iterations']} "
         f"iterations, {duration(stage['seconds'])} on {stage['hardware']}, torch {stage['torch']}. "
@@ -221,8 +304,8 @@ def main() -> None:
     )
     out.with_suffix(".md").write_text(f"""# Model card: {out.name}
 
-- **What**: {suite["what"]}, meta-trained with `metacore` ({card["algorithm"]}, {card["head"]} head:
-  any number of classes).{body_line(card)}
+- **What**: {suite["what"]}, meta-trained with `metacore` ({card["algorithm"]}). Every task starts from a
+  {HEAD_WORDS[card["head"]]}.{body_line(card)}
 - **Data**: {card["data"]}
 {training_lines}
 - **Reproduce**: `{card["command"] or "see config in the JSON card"}` then
@@ -236,8 +319,7 @@ def main() -> None:
 |---|---|
 {rows}
 
-Accuracy ({suite["settings"][0][0]}) after 0..{args.curve_steps} inner steps: {curve_rows}
-""")
+{curve_tables(card, args.steps)}""")
     print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.md')}")
 
 

@@ -351,8 +351,13 @@ def test_a_fresh_install_opens_on_bundled_characters_the_model_recognises() -> N
     assert at.session_state["example"] == "Omniglot characters 5-way 1-shot"
     at = page(at, "adapt")
     button(at, "Run").click().run()
-    last = at.session_state["runs"]["maml"]["records"][-1]
-    assert last["query_acc"] >= 0.8  # alphabets never seen in training, one drawing per class
+    records = at.session_state["runs"]["maml"]["records"]
+    assert records[0]["query_acc"] == pytest.approx(0.2)  # step 0: a zero head, exact chance among 5 classes
+    assert records[-1]["query_acc"] >= 0.8  # after the default steps; alphabets never seen in training, 1 shot
+    assert records[-1]["support_loss"] < records[1]["support_loss"] < records[0]["support_loss"]
+    button(at, "Compare").click().run()  # what the README's walk-through says about a random initialisation
+    random_init = at.session_state["comparison"]["random"]
+    assert random_init[-1]["query_acc"] <= records[-1]["query_acc"] - 0.4
 
 
 def test_an_example_that_does_not_suit_the_model_gets_a_warning() -> None:

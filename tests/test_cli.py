@@ -168,9 +168,13 @@ def test_evaluate_json(toy: Path, checkpoint: Path, capsys) -> None:
 def test_steps_curve_matches_the_per_step_accuracies_of_the_same_episodes(toy: Path, checkpoint: Path, capsys) -> None:
     common = evaluate_args(checkpoint, toy, "--episodes", "7", "--inner-lr", "0.05")
     code, stdout, _ = run([*common, "--steps", "4", "--every-step", "--json"], capsys)
-    per_step = json.loads(stdout)["per_step"]
+    alone = json.loads(stdout)
+    per_step = alone["per_step"]
     code, stdout, _ = run([*common, "--steps", "4", "--steps-curve", "0:6", "--json"], capsys)
-    curve = json.loads(stdout)["curve"]
+    with_curve = json.loads(stdout)
+    curve = with_curve["curve"]
+    assert (with_curve["accuracy"], with_curve["ci95"]) == pytest.approx((alone["accuracy"], alone["ci95"]), abs=1e-6)
+    assert with_curve["steps"] == 4
     assert code == 0 and [row["step"] for row in curve] == list(range(7))
     for mine, theirs in zip(curve, per_step):  # batched with vmap, looped in evaluate: the same numbers
         assert mine["accuracy"] == pytest.approx(theirs["accuracy"], abs=1e-6)

@@ -1,38 +1,68 @@
-"""The shipped checkpoint: intact (sha256 = its card), safe to load, and good on unseen alphabets."""
+"""The shipped models: intact (sha256 = their cards), safe to load, at exact chance before adapting (zero head),
+and far above it after their default inner steps on classes they never trained on."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import math
 
+import pytest
 import torch
 
-from conftest import OMNIGLOT, needs_omniglot
+from conftest import OMNIGLOT, SHARED_DATA, needs_omniglot
+from metacore.bodies import BODIES
 from metacore.checkpoint import load_checkpoint, sha256
 from metacore.data import EpisodeSampler, open_dataset
-from metacore.evaluate import evaluate
+from metacore.evaluate import step_curve
+from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL
 
-MODEL = Path(__file__).resolve().parents[1] / "models" / "omniglot_conv4.pt"
-CARD = MODEL.with_suffix(".json")
-
-
-def test_card_sha256_matches_the_file() -> None:
-    card = json.loads(CARD.read_text())
-    assert card["sha256"] == sha256(MODEL)
-    assert card["size_bytes"] == MODEL.stat().st_size < 5_000_000
+MODELS = {"characters": SHIPPED_MODEL, "photos": PHOTO_MODEL}
+IMAGENET = SHARED_DATA / "imagenet-mini18"
 
 
-def test_loads_with_weights_only_and_card_defaults() -> None:
-    torch.load(MODEL, weights_only=True)  # raises if anything but tensors and plain values is inside
-    learner, _ = load_checkpoint(MODEL)
-    card = json.loads(CARD.read_text())
+@pytest.mark.parametrize("name", MODELS)
+def test_card_sha256_matches_the_file_and_its_defaults(name: str) -> None:
+    model = MODELS[name]
+    card = json.loads(model.with_suffix(".json").read_text())
+    assert card["sha256"] == sha256(model)
+    assert card["size_bytes"] == model.stat().st_size < 5_000_000
+    torch.load(model, weights_only=True)  # raises if anything but tensors and plain values is inside
+    learner, _ = load_checkpoint(model)
     assert learner.inner_steps == card["default_inner_steps"] and learner.inner_lr == card["default_inner_lr"]
+    assert learner.head == card["head"] == "zero"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_step_0_is_exact_chance(name: str) -> None:
+    """A zero head: every class gets the same logit for any input, so the support loss is ln N."""
+    learner, _ = load_checkpoint(MODELS[name])
+    spec = learner.backbone.input_spec
+    shape = (BODIES[spec.body].feature_dim,) if spec.body else (spec.channels, spec.size, spec.size)
+    generator = torch.Generator().manual_seed(0)
+    for way in (2, 5, 20):
+        x = torch.rand(way * 2, *shape, generator=generator)
+        y = torch.arange(way).repeat(2)
+        step0 = next(iter(learner.adapt(x, y, x, y, steps=0, way=way)))
+        assert torch.equal(step0.query_logits, torch.zeros_like(step0.query_logits))
+        assert step0.support_loss.item() == pytest.approx(math.log(way), rel=1e-6)
+
+
+def climbs(name: str, dataset_args: tuple, way: int, shot: int, minimum_rise: float) -> None:
+    learner, _ = load_checkpoint(MODELS[name])
+    dataset = open_dataset(*dataset_args, spec=learner.backbone.input_spec)
+    rows = step_curve(learner, EpisodeSampler(dataset, way, shot, 5, seed=1), episodes=10, steps=learner.inner_steps)
+    accuracy = [row["accuracy"] for row in rows]
+    assert accuracy[0] == pytest.approx(100 / way)
+    assert accuracy[-1] >= accuracy[0] + minimum_rise, accuracy
+    assert rows[-1]["support_loss"] < rows[1]["support_loss"] < rows[0]["support_loss"]  # learning step by step
 
 
 @needs_omniglot
-def test_adapts_well_above_chance_on_unseen_alphabets() -> None:
-    learner, _ = load_checkpoint(MODEL)
-    dataset = open_dataset(OMNIGLOT.parent, "omniglot", "evaluation", learner.backbone.input_spec)
-    for way, chance in ((5, 20.0), (20, 5.0)):
-        result = evaluate(learner, EpisodeSampler(dataset, way, 1, 5, seed=1), episodes=10)
-        assert result["accuracy"] > chance + 50, (way, result)
+def test_the_character_model_climbs_far_above_chance_on_unseen_alphabets() -> None:
+    climbs("characters", (OMNIGLOT.parent, "omniglot", "evaluation"), 5, 1, minimum_rise=65)
+    climbs("characters", (OMNIGLOT.parent, "omniglot", "evaluation"), 20, 1, minimum_rise=75)
+
+
+@pytest.mark.skipif(not IMAGENET.is_dir(), reason=f"imagenet-mini18 not found at {IMAGENET} (no shared data)")
+def test_the_photo_model_climbs_far_above_chance_on_held_out_imagenet_classes() -> None:
+    climbs("photos", (SHARED_DATA, "imagenet-mini18", "val"), 5, 5, minimum_rise=60)
