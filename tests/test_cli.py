@@ -14,6 +14,7 @@ import torch
 
 from metacore.__main__ import main
 from metacore.checkpoint import load_checkpoint, read_checkpoint
+from metacore.data import open_dataset
 from metacore.errors import MetacoreError
 from test_data import make_class_folders
 
@@ -514,3 +515,24 @@ def test_evaluate_reports_a_meta_sgd_models_learned_rates_not_a_scalar(toy: Path
     assert code == 0 and json.loads(stdout)["inner_lr"].startswith("learned per-parameter rates (Meta-SGD; mean")
     code, stdout, _ = run([*evaluate, "--inner-lr", "0.02"], capsys)
     assert json.loads(stdout)["inner_lr"] == 0.02  # an explicit lr replaces them, and is reported
+
+
+def test_train_feature_scale_centres_on_the_mean_training_feature(toy: Path, checkpoint: Path, capsys) -> None:
+    out = toy / "scaled.pt"
+    common = ["train", "--data-root", str(toy), *TOY_TASK, "--meta-batch", "2", "--val-every", "1",
+              "--val-episodes", "2", "--init", str(checkpoint), "--out", str(out)]  # fmt: skip
+    code, _, stderr = run([*common, "--iterations", "1", "--meta-lr", "1e-12", "--feature-scale", "20"], capsys)
+    assert code == 0, stderr
+    learner, _ = load_checkpoint(out)
+    base, _ = load_checkpoint(checkpoint)
+    assert learner.backbone.kwargs["scale"] == 20.0 and learner.params["scale"].item() == 20.0
+    dataset = open_dataset(toy, "toy", spec=base.backbone.input_spec)
+    training_classes, _ = dataset.split_held_out(0.1)
+    images = torch.cat([training_classes.images(i) for i in range(len(training_classes))])
+    mean = base.backbone.features(base.params, images).mean(0)  # every image: the toy set is under 2,000
+    torch.testing.assert_close(learner.params["center"], mean.detach())
+    features = learner.backbone.features(learner.params, images[:4])
+    torch.testing.assert_close(features.norm(dim=1), torch.full((4,), 20.0))
+    code, _, stderr = run([*common[:-1], str(toy / "twice.pt"), "--init", str(out), "--feature-scale", "5",
+                           "--iterations", "1"], capsys)  # fmt: skip
+    assert code == 2 and "already normalises its features" in stderr
