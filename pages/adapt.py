@@ -19,13 +19,15 @@ learned_rates = init == "maml" and shipped.learns_rates  # Meta-SGD: one meta-le
 own_rates = learned_rates and controls[0].toggle(
     "Use its learned per-parameter rates", True, key="own_rates", help="off: one rate for every weight, from the box"
 )
+LOWEST_LR = 1e-5
 lr = controls[1].number_input(
-    "Inner learning rate", 0.001, 10.0, float(shipped.inner_lr), 0.05, format="%.3f", key="lr", disabled=own_rates
-)
+    "Inner learning rate", LOWEST_LR, 10.0, float(shipped.inner_lr), float(shipped.inner_lr), format="%.4g", key="lr",
+    disabled=own_rates,
+)  # fmt: skip
 
 
 def set_lr(value: float) -> None:
-    st.session_state.lr = min(10.0, max(0.001, round(value, 6)))
+    st.session_state.lr = min(10.0, max(LOWEST_LR, float(f"{value:.6g}")))
 
 
 presets = controls[1].columns(3)
@@ -61,12 +63,17 @@ def explain_init(init: str) -> None:
             "near 0). Meta-learning shaped the feature space instead (see Learn). Compare with the random init "
             "below, or raise the lr to watch the steps overshoot."
         )
-    elif init == "maml":
-        rate = "its learned per-parameter rates" if learned_rates else f"lr {shipped.inner_lr}"
+    elif init == "maml" and shipped.head == "zero":
+        rate = "its learned per-parameter rates" if learned_rates else f"lr {shipped.inner_lr:g}"
+        body = " and move the body a little" if shipped.adapted_keys is None else " (only the head adapts)"
         st.caption(
-            f"This model was meta-trained to adapt in {shipped.inner_steps} step(s) at {rate}: "
-            "that is where it is best; further steps can overshoot."
+            f"This model was meta-trained to adapt in {lab.plural(shipped.inner_steps, 'step')} at {rate}. Its head "
+            "starts at zero, so step 0 is chance; the first step writes each class's mean feature into the head "
+            f"(see Learn), the next ones sharpen it{body}."
         )
+    elif init == "maml":
+        rate = "its learned per-parameter rates" if learned_rates else f"lr {shipped.inner_lr:g}"
+        st.caption(f"This model was meta-trained to adapt in {lab.plural(shipped.inner_steps, 'step')} at {rate}.")
 
 
 @st.fragment  # Step, Run and the step slider redraw this part only, not the page
