@@ -1,19 +1,23 @@
-"""Write the model card (JSON + Markdown) of a checkpoint: its recipe, its accuracy table, its sha256.
+"""Write the model card (JSON + Markdown) of a checkpoint: its recipe, its accuracy table and step curves, its sha256.
 
-    python scripts/model_card.py runs/shipped.pt --out models/omniglot_conv4.pt --steps 1 --inner-lr 0.4
-    python scripts/model_card.py runs/photo_lite2.pt --suite photo --out models/photo_lite2.pt --steps 5 --inner-lr 2
+    python scripts/model_card.py runs/omniglot_zero.pt --out models/omniglot_conv4.pt --steps 5 --inner-lr 0.001
+    python scripts/model_card.py runs/photo_lite2.pt --suite photo --out models/photo_lite2.pt --steps 5 \\
+        --inner-lr 0.5 --head zero --contrast
 
-Copies the checkpoint to --out with the given default inner steps / lr, then measures it with exactly
-`python -m metacore evaluate ... --episodes 600 --json` on the suite's benchmarks (Omniglot evaluation
-alphabets; or held-out ImageNet classes and unseen CIFAR-10 images for the photo model).
-"""
+Copies the checkpoint to --out with the given default inner steps / lr (and head), then measures it with exactly
+`python -m metacore evaluate ... --episodes 600 --steps-curve 0:N --json` on the suite's benchmarks (Omniglot
+evaluation alphabets; or held-out ImageNet classes and unseen CIFAR-10 images for the photo model): the accuracy
+after the default steps, and query accuracy and support loss after every step 0..N. `--contrast` adds the same
+curves from a random initialisation of the same architecture."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -24,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from metacore.checkpoint import read_checkpoint, sha256  # noqa: E402
 from metacore.device import describe  # noqa: E402
 
-# Each benchmark: (table row, `evaluate` data arguments, way, shot). The curve: accuracy vs steps on the first.
+# Each benchmark: (table row, `evaluate` data arguments, way, shot); tuning: data for the random init's lr.
 OMNIGLOT_EVAL = ["--split", "evaluation"]
 IMAGENET_EVAL = ["--dataset", "imagenet-mini18", "--split", "train"]
 CIFAR_EVAL = ["--dataset", "cifar10-test", "--images", "500:"]
@@ -69,6 +73,7 @@ def evaluate(
     episodes: int,
     curve_steps: int,
     inner_lr: float | None = None,
+    threads: int = 0,
 ) -> dict:
     args = [
         sys.executable,
@@ -95,7 +100,8 @@ def evaluate(
     args += ["--steps-curve", f"0:{curve_steps}"]
     if inner_lr is not None:
         args += ["--inner-lr", str(inner_lr)]
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None  # parallel evaluations share the cores
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True, env=env)
     return json.loads(result.stdout)
 
 
@@ -223,6 +229,7 @@ def main() -> None:
     parser.add_argument("--out", default="models/omniglot_conv4.pt")
     parser.add_argument("--steps", type=int, required=True, help="default inner steps written into the model")
     parser.add_argument("--inner-lr", type=float, required=True, help="default inner lr written into the model")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="settings measured at once")
     parser.add_argument("--head", default=None, choices=["zero", "proto"], help="the task head the model starts from")
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--episodes", type=int, default=600)
@@ -254,11 +261,16 @@ def main() -> None:
 
     suite = SUITES[args.suite]
     table, curves = {}, {}
-    for label, data_args, way, shot in suite["settings"]:
-        result = evaluate(out, args.data_root, data_args, way, shot, args.episodes, args.curve_steps)
-        table[label] = {"accuracy": round(result["accuracy"], 2), "ci95": round(result["ci95"], 2)}
-        curves[label] = rounded(result["curve"])
-        print(f"{label}: {result['accuracy']:.2f} ± {result['ci95']:.2f}", flush=True)
+    settings = suite["settings"]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ThreadPoolExecutor(args.jobs) as pool:  # one `evaluate` process per setting, `jobs` at a time
+        results = pool.map(
+            lambda s: evaluate(out, args.data_root, *s[1:], args.episodes, args.curve_steps, threads=threads), settings
+        )
+        for (label, *_), result in zip(settings, results):
+            table[label] = {"accuracy": round(result["accuracy"], 2), "ci95": round(result["ci95"], 2)}
+            curves[label] = rounded(result["curve"])
+            print(f"{label}: {result['accuracy']:.2f} ± {result['ci95']:.2f}", flush=True)
     contrast = random_init_curves(payload, out, suite, args) if args.contrast else None
 
     training = payload["training"]
