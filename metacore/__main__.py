@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--feature-scale",
         type=float,
         default=None,
-        help="conv4: L2-normalise the features and multiply them by a learned scale starting here (e.g. 30), so "
-        "that one step from a zero head is a cosine-prototype classifier",
+        help="conv4: centre the features on their mean over the training images, L2-normalise them and multiply "
+        "by a learned scale starting here (the shipped character model: 100), so that one step from a zero head "
+        "is a cosine-prototype classifier",
     )
     p.add_argument("--rotations", action="store_true", help="add 90/180/270-degree rotations as extra classes")
     p.add_argument("--augment", action="store_true", help="distort each training image (random shift, rotation, scale)")

@@ -42,7 +42,7 @@ class TrainConfig:
     images: str | None = None  # a slice of each class's sorted images, e.g. "0:500"
     val_images: str | None = None  # validate on this slice of every class's images, not on held-out classes
     backbone: str = "conv4"
-    feature_scale: float | None = None  # conv4: L2-normalised features times a learned scale starting here
+    feature_scale: float | None = None  # conv4: centred, L2-normalised features times a learned scale from here
     head: str = "zero"
     way: str = "5"
     shot: str = "1"
