@@ -37,9 +37,11 @@ with left:
 with right:
     st.subheader("2 · Adapt")
     st.write(
-        f"The shipped model ({learner.name}, {learner.head} head) adapts with inner lr {learner.inner_lr} "
+        f"The shipped model ({learner.name}, {learner.head} head) adapts with inner lr {learner.inner_lr:g} "
         f"for {lab.plural(learner.inner_steps, 'step')} by default."
-    )
+        + (" Its head starts at zero: step 0 is chance, and what it gets right after the steps, it learned in them."
+           if learner.head == "zero" else "")
+    )  # fmt: skip
     st.page_link("pages/adapt.py", label="Watch it adapt", icon="📉")
     st.subheader("3 · Look")
     st.page_link("pages/features.py", label="t-SNE of the features, before and after", icon="🗺️")
