@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from metacore.errors import MetacoreError
 from metacore.images import CHARACTER_SPEC, PHOTO_SPEC, decode, load_image, preprocess
@@ -206,10 +206,12 @@ def test_one_file_gives_the_same_features_in_the_app_and_the_api(tmp_path: Path)
 @pytest.fixture(scope="module")
 def good_support(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("support")
-    for label, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
-        (root / label).mkdir()
+    for label, (stroke, colour) in (("a", ((6, 20, 34, 20), (200, 30, 30))), ("b", ((20, 6, 20, 34), (30, 30, 200)))):
+        (root / label).mkdir()  # a: a horizontal bar, b: a vertical one (flat squares all look alike to the model)
         for i in range(2):
-            Image.new("RGB", (40, 40), colour).rotate(10 * i).save(root / label / f"{i}.png")
+            image = Image.new("RGB", (40, 40), "white")
+            ImageDraw.Draw(image).line(stroke, fill=colour, width=5)
+            image.rotate(10 * i, fillcolor="white").save(root / label / f"{i}.png")
     return root
 
 
