@@ -66,16 +66,7 @@ def evaluate(
     final = [accuracy for accuracy, _ in gathered]
     per_step = [curve for _, curve in gathered]
     accuracy, ci95 = mean_ci95(final)
-    result = {
-        "accuracy": accuracy,
-        "ci95": ci95,
-        "episodes": episodes,
-        "way": sampler.way[0] if sampler.way[0] == sampler.way[1] else list(sampler.way),
-        "shot": sampler.shot[0] if sampler.shot[0] == sampler.shot[1] else list(sampler.shot),
-        "query": sampler.query,
-        "steps": steps if learner.name != "protonet" else 0,
-        "inner_lr": learner.lr_in_force(lr),  # a Meta-SGD model's own rates are described, not a scalar
-    }
+    result = summary(learner, sampler, accuracy, ci95, episodes, steps if learner.name != "protonet" else 0, lr)
     if every_step:
         result["per_step"] = [
             {"step": i, "accuracy": m, "ci95": c}
@@ -98,16 +89,23 @@ def evaluate_with_curve(
     episode to the curve's last step: the accuracy at `steps` is the curve's row for that step."""
     steps = learner.inner_steps if steps is None else steps
     rows = step_curve(learner, sampler, episodes, max(curve[1], steps), lr, device, progress=progress)
+    result = summary(learner, sampler, rows[steps]["accuracy"], rows[steps]["ci95"], episodes, steps, lr)
+    return result | {"curve": rows[curve[0] : curve[1] + 1]}
+
+
+def summary(
+    learner: MAML, sampler: EpisodeSampler, accuracy: float, ci95: float, episodes: int, steps: int, lr: float | None
+) -> dict:
+    """The result of an evaluation: its accuracy and what it was measured on."""
     return {
-        "accuracy": rows[steps]["accuracy"],
-        "ci95": rows[steps]["ci95"],
+        "accuracy": accuracy,
+        "ci95": ci95,
         "episodes": episodes,
         "way": sampler.way[0] if sampler.way[0] == sampler.way[1] else list(sampler.way),
         "shot": sampler.shot[0] if sampler.shot[0] == sampler.shot[1] else list(sampler.shot),
         "query": sampler.query,
         "steps": steps,
-        "inner_lr": learner.lr_in_force(lr),
-        "curve": rows[curve[0] : curve[1] + 1],
+        "inner_lr": learner.lr_in_force(lr),  # a Meta-SGD model's own rates are described, not a scalar
     }
 
 
