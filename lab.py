@@ -431,6 +431,12 @@ def image_to_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def lr_key() -> str:
+    """The Adapt page's lr box, one per model (a widget's value comes back from the browser with every rerun, so
+    dropping it from session state would not bring back the new model's default)."""
+    return f"lr:{model_label()}"
+
+
 def sidebar() -> None:
     """Device and model card, on every page."""
     with st.sidebar:
@@ -441,7 +447,6 @@ def sidebar() -> None:
         if label != model_label():
             st.session_state.model_label = label
             reset_runs()  # runs were made with the other model
-            st.session_state.pop("lr", None)  # the Adapt page's lr starts again at the new model's default
             st.rerun()
         try:
             learner, meta = shared_model()

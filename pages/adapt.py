@@ -20,14 +20,15 @@ own_rates = learned_rates and controls[0].toggle(
     "Use its learned per-parameter rates", True, key="own_rates", help="off: one rate for every weight, from the box"
 )
 LOWEST_LR = 1e-5
+LR_KEY = lab.lr_key()  # one box per model: a newly picked model's box starts at its own default
 lr = controls[1].number_input(
-    "Inner learning rate", LOWEST_LR, 10.0, float(shipped.inner_lr), float(shipped.inner_lr), format="%.4g", key="lr",
-    disabled=own_rates,
+    "Inner learning rate", LOWEST_LR, 10.0, float(shipped.inner_lr), float(shipped.inner_lr), format="%.4g",
+    key=LR_KEY, disabled=own_rates,
 )  # fmt: skip
 
 
 def set_lr(value: float) -> None:
-    st.session_state.lr = min(10.0, max(LOWEST_LR, float(f"{value:.6g}")))
+    st.session_state[LR_KEY] = min(10.0, max(LOWEST_LR, float(f"{value:.6g}")))
 
 
 presets = controls[1].columns(3)
@@ -92,10 +93,13 @@ def stepping_area(init: str, lr: float | None, run_steps: int) -> None:
     buttons = st.columns([1, 1, 1, 4])
     step_clicked = buttons[0].button("Step", icon="👣", help="one inner gradient step", type="primary")
     run_clicked = buttons[1].button(f"Run {run_steps}", icon="▶️")
-    if buttons[2].button("Reset", icon="↩️", help="back to step 0 and the model's default learning rate"):
+    reset = buttons[2].button(
+        "Reset", icon="↩️", help="back to step 0 and the model's default learning rate",
+        on_click=set_lr, args=(shipped.inner_lr,),  # before the rerun: popping the widget's key would not reset it
+    )  # fmt: skip
+    if reset:
         runs.pop(init, None)
-        st.session_state.pop("lr", None)
-        st.rerun()  # the whole page: the lr box outside this part goes back to the default
+        st.rerun()  # the whole page: the lr box outside this part shows the default again
 
     chart = st.empty()
     if step_clicked:

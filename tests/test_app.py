@@ -43,6 +43,10 @@ def page(at: AppTest, name: str) -> AppTest:
     return at
 
 
+def lr_box(at: AppTest):
+    return next(n for n in at.number_input if n.label == "Inner learning rate")
+
+
 def button(at: AppTest, label: str):
     matches = [b for b in at.button if b.label.startswith(label)]
     assert matches, f"no button '{label}' among {[b.label for b in at.button]}"
@@ -304,21 +308,21 @@ def test_the_learning_rate_follows_the_model_and_reset_restores_it() -> None:
     photo_lr = read_checkpoint(lab.MODELS[photos_label])["learner"]["inner_lr"]
     at.sidebar.radio[0].set_value(photos_label).run()
     at = page(at, "adapt")
-    assert at.number_input(key="lr").value == photo_lr != characters
-    at.number_input(key="lr").set_value(5.0).run()
+    assert lr_box(at).value == photo_lr != characters
+    lr_box(at).set_value(5.0).run()
     at.sidebar.radio[0].set_value(next(iter(lab.MODELS))).run()  # back to the characters
     at = page(at, "adapt")
-    assert at.number_input(key="lr").value == characters
-    at.number_input(key="lr").set_value(3.0).run()
+    assert lr_box(at).value == characters
+    lr_box(at).set_value(3.0).run()
     button(at, "Reset").click().run()
-    assert at.number_input(key="lr").value == characters
+    assert lr_box(at).value == characters
 
 
 def test_a_diverging_run_stops_at_that_step_and_says_why() -> None:
     at = page(start(), "adapt")
     at.selectbox(key="init").set_value("random").run()
     at.button(key="lr_×10").click().run()  # 10x the model's default: too large from a random init
-    lr = at.number_input(key="lr").value
+    lr = lr_box(at).value
     at.slider(key="run_steps").set_value(50).run()
     button(at, "Run").click().run()
     records = at.session_state["runs"]["random"]["records"]
@@ -337,6 +341,10 @@ def test_features_page_maps_before_and_after_together_and_says_when_nothing_can_
     assert len(at.get("plotly_chart")) == 2
     deltas = [m.delta for m in at.metric if m.label == "Silhouette"]
     assert not deltas[0] and deltas[1]  # after: shown as the change from before
+    assert any("of their length" in i.value for i in at.info)  # how far the features moved, measured
+    table = at.dataframe[0].value  # what changed for each image: step 0 (zero head: chance) → adapted
+    assert set(table["before"].str.extract(r"\((\d+)%\)")[0].astype(int)) == {20}
+    assert (table["change"] == "now right").sum() >= len(table) // 2
     photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
     at.sidebar.radio[0].set_value(photos_label).run()
     at = page(at, "features")  # the photo model adapts its head only: the features cannot change
@@ -381,7 +389,7 @@ def test_lr_presets_set_the_models_default_divided_or_multiplied_by_ten() -> Non
     at = page(start(), "adapt")
     for key, expected in (("lr_×10", 10 * default), ("lr_÷10", default / 10), ("lr_default", default)):
         at.button(key=key).click().run()
-        assert at.number_input(key="lr").value == pytest.approx(expected)
+        assert lr_box(at).value == pytest.approx(expected)
 
 
 def test_the_comparison_says_when_two_lines_coincide() -> None:
@@ -478,7 +486,7 @@ def test_a_meta_sgd_model_adapts_with_its_learned_rates_unless_overridden(metasg
     from metacore.checkpoint import load_checkpoint
 
     at = page(start(), "adapt")
-    assert at.toggle(key="own_rates").value is True and at.number_input(key="lr").disabled
+    assert at.toggle(key="own_rates").value is True and lr_box(at).disabled
     assert any("In force: **learned per-parameter rates" in c.value for c in at.caption)
     button(at, "Step").click().run()
     run = at.session_state["runs"]["maml"]
@@ -492,10 +500,10 @@ def test_a_meta_sgd_model_adapts_with_its_learned_rates_unless_overridden(metasg
     assert run["records"][-1]["support_loss"] == pytest.approx(own, rel=1e-5)  # ... and the page used its own
 
     at.toggle(key="own_rates").set_value(False).run()
-    assert not at.number_input(key="lr").disabled
+    assert not lr_box(at).disabled
     assert any("(replacing the learned rates)" in c.value for c in at.caption)
     button(at, "Step").click().run()
-    assert at.session_state["runs"]["maml"]["lr"] == at.number_input(key="lr").value
+    assert at.session_state["runs"]["maml"]["lr"] == lr_box(at).value
 
 
 def lab_tensors(at: AppTest, learner) -> tuple:

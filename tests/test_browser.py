@@ -167,6 +167,40 @@ def test_draw_a_character_on_the_canvas(server: str, browser_page) -> None:
     page.screenshot(path=SHOTS / "draw.png", full_page=True)
 
 
+def test_the_lr_box_follows_the_model_and_reset_in_the_browser(server: str, browser_page) -> None:
+    """AppTest cannot see this: the browser sends its widget values back with every rerun, so a default that the
+    script merely drops from session state comes back from the page."""
+    from metacore.checkpoint import read_checkpoint
+
+    page = browser_page
+    page.goto(server)  # a new session, on the built-in example
+    page.get_by_text("Few-shot learning lab").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    default = read_checkpoint(ROOT / "models" / "omniglot_conv4.pt")["learner"]["inner_lr"]
+    go(page, "Adapt step by step")
+    box = page.get_by_label("Inner learning rate")
+    assert float(box.input_value()) == pytest.approx(default)
+    page.get_by_role("button", name="×10").click()
+    wait_idle(page)
+    assert float(box.input_value()) == pytest.approx(10 * default)
+    page.get_by_role("button", name="Step", exact=True).click()
+    wait_idle(page)
+    page.get_by_role("button", name="Reset", exact=True).click()
+    wait_idle(page)
+    assert float(box.input_value()) == pytest.approx(default)
+    page.get_by_role("button", name="×10").click()
+    wait_idle(page)
+    photos = read_checkpoint(ROOT / "models" / "photo_lite2.pt")["learner"]["inner_lr"]
+    page.get_by_text("Photos (EfficientNet-Lite2", exact=False).first.click()
+    wait_idle(page, 120)
+    go(page, "Adapt step by step")
+    assert float(page.get_by_label("Inner learning rate").input_value()) == pytest.approx(photos)
+    page.get_by_text("Characters (Conv-4", exact=False).first.click()
+    wait_idle(page, 120)
+    go(page, "Adapt step by step")
+    assert float(page.get_by_label("Inner learning rate").input_value()) == pytest.approx(default)
+
+
 def test_photo_model_on_an_imagenet_example(server: str, browser_page) -> None:
     if not (ROOT.parent / "shared" / "data" / "imagenet-mini18").is_dir():
         pytest.skip("imagenet-mini18 not found under ../shared/data")

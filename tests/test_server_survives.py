@@ -118,7 +118,7 @@ from streamlit.testing.v1 import AppTest
 at = AppTest.from_file("app.py", default_timeout=120).run()
 at.switch_page("pages/adapt.py").run()
 at.selectbox(key="init").set_value("random").run()
-at.number_input(key="lr").set_value(10.0).run()
+next(n for n in at.number_input if n.label == "Inner learning rate").set_value(10.0).run()
 at.slider(key="run_steps").set_value(50).run()
 next(b for b in at.button if b.label.startswith("Run")).click().run()
 """
