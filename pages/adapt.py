@@ -179,9 +179,13 @@ if comparison:
     names = list(curves)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            if len(curves[a]) == len(curves[b]) and np.allclose(curves[a], curves[b], rtol=0, atol=1e-6):
+            same = np.isclose(curves[a], curves[b], rtol=0, atol=1e-6) if len(curves[a]) == len(curves[b]) else []
+            if np.all(same):
                 st.caption(f"**{a}** and **{b}** give the same values at every step: their lines lie on top of each "
                            "other (told apart by dash style).")  # fmt: skip
+            elif np.sum(same) >= 2:
+                at = ", ".join(str(step) for step in np.flatnonzero(same))
+                st.caption(f"**{a}** and **{b}** lie on top of each other at steps {at} (told apart by dash style).")
     st.caption(
         "Meta-learning's point: from the MAML initialisation a few steps on a few images go a long way; "
         "from a random initialisation the same steps barely help."

@@ -165,11 +165,16 @@ def predictions_before_and_after() -> pd.DataFrame:
         first, last = (predict_proba(learner, params, all_x).numpy() for params in (start, adapted))
 
     def verdict(p: np.ndarray) -> str:
+        if p.max() - p.min() < 1e-6:  # a zero head: every class the same
+            return f"no class ({100 * p.max():.0f}% each)"
         return f"{tensors.names[int(p.argmax())]} ({100 * p.max():.0f}%)"
+
+    def is_right(p: np.ndarray, label: int) -> bool:
+        return p.max() - p.min() >= 1e-6 and int(p.argmax()) == label
 
     rows = []
     for i, (item, label) in enumerate(zip(items, labels)):
-        right = (int(first[i].argmax()) == label, int(last[i].argmax()) == label)
+        right = (is_right(first[i], label), is_right(last[i], label))
         change = {(False, True): "now right", (True, False): "now wrong"}.get(right, "")
         row = {"image": item.name, "class": tensors.names[label], "set": sets[i]}
         rows.append(row | {"before": verdict(first[i]), "after": verdict(last[i]), "change": change})

@@ -343,8 +343,8 @@ def test_features_page_maps_before_and_after_together_and_says_when_nothing_can_
     assert not deltas[0] and deltas[1]  # after: shown as the change from before
     assert any("of their length" in i.value for i in at.info)  # how far the features moved, measured
     table = at.dataframe[0].value  # what changed for each image: step 0 (zero head: chance) → adapted
-    assert set(table["before"].str.extract(r"\((\d+)%\)")[0].astype(int)) == {20}
-    assert (table["change"] == "now right").sum() >= len(table) // 2
+    assert set(table["before"]) == {"no class (20% each)"}
+    assert (table["change"] == "now right").sum() >= 0.8 * len(table)
     photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
     at.sidebar.radio[0].set_value(photos_label).run()
     at = page(at, "features")  # the photo model adapts its head only: the features cannot change
@@ -398,8 +398,15 @@ def test_the_comparison_says_when_two_lines_coincide() -> None:
     button(at, "Compare").click().run()
     assert len(at.get("plotly_chart")) >= 1
     records = at.session_state["comparison"]
-    same = [r["query_acc"] for r in records["maml"]] == [r["query_acc"] for r in records["anil"]]
-    assert same == any("give the same values at every step" in c.value for c in at.caption)
+    maml, anil = ([r["query_acc"] for r in records[key]] for key in ("maml", "anil"))
+    same = [step for step, (a, b) in enumerate(zip(maml, anil)) if a == b]
+    notes = [c.value for c in at.caption if "ANIL" in c.value and "on top of each other" in c.value]
+    if len(same) == len(maml):
+        assert any("give the same values at every step" in note for note in notes)
+    elif len(same) >= 2:  # partly: the note names the steps
+        assert any(f"at steps {', '.join(map(str, same))} " in note for note in notes)
+    else:
+        assert not notes
 
 
 def test_features_maps_have_one_legend_entry_per_class_and_distinct_colours() -> None:
