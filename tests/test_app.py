@@ -369,6 +369,7 @@ def test_a_fresh_install_opens_on_bundled_characters_the_model_recognises() -> N
     button(at, "Compare").click().run()  # what the README's walk-through says about a random initialisation
     random_init = at.session_state["comparison"]["random"]
     assert random_init[-1]["query_acc"] <= records[-1]["query_acc"] - 0.4
+    assert any("That gap is what meta-training bought" in c.value for c in at.caption)
 
 
 def test_an_example_that_does_not_suit_the_model_gets_a_warning() -> None:
