@@ -384,9 +384,11 @@ def divergence(records: list[dict], lr: float | None) -> str | None:
             f"Stopped at step {last['step']}: the support loss {what}: the model's learned rates overshoot on this "
             "task. Switch them off and try one rate near the model's default."
         )
+    default = shipped.inner_lr
+    safe = f"{default:g} (this model's default)" if lr > default else f"{lr / 10:g}"
     return (
         f"Stopped at step {last['step']}: the support loss {what}, so lr {lr:g} is too large here (each step "
-        f"overshoots). This model's default is {shipped.inner_lr:g}: stay within 10x of it."
+        f"overshoots). Use at most {safe}."
     )
 
 

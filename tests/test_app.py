@@ -333,6 +333,11 @@ def test_a_diverging_run_stops_at_that_step_and_says_why() -> None:
     assert f"Stopped at step {records[-1]['step']}" in message and f"lr {lr:g} is too large" in message
     button(at, "Step").click().run()
     assert len(at.session_state["runs"]["random"]["records"]) == len(records)  # nothing more until Reset
+    advised = float(message.split("Use at most ")[1].split()[0].rstrip("."))
+    lr_box(at).set_value(advised).run()  # the advice holds: 50 steps at that lr, no divergence
+    button(at, "Run").click().run()
+    assert len(at.session_state["runs"]["random"]["records"]) == 51
+    assert not any("Stopped at step" in e.value for e in at.error)
 
 
 def test_features_page_maps_before_and_after_together_and_says_when_nothing_can_move() -> None:
