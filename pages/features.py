@@ -239,10 +239,10 @@ for column, feats, title, key in (
 
 st.subheader("Predictions before → after")
 table = predictions_before_and_after()
-moved = (table["change"] != "").sum()
+now_right, now_wrong = ((table["change"] == change).sum() for change in ("now right", "now wrong"))
 st.dataframe(table, hide_index=True, height=min(400, 36 + 35 * len(table)))
-st.caption(f"{lab.plural(int(moved), 'image')} changed between right and wrong; the rest kept their class, "
-           "with the confidence shown.")  # fmt: skip
+st.caption(f"Of {len(table)} images, {now_right} went from wrong (or no class) to right and {now_wrong} from right "
+           f"to wrong; the other {len(table) - now_right - now_wrong} were right, or wrong, both times.")  # fmt: skip
 
 rows = [
     {
