@@ -176,16 +176,16 @@ if comparison:
         values = [r[metric] for r in recs] if key != "protonet" else [recs[0][metric]] * steps
         curves[lab.INITS[key]] = [100 * v for v in values] if metric == "query_acc" else values
     st.plotly_chart(charts.comparison(curves, "query accuracy %" if has_query else "support loss"), key="compare")
-    names = list(curves)
+    names, overlaps = list(curves), []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             same = np.isclose(curves[a], curves[b], rtol=0, atol=1e-6) if len(curves[a]) == len(curves[b]) else []
             if np.all(same):
-                st.caption(f"**{a}** and **{b}** give the same values at every step: their lines lie on top of each "
-                           "other (told apart by dash style).")  # fmt: skip
+                overlaps.append(f"**{a}** and **{b}** give the same values at every step")
             elif np.sum(same) >= 2:
-                at = ", ".join(str(step) for step in np.flatnonzero(same))
-                st.caption(f"**{a}** and **{b}** lie on top of each other at steps {at} (told apart by dash style).")
+                overlaps.append(f"**{a}** and **{b}** at steps {', '.join(map(str, np.flatnonzero(same)))}")
+    if overlaps:
+        st.caption("Lines on top of each other, told apart by dash style: " + "; ".join(overlaps) + ".")
     if has_query:
         meta, scratch = curves[lab.INITS["maml"]][-1], curves[lab.INITS["random"]][-1]
         if meta - scratch >= 10:
@@ -198,5 +198,6 @@ if comparison:
                 "adapter and head on top of it start at random" if frozen
                 else "these classes are easy to tell apart even for an untrained network"
             )  # fmt: skip
-            st.caption(f"On this task a random initialisation does about as well ({scratch:.0f}% against "
-                       f"{meta:.0f}% after the same steps): {why}.")  # fmt: skip
+            verdict = "does better than the meta-learned one" if scratch - meta >= 2 else "does about as well"
+            st.caption(f"On this task a random initialisation {verdict} ({scratch:.0f}% against {meta:.0f}% after "
+                       f"the same steps): {why}.")  # fmt: skip

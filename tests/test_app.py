@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import OMNIGLOT, jpeg, photo
+from conftest import OMNIGLOT, SHARED_DATA, jpeg, photo
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -406,13 +406,14 @@ def test_the_comparison_says_when_two_lines_coincide() -> None:
     records = at.session_state["comparison"]
     maml, anil = ([r["query_acc"] for r in records[key]] for key in ("maml", "anil"))
     same = [step for step, (a, b) in enumerate(zip(maml, anil)) if a == b]
-    notes = [c.value for c in at.caption if "ANIL" in c.value and "on top of each other" in c.value]
+    note = " ".join(c.value for c in at.caption if "on top of each other" in c.value)
+    pair = "**Meta-trained init (the picked model)** and **Meta-trained init, head only (ANIL)**"
     if len(same) == len(maml):
-        assert any("give the same values at every step" in note for note in notes)
+        assert f"{pair} give the same values at every step" in note
     elif len(same) >= 2:  # partly: the note names the steps
-        assert any(f"at steps {', '.join(map(str, same))} " in note for note in notes)
+        assert f"{pair} at steps {', '.join(map(str, same))}" in note
     else:
-        assert not notes
+        assert pair not in note
 
 
 def test_features_maps_have_one_legend_entry_per_class_and_distinct_colours() -> None:
@@ -529,3 +530,23 @@ def lab_tensors(at: AppTest, learner) -> tuple:
     x = torch.stack([preprocess(item.image, spec) for c in classes for item in c.support])
     y = torch.tensor([k for k, c in enumerate(classes) for _ in c.support])
     return x, y
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "imagenet-mini18").is_dir(), reason="imagenet-mini18 not found under ../shared/data")
+def test_the_comparison_caption_says_what_the_photo_curves_show() -> None:
+    """Photos: the frozen ImageNet body makes a random adapter and head do well; the caption must not claim a gap."""
+    at = start()
+    photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
+    at.sidebar.radio[0].set_value(photos_label).run()
+    at = page(at, "build")
+    button(at, "ImageNet photos").click().run()
+    at = page(at, "adapt")
+    button(at, "Step").click().run()
+    button(at, "Compare").click().run()
+    meta, scratch = (100 * at.session_state["comparison"][key][-1]["query_acc"] for key in ("maml", "random"))
+    caption = next(c.value for c in at.caption if "random" in c.value and "%" in c.value)
+    assert f"{scratch:.0f}%" in caption and f"{meta:.0f}%" in caption
+    if meta - scratch >= 10:
+        assert "That gap is what meta-training bought" in caption
+    else:
+        assert "frozen ImageNet body" in caption and "gap" not in caption
