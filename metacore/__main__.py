@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from metacore import distributed
+from metacore.device import keep_freed_memory
 from metacore.errors import MetacoreError
 from metacore.paths import PROJECT_ROOT, SHIPPED_MODEL, default_data_root
 
@@ -513,6 +514,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return distributed.finish(COMMANDS[args.command](args))
     except MetacoreError as exc:

@@ -532,7 +532,7 @@ def lab_tensors(at: AppTest, learner) -> tuple:
     return x, y
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "imagenet-mini18").is_dir(), reason="imagenet-mini18 not found under ../shared/data")
+@pytest.mark.skipif(not (SHARED_DATA / "imagenet-mini18").is_dir(), reason="no imagenet-mini18 under ../shared/data")
 def test_the_comparison_caption_says_what_the_photo_curves_show() -> None:
     """Photos: the frozen ImageNet body makes a random adapter and head do well; the caption must not claim a gap."""
     at = start()
