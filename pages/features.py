@@ -164,13 +164,15 @@ def predictions_before_and_after() -> pd.DataFrame:
         start = next(learner.adapt(tensors.support_x, tensors.support_y, steps=0, way=len(tensors.names))).params
         first, last = (predict_proba(learner, params, all_x).numpy() for params in (start, adapted))
 
+    def predicted(p: np.ndarray) -> int | None:
+        return None if p.max() - p.min() < 1e-6 else int(p.argmax())  # None: a zero head, every class the same
+
     def verdict(p: np.ndarray) -> str:
-        if p.max() - p.min() < 1e-6:  # a zero head: every class the same
-            return f"no class ({100 * p.max():.0f}% each)"
-        return f"{tensors.names[int(p.argmax())]} ({100 * p.max():.0f}%)"
+        k = predicted(p)
+        return f"no class ({100 * p.max():.0f}% each)" if k is None else f"{tensors.names[k]} ({100 * p.max():.0f}%)"
 
     def is_right(p: np.ndarray, label: int) -> bool:
-        return p.max() - p.min() >= 1e-6 and int(p.argmax()) == label
+        return predicted(p) == label
 
     rows = []
     for i, (item, label) in enumerate(zip(items, labels)):
@@ -239,7 +241,7 @@ for column, feats, title, key in (
 
 st.subheader("Predictions before → after")
 table = predictions_before_and_after()
-now_right, now_wrong = ((table["change"] == change).sum() for change in ("now right", "now wrong"))
+now_right, now_wrong = ((table["change"] == verdict).sum() for verdict in ("now right", "now wrong"))
 st.dataframe(table, hide_index=True, height=min(400, 36 + 35 * len(table)))
 st.caption(f"Of {len(table)} images, {now_right} went from wrong (or no class) to right and {now_wrong} from right "
            f"to wrong; the other {len(table) - now_right - now_wrong} were right, or wrong, both times.")  # fmt: skip

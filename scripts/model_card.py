@@ -105,6 +105,22 @@ def evaluate(
     return json.loads(result.stdout)
 
 
+def measure(
+    model: Path, suite: dict, args: argparse.Namespace, inner_lr: float | None = None, name: str = ""
+) -> list[tuple[str, dict]]:
+    """(setting, `evaluate` result) for every setting of the suite: one process per setting, --jobs at a time."""
+    settings = suite["settings"]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)  # parallel evaluations share the cores
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(
+            lambda s: evaluate(model, args.data_root, *s[1:], args.episodes, args.curve_steps, inner_lr, threads),
+            settings,
+        ))  # fmt: skip
+    for (label, *_), result in zip(settings, results):
+        print(f"{name}{label}: {result['accuracy']:.2f} ± {result['ci95']:.2f}", flush=True)
+    return [(label, result) for (label, *_), result in zip(settings, results)]
+
+
 def rounded(rows: list[dict]) -> list[dict]:
     return [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
 
@@ -126,11 +142,8 @@ def random_init_curves(payload: dict, out: Path, suite: dict, args: argparse.Nam
         grid[lr] = round(result["accuracy"], 2)
         print(f"random init, lr {lr}: {grid[lr]:.2f} on the tuning data", flush=True)
     best = max(grid, key=grid.get)
-    curves = {}
-    for label, data_args, way, shot in suite["settings"]:
-        result = evaluate(random_model, args.data_root, data_args, way, shot, args.episodes, args.curve_steps, best)
-        curves[label] = rounded(result["curve"])
-        print(f"random init, {label}: {result['accuracy']:.2f} ± {result['ci95']:.2f}", flush=True)
+    measured = measure(random_model, suite, args, best, "random init, ")
+    curves = {label: rounded(result["curve"]) for label, result in measured}
     random_model.unlink()
     return {"inner_lr": best, "lr_grid": grid, "curves": curves, "note": suite["random_note"]}
 
@@ -261,16 +274,9 @@ def main() -> None:
 
     suite = SUITES[args.suite]
     table, curves = {}, {}
-    settings = suite["settings"]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    with ThreadPoolExecutor(args.jobs) as pool:  # one `evaluate` process per setting, `jobs` at a time
-        results = pool.map(
-            lambda s: evaluate(out, args.data_root, *s[1:], args.episodes, args.curve_steps, threads=threads), settings
-        )
-        for (label, *_), result in zip(settings, results):
-            table[label] = {"accuracy": round(result["accuracy"], 2), "ci95": round(result["ci95"], 2)}
-            curves[label] = rounded(result["curve"])
-            print(f"{label}: {result['accuracy']:.2f} ± {result['ci95']:.2f}", flush=True)
+    for label, result in measure(out, suite, args):
+        table[label] = {"accuracy": round(result["accuracy"], 2), "ci95": round(result["ci95"], 2)}
+        curves[label] = rounded(result["curve"])
     contrast = random_init_curves(payload, out, suite, args) if args.contrast else None
 
     training = payload["training"]
