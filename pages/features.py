@@ -243,8 +243,9 @@ st.subheader("Predictions before → after")
 table = predictions_before_and_after()
 now_right, now_wrong = ((table["change"] == verdict).sum() for verdict in ("now right", "now wrong"))
 st.dataframe(table, hide_index=True, height=min(400, 36 + 35 * len(table)))
+same = len(table) - now_right - now_wrong
 st.caption(f"Of {len(table)} images, {now_right} went from wrong (or no class) to right and {now_wrong} from right "
-           f"to wrong; the other {len(table) - now_right - now_wrong} were right, or wrong, both times.")  # fmt: skip
+           f"to wrong; the other {same} {'was' if same == 1 else 'were'} right, or wrong, both times.")  # fmt: skip
 
 rows = [
     {
