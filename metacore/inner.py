@@ -57,7 +57,7 @@ def inner_loop(
     query_y: Tensor | None = None,
     adapt_keys: Collection[str] | None = None,
     first_order: bool = False,
-    query_every_step: bool = True,
+    query_steps: Collection[int] | None = None,
     chunk: int | None = None,
 ) -> Iterator[Snapshot]:
     """Adapt `params` to the support set by `steps` gradient steps, yielding steps+1 snapshots.
@@ -98,7 +98,7 @@ def inner_loop(
         current = {**frozen, **fast}
         grads, loss, logits = support_objective(fast, with_grad=step < steps)
         snapshot = Snapshot(step, current, loss, accuracy(logits, support_y), logits)
-        if query_x is not None and (query_every_step or step == steps):
+        if query_x is not None and (query_steps is None or step in query_steps or step == steps):
             snapshot.query_logits = logits_fn(current, query_x)
             if query_y is not None:
                 snapshot.query_loss = F.cross_entropy(snapshot.query_logits, query_y)

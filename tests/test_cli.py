@@ -184,6 +184,17 @@ def test_steps_curve_matches_the_per_step_accuracies_of_the_same_episodes(toy: P
     code, _, stderr = run([*common, "--steps-curve", "0:x"], capsys)
     assert code == 2 and "--steps-curve takes A:B" in stderr
 
+    # A sparse curve (the query scored only at its steps) has the dense curve's numbers at those steps, and the
+    # accuracy at --steps (3, not on the curve) is still measured.
+    code, stdout, _ = run([*common, "--steps", "3", "--steps-curve", "0:1,2:6:2", "--json"], capsys)
+    sparse = json.loads(stdout)
+    assert code == 0 and [row["step"] for row in sparse["curve"]] == [0, 1, 2, 4, 6]
+    for row in sparse["curve"]:
+        assert row == pytest.approx(curve[row["step"]], abs=1e-6)
+    assert sparse["accuracy"] == pytest.approx(per_step[3]["accuracy"], abs=1e-6)
+    code, _, stderr = run([*common, "--steps-curve", "0:6:0"], capsys)
+    assert code == 2 and "S >= 1" in stderr
+
 
 def test_classify_json(toy: Path, checkpoint: Path, capsys) -> None:
     code, stdout, _ = run(

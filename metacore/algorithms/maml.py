@@ -6,7 +6,7 @@ The other gradient-based methods subclass this: they change what adapts (ANIL), 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -81,7 +81,7 @@ class MAML:
         way: int | None = None,
         params: Params | None = None,
         first_order: bool | None = None,
-        query_every_step: bool = True,
+        query_steps: Collection[int] | None = None,
         chunk: int | None = None,
     ) -> Iterator[Snapshot]:
         """Yield one snapshot per inner step (0 = before adapting). Never modifies `self.params`."""
@@ -101,7 +101,7 @@ class MAML:
             query_y=query_y,
             adapt_keys=self.adapted_keys,
             first_order=self.first_order if first_order is None else first_order,
-            query_every_step=query_every_step,
+            query_steps=query_steps,
             chunk=chunk,
         )
 
@@ -116,7 +116,7 @@ class MAML:
                 task.query_y,
                 way=task.way,
                 params=params,
-                query_every_step=False,
+                query_steps=(),
             )
         )
         return last.query_loss, last.query_acc
