@@ -41,7 +41,7 @@ def add_common(p: argparse.ArgumentParser, *, checkpoint: bool = True, data: boo
         p.add_argument("--way", default="5", help="classes per task (N), or a range like 5-20 for training")
         p.add_argument("--shot", default="1", help="support images per class (K), or a range like 1-5")
         p.add_argument("--query", type=int, default=15, help="query images per class (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="inner steps (default: the checkpoint's own)")
+    p.add_argument("--steps", type=int, default=None, help="inner steps (default: the checkpoint's own; train: 2)")
     p.add_argument("--inner-lr", type=float, default=None, help="inner learning rate (default: the checkpoint's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
@@ -209,7 +209,7 @@ def check_steps(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from metacore.train import TrainConfig, train
+    from metacore.train import TrainConfig, inner_loop_problem, train
 
     check_steps(args)
     cfg = TrainConfig(
@@ -229,7 +229,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         query=args.query,
         meta_batch=args.meta_batch,
         inner_lr=0.4 if args.inner_lr is None else args.inner_lr,
-        inner_steps=1 if args.steps is None else args.steps,
+        inner_steps=TrainConfig.inner_steps if args.steps is None else args.steps,
         eval_steps=args.eval_steps,
         meta_lr=args.meta_lr,
         cosine=args.cosine,
@@ -248,6 +248,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if cfg.algorithm not in ALGORITHMS:
         raise MetacoreError(f"unknown --algo '{cfg.algorithm}' (choose: {', '.join(ALGORITHMS)})")
+    problem = inner_loop_problem(cfg)  # an error is raised by train() itself, before any work
+    if problem and problem[0] == "warning":
+        print(f"warning: {problem[1]}", file=sys.stderr)
     summary = train(cfg, progress=not args.json or sys.stderr.isatty())
     if not distributed.current().main:
         return 0  # under torchrun, rank 0 reports

@@ -49,7 +49,7 @@ class TrainConfig:
     query: int = 15
     meta_batch: int = 16
     inner_lr: float = 0.4
-    inner_steps: int = 1
+    inner_steps: int = 2  # from a zero head, step 1 moves only the head: the body's first inner gradient is at step 2
     eval_steps: int | None = None  # inner steps at test time (default: inner_steps)
     meta_lr: float = 1e-3
     cosine: bool = False
@@ -107,6 +107,29 @@ def mean_feature(backbone: Backbone, dataset: ImageClasses, limit: int = 2000) -
         return backbone.features(backbone.params, images.to(next(iter(backbone.params.values())))).mean(0)
 
 
+def inner_loop_problem(cfg: TrainConfig) -> tuple[str, str] | None:
+    """("error" or "warning", why) when the inner loop cannot do what the algorithm is meant to; None when it can.
+
+    A zero head gives the body no inner gradient at step 1 (every logit is 0 whatever the features), so with one
+    step the adapted body is the starting body: MAML's meta-gradient is then ANIL's, and Reptile's direction for
+    the body is exactly zero. With no step at all a zero head stays at chance and nothing can be learned."""
+    if cfg.head != "zero" or cfg.algorithm == "protonet":
+        return None
+    if cfg.inner_steps == 0:
+        return "error", "with a zero head and 0 inner steps every task stays at chance: there is nothing to meta-learn"
+    if cfg.inner_steps == 1 and cfg.algorithm == "reptile":
+        return "error", (
+            "reptile with a zero head and 1 inner step cannot train the body: a zero head gives the body no inner "
+            "gradient, so the adapted body is the starting one and Reptile's direction is 0. Use --steps 2 or more"
+        )
+    if cfg.inner_steps == 1 and cfg.algorithm != "anil":
+        return "warning", (
+            f"{cfg.algorithm} with a zero head and 1 inner step adapts only the head (a zero head gives the body no "
+            f"inner gradient), so it meta-learns what ANIL does; use --steps 2 or more for {cfg.algorithm} proper"
+        )
+    return None
+
+
 def check_writable(path: Path) -> None:
     """Fail now, with the reason, if a file cannot be written at `path` (its folder is made if missing)."""
     existing = next(p for p in path.absolute().parents if p.exists())
@@ -146,6 +169,9 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
     check_number(cfg.meta_lr, "meta-lr", 0, 1.0, above=True)
     check_number(cfg.inner_lr, "inner-lr", 0, MAX_INNER_LR, above=True)
     check_number(cfg.inner_steps, "inner steps", 0, MAX_INNER_STEPS, integer=True)
+    problem = inner_loop_problem(cfg)
+    if problem and problem[0] == "error":
+        raise MetacoreError(problem[1])
     if cfg.dtype not in ("float32", "float64"):
         raise MetacoreError(f"--dtype must be float32 or float64, got {cfg.dtype}")
     world, device = distributed.setup(resolve_device(cfg.device))

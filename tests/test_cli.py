@@ -14,8 +14,10 @@ import torch
 
 from metacore.__main__ import main
 from metacore.checkpoint import load_checkpoint, read_checkpoint
-from metacore.data import open_dataset
+from metacore.data import EpisodeSampler, open_dataset
 from metacore.errors import MetacoreError
+from metacore.inner import layer_shift, run_to_end
+from metacore.models import Backbone
 from test_data import make_class_folders
 
 TOY_TASK = ["--dataset", "toy", "--way", "3", "--shot", "1", "--query", "2"]
@@ -547,3 +549,35 @@ def test_train_feature_scale_centres_on_the_mean_training_feature(toy: Path, che
     code, _, stderr = run([*common[:-1], str(toy / "twice.pt"), "--init", str(out), "--feature-scale", "5",
                            "--iterations", "1"], capsys)  # fmt: skip
     assert code == 2 and "already normalises its features" in stderr
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile", "anil", "metasgd", "protonet"])
+def test_every_algorithms_default_training_moves_the_body(algo: str, toy: Path, tmp_path: Path, capsys) -> None:
+    """With the CLI's defaults (zero head, 2 inner steps) the body is meta-trained, and every algorithm that adapts
+    the body does so in its inner loop (from a zero head, one step would move only the head)."""
+    out = tmp_path / f"{algo}.pt"
+    code, _, stderr = run(["train", "--algo", algo, "--data-root", str(toy), *TOY_TASK, "--iterations", "2",
+                           "--val-every", "2", "--val-episodes", "2", "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0 and "warning" not in stderr, stderr
+    learner, _ = load_checkpoint(out)
+    torch.manual_seed(0)  # the seed `train` builds its backbone with
+    start = Backbone("conv4").params
+    assert all(not torch.equal(learner.params[k], start[k]) for k in start), "some body parameter did not train"
+    task = EpisodeSampler(open_dataset(toy, "toy", spec=learner.backbone.input_spec), 3, 1, 2, seed=0).sample()
+    last = run_to_end(learner.adapt(task.support_x, task.support_y))
+    moved = layer_shift(learner.params, last.params)
+    body = [v for layer, v in moved.items() if layer.startswith("blocks.")]
+    assert (max(body, default=0.0) > 0) == (algo not in ("anil", "protonet")), moved
+
+
+def test_a_zero_head_with_one_step_is_refused_for_reptile_and_flagged_for_maml(toy: Path, tmp_path: Path, capsys):
+    common = ["train", "--data-root", str(toy), *TOY_TASK, "--iterations", "1", "--val-every", "1",
+              "--val-episodes", "1", "--steps", "1", "--out", str(tmp_path / "m.pt")]  # fmt: skip
+    code, _, stderr = run([*common, "--algo", "reptile"], capsys)
+    assert code == 2 and "Reptile's direction is 0" in stderr and "Traceback" not in stderr
+    code, _, stderr = run([*common, "--algo", "maml"], capsys)
+    assert code == 0 and "warning: maml with a zero head and 1 inner step adapts only the head" in stderr
+    code, _, stderr = run([*common, "--algo", "maml", "--steps", "0"], capsys)  # the last --steps counts
+    assert code == 2 and "every task stays at chance" in stderr
+    code, _, stderr = run([*common, "--algo", "maml", "--head", "proto"], capsys)  # a prototype head: no problem
+    assert code == 0 and "warning" not in stderr
