@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "is a cosine-prototype classifier",
     )
     p.add_argument("--rotations", action="store_true", help="add 90/180/270-degree rotations as extra classes")
+    p.add_argument(
+        "--allow-evaluation-split",
+        action="store_true",
+        help="allow training on Omniglot's evaluation alphabets (the test set; the checkpoint and card record it)",
+    )
     p.add_argument("--augment", action="store_true", help="distort each training image (random shift, rotation, scale)")
     p.add_argument("--meta-batch", type=int, default=16, help="tasks per outer step")
     p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the outer loop")
@@ -243,6 +248,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         init=args.init,
         dtype=args.dtype,
+        allow_evaluation_split=args.allow_evaluation_split,
     )
     from metacore.algorithms import ALGORITHMS
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ class ImageClasses:
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.classes]
+
+    def class_list_sha256(self) -> str:
+        """A fingerprint of which classes these are (their names, one per line, in order)."""
+        return hashlib.sha256("\n".join(self.names).encode()).hexdigest()
 
     def _load(self, path: Path) -> torch.Tensor:
         image = self._cache.get(path)

@@ -22,12 +22,14 @@ from metacore.checkpoint import (
     build_learner,
     check_number,
     load_checkpoint,
+    read_checkpoint,
     save_checkpoint,
 )
 from metacore.data import EpisodeSampler, ImageClasses, augment_task, open_dataset, parse_range
 from metacore.device import describe, resolve_device
 from metacore.errors import MetacoreError
 from metacore.evaluate import evaluate
+from metacore.images import InputSpec
 from metacore.models import BACKBONES, Backbone
 
 
@@ -65,6 +67,7 @@ class TrainConfig:
     init: str | None = None  # a checkpoint whose backbone parameters are the starting point
     preload: bool = True  # decode every image before the first step (False: as episodes first need them)
     dtype: str = "float32"  # float64: for exactness checks (e.g. one process against several under torchrun)
+    allow_evaluation_split: bool = False  # Omniglot's evaluation alphabets are for testing: training on them is opt-in
 
 
 def quick_recipe(data_root: str, dataset: str, split: str | None, **overrides) -> TrainConfig:
@@ -105,6 +108,48 @@ def mean_feature(backbone: Backbone, dataset: ImageClasses, limit: int = 2000) -
     images = torch.cat([dataset.images(i, list(range(min(per_class, len(dataset.classes[i].files))))) for i in classes])
     with torch.no_grad():
         return backbone.features(backbone.params, images.to(next(iter(backbone.params.values())))).mean(0)
+
+
+def training_data(cfg: TrainConfig, spec: InputSpec) -> tuple[ImageClasses, ImageClasses]:
+    """(training classes, validation classes) as configured: held-out classes, or other images of every class."""
+    dataset = open_dataset(cfg.data_root, cfg.dataset, cfg.split, spec, cfg.rotations, cfg.images)
+    if not cfg.val_images:
+        return dataset.split_held_out(cfg.val_fraction)
+    # every class trains; validation episodes come from other images of the same classes
+    val_set = open_dataset(cfg.data_root, cfg.dataset, cfg.split, spec, cfg.rotations, cfg.val_images)
+    shared = {f for c in dataset.classes for f in c.files} & {f for c in val_set.classes for f in c.files}
+    if shared:
+        raise MetacoreError(
+            f"--val-images {cfg.val_images} shares {len(shared)} images with the training images (--images "
+            f"{cfg.images or 'all'}): give disjoint slices, e.g. --images 0:400 --val-images 400:500"
+        )
+    return dataset, val_set
+
+
+def data_record(cfg: TrainConfig, train_set: ImageClasses, val_set: ImageClasses) -> dict:
+    """What one training run learned from, for its checkpoint and model card: where, which classes, which images."""
+    return {
+        "data_root": Path(cfg.data_root).name,
+        "dataset": cfg.dataset,
+        "split": cfg.split or ("background" if cfg.dataset == "omniglot" else None),
+        "images": cfg.images,
+        "rotations": cfg.rotations,
+        "training_classes": len(train_set),
+        "training_class_list_sha256": train_set.class_list_sha256(),
+        "validation": f"images {cfg.val_images} of the same classes" if cfg.val_images else "held-out classes",
+        "validation_classes": len(val_set),
+        "validation_class_list_sha256": val_set.class_list_sha256(),
+        "evaluation_split": bool(cfg.allow_evaluation_split),
+    }
+
+
+def earlier_stages(init: str | None) -> list[dict]:
+    """The data records of the runs an `--init` checkpoint came from, oldest first; a run from before checkpoints
+    recorded their data appears as {"recorded": False, "checkpoint": ...}."""
+    if not init:
+        return []
+    training = read_checkpoint(init).get("training", {})
+    return training.get("data_stages") or [{"recorded": False, "checkpoint": str(init)}]
 
 
 def inner_loop_problem(cfg: TrainConfig) -> tuple[str, str] | None:
@@ -172,6 +217,12 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
     problem = inner_loop_problem(cfg)
     if problem and problem[0] == "error":
         raise MetacoreError(problem[1])
+    if cfg.dataset == "omniglot" and cfg.split == "evaluation" and not cfg.allow_evaluation_split:
+        raise MetacoreError(
+            "Omniglot's evaluation alphabets are the test set every reported accuracy is measured on: training on "
+            "them makes those numbers meaningless. If that is what you want, add --allow-evaluation-split (the "
+            "checkpoint and its model card will say so)"
+        )
     if cfg.dtype not in ("float32", "float64"):
         raise MetacoreError(f"--dtype must be float32 or float64, got {cfg.dtype}")
     world, device = distributed.setup(resolve_device(cfg.device))
@@ -198,12 +249,14 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
         optimizer_state = training.get("optimizer")
         elapsed_before = float(training.get("seconds", 0.0))
         history = list(training.get("history", []))
+        prior_stages = list(training.get("data_stages", [])[:-1])
         saved = meta.get("config", {})
         keep = {k: v for k, v in saved.items() if k not in MACHINE_SETTINGS}
         cfg = TrainConfig(**{**asdict(cfg), **keep})
         if world.main:
             _log(f"resuming {out} from iteration {start_iteration}")
     else:
+        prior_stages = earlier_stages(cfg.init)
         torch.manual_seed(cfg.seed)
         if cfg.init:
             backbone = load_checkpoint(cfg.init, device)[0].backbone
@@ -217,22 +270,8 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
 
     if cfg.augment and learner.backbone.input_spec.body:
         raise MetacoreError("--augment distorts images; this model's inputs are body features, not pixels")
-    dataset = open_dataset(
-        cfg.data_root, cfg.dataset, cfg.split, learner.backbone.input_spec, cfg.rotations, cfg.images
-    )
-    if cfg.val_images:  # every class trains; validation episodes come from other images of the same classes
-        train_set = dataset
-        val_set = open_dataset(
-            cfg.data_root, cfg.dataset, cfg.split, learner.backbone.input_spec, cfg.rotations, cfg.val_images
-        )
-        shared = {f for c in train_set.classes for f in c.files} & {f for c in val_set.classes for f in c.files}
-        if shared:
-            raise MetacoreError(
-                f"--val-images {cfg.val_images} shares {len(shared)} images with the training images (--images "
-                f"{cfg.images or 'all'}): give disjoint slices, e.g. --images 0:400 --val-images 400:500"
-            )
-    else:
-        train_set, val_set = dataset.split_held_out(cfg.val_fraction)
+    train_set, val_set = training_data(cfg, learner.backbone.input_spec)
+    data_stages = [*prior_stages, data_record(cfg, train_set, val_set)]  # every stage's data, oldest first
     if cfg.feature_scale and not cfg.resume:  # centred on the mean feature of (up to 2,000) training images
         backbone = learner.backbone.with_feature_scale(cfg.feature_scale, mean_feature(learner.backbone, train_set))
         learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head)
@@ -272,6 +311,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
                 "seconds": seconds,
                 "optimizer": optimizer.state_dict(),
                 "history": history,
+                "data_stages": data_stages,
                 "device": str(device),
                 "hardware": hardware,
                 "torch": str(torch.__version__),

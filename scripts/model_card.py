@@ -27,10 +27,20 @@ sys.path.insert(0, str(ROOT))
 
 from metacore.checkpoint import read_checkpoint, sha256  # noqa: E402
 from metacore.device import describe  # noqa: E402
+from metacore.images import InputSpec  # noqa: E402
+from metacore.train import TrainConfig, data_record, training_data  # noqa: E402
 
 # Each benchmark: (table row, `evaluate` data arguments, way, shot); tuning: data for the random init's lr.
 OMNIGLOT_EVAL = ["--split", "evaluation"]
-IMAGENET_EVAL = ["--dataset", "imagenet-mini18", "--split", "train"]
+IMAGENET_EVAL = ["--dataset", "imagenet-mini18", "--split", "train"]  # ImageNet-1k training images: the body's own
+IMAGENET_UNSEEN = [
+    "--dataset",
+    "imagenet-mini18",
+    "--split",
+    "val",
+    "--query",
+    "2",
+]  # 3 images a class: 1 shot, 2 queries
 CIFAR_EVAL = ["--dataset", "cifar10-test", "--images", "500:"]
 SUITES = {
     "omniglot": {
@@ -40,21 +50,22 @@ SUITES = {
         "settings": [(f"{w}-way {s}-shot", OMNIGLOT_EVAL, w, s) for w, s in [(5, 1), (5, 5), (20, 1), (20, 5)]],
         "tuning": ["--split", "background"],
         "random_note": "Random init: the same architecture (centred, normalised features), seed 0, not meta-trained.",
-        "lr_grid": [0.01, 0.1, 0.4, 1.0],
+        "lr_grid": [0.0001, 0.0003, 0.001, 0.003],  # features of length 100: the head's step is lr * 100^2
     },
     "photo": {
         "benchmark": "Accuracy on images unseen in meta-training",
         "what": "a feature adapter (LayerNorm, low-rank residual, cosine features with a learned scale) on the frozen "
         "EfficientNet-Lite2 ImageNet body",
-        "data": "CIFAR-10 test images 0-399 of each of the 10 classes (cifar10-test, --images 0:400); images 400-499 "
-        "of each class for validation (--val-images 400:500). No ImageNet-18 image was used in meta-training.",
-        "evaluation": "ImageNet classes held out from meta-training (imagenet-mini18/train: 18 classes, 580 photos; "
-        "the frozen body was pretrained on ImageNet-1k, these classes included) and CIFAR-10 test images 500-999 "
-        "of each class (unseen in meta-training, but of the 10 classes it trained on)",
+        "data_note": "No ImageNet-18 image was used in meta-training. The frozen body was trained (with labels) on "
+        "ImageNet-1k's training images, which include every imagenet-mini18/train image, but not its val images.",
+        "evaluation": "images no part of the model was trained on: ImageNet-18 validation photos (imagenet-mini18/val, "
+        "3 a class: 1 shot and 2 queries) and CIFAR-10 test images 500-999 of each class (unseen in meta-training, "
+        "of the 10 classes it trained on); and, marked, imagenet-mini18/train, photos the frozen body was trained on",
         "settings": [
-            ("ImageNet-18 5-way 1-shot", IMAGENET_EVAL, 5, 1),
-            ("ImageNet-18 5-way 5-shot", IMAGENET_EVAL, 5, 5),
-            ("CIFAR-10 5-way 5-shot", CIFAR_EVAL, 5, 5),
+            ("ImageNet-18 val 5-way 1-shot (unseen)", IMAGENET_UNSEEN, 5, 1),
+            ("CIFAR-10 5-way 5-shot (unseen)", CIFAR_EVAL, 5, 5),
+            ("ImageNet-18 train 5-way 1-shot (the body's training photos)", IMAGENET_EVAL, 5, 1),
+            ("ImageNet-18 train 5-way 5-shot (the body's training photos)", IMAGENET_EVAL, 5, 5),
         ],
         "tuning": ["--dataset", "cifar10-test", "--images", "0:400"],
         "random_note": "A random initialisation of this adapter is not a random network: its residual starts at zero, "
@@ -71,7 +82,7 @@ def evaluate(
     way: int,
     shot: int,
     episodes: int,
-    curve_steps: int,
+    curve: str,
     inner_lr: float | None = None,
     threads: int = 0,
 ) -> dict:
@@ -84,20 +95,20 @@ def evaluate(
         str(checkpoint),
         "--data-root",
         data_root,
-        *data_args,
+        "--query",
+        "15",
+        *data_args,  # after --query 15: a setting's own --query replaces it
         "--way",
         str(way),
         "--shot",
         str(shot),
-        "--query",
-        "15",
         "--episodes",
         str(episodes),
         "--seed",
         "0",
         "--json",
     ]
-    args += ["--steps-curve", f"0:{curve_steps}"]
+    args += ["--steps-curve", curve]
     if inner_lr is not None:
         args += ["--inner-lr", str(inner_lr)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None  # parallel evaluations share the cores
@@ -113,12 +124,71 @@ def measure(
     threads = max(1, (os.cpu_count() or 1) // args.jobs)  # parallel evaluations share the cores
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(
-            lambda s: evaluate(model, args.data_root, *s[1:], args.episodes, args.curve_steps, inner_lr, threads),
+            lambda s: evaluate(model, args.data_root, *s[1:], args.episodes, curve_spec(args), inner_lr, threads),
             settings,
         ))  # fmt: skip
     for (label, *_), result in zip(settings, results):
         print(f"{name}{label}: {result['accuracy']:.2f} ± {result['ci95']:.2f}", flush=True)
     return [(label, result) for (label, *_), result in zip(settings, results)]
+
+
+def curve_spec(args: argparse.Namespace) -> str:
+    """`evaluate --steps-curve`: every step to 10, then every 5th (the query is scored only there: a quarter of
+    the time for 1-shot tasks, where scoring 15 queries a class is most of a step), or every step with --dense."""
+    last = args.curve_steps
+    if args.dense or last < 15:
+        return f"0:{last}"
+    return f"0:10,15:{last}:5" + ("" if last % 5 == 0 else f",{last}:{last}")
+
+
+def data_stages(payload: dict, data_root: str, card: Path | None = None) -> list[dict]:
+    """Every training stage's data record, oldest first: as the checkpoint recorded it or, for a checkpoint from
+    before `train` recorded its data, computed now from the config it saved (and marked so); a stage whose
+    checkpoint is not at hand stays unrecorded, with the command its model card gives."""
+    training = payload["training"]
+    if training.get("data_stages"):
+        return training["data_stages"]
+    fields = {k: v for k, v in payload["config"].items() if k in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig(**{**fields, "data_root": data_root})
+    spec = InputSpec(**payload["backbone"]["input_spec"])
+    record = data_record(cfg, *training_data(cfg, spec)) | {"source": "computed from the checkpoint's saved config"}
+    init = cfg.init
+    if not init:
+        return [record]
+    if (ROOT / init).is_file():
+        return [*data_stages(read_checkpoint(ROOT / init), data_root, (ROOT / init).with_suffix(".json")), record]
+    command = json.loads(card.read_text()).get("command", "") if card and card.is_file() else ""
+    return [{"recorded": False, "checkpoint": init, "command": command.split(" && ")[0]}, record]
+
+
+def data_statement(stages: list[dict]) -> str:
+    """The card's data line, derived from the stages' records."""
+    parts = []
+    for i, stage in enumerate(stages, 1):
+        name = f"Stage {i}" if len(stages) > 1 else "Training"
+        if stage.get("recorded") is False:
+            parts.append(f"{name}: not recorded (its checkpoint, {stage['checkpoint']}, predates data records and is "
+                         f"not shipped); its command: `{stage.get('command') or 'unknown'}`.")  # fmt: skip
+            continue
+        split = f" `{stage['split']}` split" if stage["split"] else ""
+        images = f", images {stage['images']} of each class" if stage["images"] else ""
+        rotations = " with 90/180/270-degree rotations as extra classes" if stage["rotations"] else ""
+        parts.append(
+            f"{name}: {stage['dataset']}{split}{images}, {stage['training_classes']} classes{rotations} (class list "
+            f"sha256 {stage['training_class_list_sha256'][:12]}...); validation on {stage['validation']} "
+            f"({stage['validation_classes']} classes)." + (" **Trained on the evaluation split (explicitly allowed).**"
+                                         if stage["evaluation_split"] else "")
+        )  # fmt: skip
+    recorded = [s for s in stages if s.get("recorded") is not False]
+    if any(s["dataset"] == "omniglot" for s in recorded):
+        on_eval = [i for i, s in enumerate(stages, 1) if s.get("split") == "evaluation"]
+        unknown = [i for i, s in enumerate(stages, 1) if s.get("recorded") is False]
+        if on_eval:
+            parts.append(f"Stage(s) {', '.join(map(str, on_eval))} trained on images_evaluation.")
+        else:
+            unrecorded = f" (stage {', '.join(map(str, unknown))} is not recorded: see its command)" if unknown else ""
+            parts.append(f"No recorded stage used images_evaluation{unrecorded}.")
+    return " ".join(parts)
 
 
 def rounded(rows: list[dict]) -> list[dict]:
@@ -138,7 +208,7 @@ def random_init_curves(payload: dict, out: Path, suite: dict, args: argparse.Nam
     _, data_args, way, shot = suite["settings"][0]
     grid = {}
     for lr in suite["lr_grid"]:
-        result = evaluate(random_model, args.data_root, suite["tuning"], way, shot, 100, args.steps, lr)
+        result = evaluate(random_model, args.data_root, suite["tuning"], way, shot, 100, f"0:{args.steps}", lr)
         grid[lr] = round(result["accuracy"], 2)
         print(f"random init, lr {lr}: {grid[lr]:.2f} on the tuning data", flush=True)
     best = max(grid, key=grid.get)
@@ -156,11 +226,38 @@ HEAD_WORDS = {
 CURVE_COLUMNS = (0, 1, 2, 3, 4, 5, 10, 20, 50)
 
 
+def runs(steps: set[int]) -> list[list[int]]:
+    """Consecutive runs: {0, 1, 2, 5} -> [[0, 1, 2], [5]]."""
+    out: list[list[int]] = []
+    for step in sorted(steps):
+        if out and step == out[-1][-1] + 1:
+            out[-1].append(step)
+        else:
+            out.append([step])
+    return out
+
+
+def curve_check(curve: list[dict], steps: int) -> str:
+    """One line on a curve: the rise from step 0 to `steps`, whether it never falls on the way, and how far below
+    its peak it goes after `steps` (pressing Run 50 must not collapse it)."""
+    accuracy = {row["step"]: row["accuracy"] for row in curve}
+    climb = [accuracy[s] for s in sorted(accuracy) if s <= steps]
+    dip = max((a - b for i, a in enumerate(climb) for b in climb[i + 1 :]), default=0.0)
+    after = [accuracy[s] for s in sorted(accuracy) if s >= steps]
+    peak_step = max(accuracy, key=accuracy.get)
+    monotone = "never falls" if dip <= 0 else f"falls by at most {dip:.2f} points on the way"
+    return (
+        f"step 0 → {steps}: {accuracy[0]:.2f} → {accuracy[steps]:.2f}% (+{accuracy[steps] - accuracy[0]:.1f} points), "
+        f"{monotone}; peak {accuracy[peak_step]:.2f}% at step {peak_step}; steps {steps}..{max(accuracy)} stay within "
+        f"{accuracy[peak_step] - min(after):.2f} points of it"
+    )
+
+
 def curve_tables(card: dict, steps: int) -> str:
     """Markdown: query accuracy (95% CI) and support loss after chosen inner steps, per setting (and from a random
     initialisation, if measured)."""
-    last = len(next(iter(card["curves"].values()))) - 1
-    columns = sorted({c for c in CURVE_COLUMNS if c <= last} | {steps, last})
+    measured = {row["step"] for row in next(iter(card["curves"].values()))}
+    columns = sorted({c for c in CURVE_COLUMNS if c in measured} | {steps, max(measured)})
     head = "| setting | " + " | ".join(f"step {c}" for c in columns) + " |\n|---|" + "---|" * len(columns)
     sources = [("", card["curves"])]
     if card.get("random_init"):
@@ -171,12 +268,16 @@ def curve_tables(card: dict, steps: int) -> str:
         grid = ", ".join(f"{float(lr):g}: {acc:.1f}%" for lr, acc in card["random_init"]["lr_grid"].items())
         note = f"\n{card['random_init']['note']} Its inner lr was picked on the tuning data ({grid}).\n"
     for suffix, curves in sources:
-        for label, rows in curves.items():
+        for label, curve in curves.items():
+            rows = {row["step"]: row for row in curve}
             accuracy.append(f"| {label}{suffix} | " + " | ".join(
                 f"{rows[c]['accuracy']:.1f} ± {rows[c]['ci95']:.1f}" for c in columns) + " |")  # fmt: skip
             loss.append(f"| {label}{suffix} | " + " | ".join(f"{rows[c]['support_loss']:.3f}" for c in columns) + " |")
     lr = card["default_inner_lr"]
+    checks = "\n".join(f"- {label}: {curve_check(curve, steps)}" for label, curve in card["curves"].items())
+    scored = ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs(measured))
     return (
+        f"### The curve's shape at the default lr {lr:g} (query scored after steps {scored})\n\n{checks}\n\n"
         f"### Query accuracy % (95% CI) after each inner step, at the default lr {lr:g}\n\n" + "\n".join(accuracy)
         + f"\n\n### Support loss after each inner step, at the default lr {lr:g}\n\n" + "\n".join(loss) + "\n"
         + note
@@ -196,6 +297,7 @@ def card_command(args: argparse.Namespace) -> str:
     return (
         f"python scripts/model_card.py {args.checkpoint} --suite {args.suite} --out {args.out} "
         f"--steps {args.steps} --inner-lr {args.inner_lr} --curve-steps {args.curve_steps}"
+        + (" --dense" if args.dense else "")
         + (f" --head {args.head}" if args.head else "")
         + (" --contrast" if args.contrast else "")
     )
@@ -248,6 +350,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--curve-steps", type=int, default=50, help="query accuracy and support loss after steps 0..N")
     parser.add_argument(
+        "--dense", action="store_true", help="score every step of the curve (default: 0..10, then every 5th)"
+    )
+    parser.add_argument(
         "--contrast", action="store_true", help="also the curves from a random initialisation of the same architecture"
     )
     parser.add_argument("--command", default="", help="the exact training command, for the card")
@@ -268,6 +373,7 @@ def main() -> None:
     if args.head:
         payload["learner"]["head"] = args.head
     payload["training"].pop("optimizer", None)  # not needed to use the model; keeps the file small
+    stages_data = payload["training"]["data_stages"] = data_stages(payload, args.data_root)
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, out)
@@ -285,10 +391,9 @@ def main() -> None:
         "sha256": sha256(out),
         "size_bytes": out.stat().st_size,
         "benchmark": suite["benchmark"],
-        "data": suite.get("data")
-        or "Omniglot images_background (964 characters, 30 alphabets) with 90/180/270-degree rotations as extra "
-        "classes; the last 10% of classes held out for validation. images_evaluation never used in training.",
-        "evaluation": f"{suite['evaluation']}; {args.episodes} episodes per setting, 15 queries per class, seed 0",
+        "data": " ".join(filter(None, [data_statement(stages_data), suite.get("data_note")])),
+        "evaluation": f"{suite['evaluation']}; {args.episodes} episodes per setting, 15 queries per class (unless "
+        "the setting says otherwise), seed 0",
         "algorithm": payload["learner"]["algorithm"],
         "head": payload["learner"]["head"],
         "backbone": payload["backbone"],

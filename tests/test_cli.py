@@ -165,7 +165,7 @@ def test_evaluate_json(toy: Path, checkpoint: Path, capsys) -> None:
     assert code == 0
     result = json.loads(stdout)
     assert 0 <= result["accuracy"] <= 100 and result["ci95"] >= 0 and result["episodes"] == 5
-    assert [row["step"] for row in result["per_step"]] == [0, 1]
+    assert [row["step"] for row in result["per_step"]] == [0, 1, 2]  # the checkpoint's own steps: train's default 2
 
 
 def test_steps_curve_matches_the_per_step_accuracies_of_the_same_episodes(toy: Path, checkpoint: Path, capsys) -> None:
@@ -581,3 +581,32 @@ def test_a_zero_head_with_one_step_is_refused_for_reptile_and_flagged_for_maml(t
     assert code == 2 and "every task stays at chance" in stderr
     code, _, stderr = run([*common, "--algo", "maml", "--head", "proto"], capsys)  # a prototype head: no problem
     assert code == 0 and "warning" not in stderr
+
+
+def test_checkpoints_record_every_stages_data_and_evaluation_alphabets_need_a_flag(tmp_path: Path, capsys) -> None:
+    for split, alphabets in (("images_background", ("Alpha", "Beta")), ("images_evaluation", ("Gamma",))):
+        for alphabet in alphabets:
+            make_class_folders(tmp_path / "omniglot-py" / split / alphabet, {f"character{i:02d}": 4 for i in range(4)})
+    common = ["train", "--data-root", str(tmp_path), "--way", "3", "--shot", "1", "--query", "2", "--iterations", "1",
+              "--meta-batch", "1", "--val-every", "1", "--val-episodes", "1"]  # fmt: skip
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    assert run([*common, "--out", str(first)], capsys)[0] == 0
+    code, _, stderr = run([*common, "--init", str(first), "--rotations", "--out", str(second)], capsys)
+    assert code == 0, stderr
+    stages = read_checkpoint(second)["training"]["data_stages"]
+    assert [s["rotations"] for s in stages] == [False, True]  # the first stage's record travels with the second
+    training, _ = open_dataset(tmp_path, "omniglot", "background", rotations=True).split_held_out(0.1)
+    hashes = ("training_class_list_sha256", "validation_class_list_sha256")
+    assert {k: v for k, v in stages[1].items() if k not in hashes} == {
+        "data_root": tmp_path.name, "dataset": "omniglot", "split": "background", "images": None, "rotations": True,
+        "training_classes": len(training), "validation": "held-out classes", "validation_classes": 32 - len(training),
+        "evaluation_split": False,
+    }  # fmt: skip
+    assert stages[1][hashes[0]] == training.class_list_sha256() != stages[0][hashes[0]]
+
+    on_test = [*common, "--split", "evaluation", "--way", "2", "--out", str(tmp_path / "cheat.pt")]
+    code, _, stderr = run(on_test, capsys)
+    assert code == 2 and "--allow-evaluation-split" in stderr and not (tmp_path / "cheat.pt").exists()
+    code, _, stderr = run([*on_test, "--allow-evaluation-split"], capsys)
+    assert code == 0, stderr
+    assert read_checkpoint(tmp_path / "cheat.pt")["training"]["data_stages"][-1]["evaluation_split"] is True
