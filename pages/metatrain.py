@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -10,7 +11,7 @@ import live_training
 from metacore.errors import MetacoreError
 from metacore.examples import meta_training_data
 from metacore.images import InputSpec
-from metacore.train import quick_recipe
+from metacore.train import inner_loop_problem, quick_recipe
 
 lab.sidebar()
 st.title("🏋️ Meta-train")
@@ -52,9 +53,12 @@ with st.container(border=True):
         f"Data: {data_note}, 10% of its classes held out. Validation: {default.val_episodes} tasks of those classes "
         f"every {default.val_every} outer steps. The defaults pass 85% within a minute on 2 CPU cores."
     )
+    problem = inner_loop_problem(replace(default, algorithm=algorithm, inner_steps=steps))
+    if problem:  # e.g. one inner step from a zero head: the body never moves in the inner loop
+        (st.error if problem[0] == "error" else st.warning)(problem[1][0].upper() + problem[1][1:] + ".")
 
 buttons = st.columns([1, 1, 1, 4])
-if buttons[0].button("Start", icon="▶️", type="primary", disabled=busy):
+if buttons[0].button("Start", icon="▶️", type="primary", disabled=busy or (problem or ("",))[0] == "error"):
     cfg = quick_recipe(
         data_root, dataset, split, algorithm=algorithm, way=str(way), shot=str(shot), meta_batch=meta_batch,
         inner_lr=inner_lr, inner_steps=steps, meta_lr=meta_lr, iterations=int(outer_steps),

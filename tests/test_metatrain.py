@@ -121,3 +121,17 @@ def test_a_run_whose_session_is_gone_stops_by_itself(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(live_training, "IDLE_LIMIT_S", 0.5)  # nothing of the session runs from now on
     wait(lambda: not run.active, 30)
     assert run.state == "stopped" and "session was gone" in run.message and run.checkpoint.is_file()
+
+
+def test_one_inner_step_from_a_zero_head_is_flagged_before_start() -> None:
+    """From a zero head the first inner step moves only the head: MAML with one step is ANIL (warned), Reptile with
+    one step cannot move the body (Start is disabled). The defaults take 2 steps and are not flagged."""
+    at = meta_train_page()
+    assert at.slider(key="mt_steps").value == 2 and not at.warning and not at.error
+    at.slider(key="mt_steps").set_value(1).run()
+    assert "adapts only the head" in at.warning[0].value and not at.error
+    at.selectbox(key="mt_algo").set_value("reptile").run()
+    assert "Reptile's direction is 0" in at.error[0].value
+    assert [b for b in at.button if b.label == "Start"][0].disabled
+    at.slider(key="mt_steps").set_value(2).run()
+    assert not at.warning and not at.error and not [b for b in at.button if b.label == "Start"][0].disabled
