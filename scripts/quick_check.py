@@ -18,11 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Per-algorithm settings: a sensible short-run recipe for each method.
 RECIPES = {
-    "maml": ["--steps", "1", "--inner-lr", "0.4"],
-    "fomaml": ["--steps", "1", "--inner-lr", "0.4"],
+    "maml": ["--steps", "2", "--inner-lr", "0.4"],  # from a zero head, 1 step would be ANIL (see README)
+    "fomaml": ["--steps", "2", "--inner-lr", "0.4"],
     "reptile": ["--steps", "3", "--inner-lr", "0.4", "--meta-batch", "4", "--meta-lr", "0.003"],
     "anil": ["--steps", "5", "--inner-lr", "0.4"],
-    "metasgd": ["--steps", "1", "--inner-lr", "0.4"],
+    "metasgd": ["--steps", "2", "--inner-lr", "0.4"],
     "protonet": [],
 }
 
