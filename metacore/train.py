@@ -140,7 +140,7 @@ def data_record(cfg: TrainConfig, train_set: ImageClasses, val_set: ImageClasses
         "validation": f"images {cfg.val_images} of the same classes" if cfg.val_images else "held-out classes",
         "validation_classes": len(val_set),
         "validation_class_list_sha256": val_set.class_list_sha256(),
-        "evaluation_split": bool(cfg.allow_evaluation_split),
+        "evaluation_split": cfg.dataset == "omniglot" and cfg.split == "evaluation",
     }
 
 
