@@ -5,6 +5,7 @@ from canvas import drawing_canvas
 from metacore.errors import MetacoreError
 from metacore.examples import (
     OMNIGLOT_EXAMPLES,
+    PHOTO_EXAMPLE_NOTES,
     dataset_task,
     digits_task,
     download_omniglot,
@@ -81,7 +82,7 @@ with st.expander("Start from an example", expanded=not any(c.support for c in cl
     if photos:
         st.caption("Photo tasks (pick the photo model in the sidebar for these):")
         for column, (label, (dataset, split)) in zip(st.columns(len(photos)), photos.items()):
-            if column.button(label, icon="📷"):
+            if column.button(label, icon="📷", help=PHOTO_EXAMPLE_NOTES.get(label)):
                 seed = st.session_state.get("ex_seed", 0)
                 try:
                     listing = lab.listed_classes(str(root), dataset, split)
