@@ -356,7 +356,15 @@ def main() -> None:
         "--contrast", action="store_true", help="also the curves from a random initialisation of the same architecture"
     )
     parser.add_argument("--command", default="", help="the exact training command, for the card")
+    parser.add_argument(
+        "--rerender",
+        action="store_true",
+        help="measure nothing: rewrite --out's card from its JSON (and add what it lacks)",
+    )
     args = parser.parse_args()
+    if args.rerender:
+        rerender(ROOT / args.out, SUITES[args.suite], args.data_root, card_command(args))
+        return
 
     payload = read_checkpoint(args.checkpoint)
     stages = [stage_summary(payload)]  # read before the long evaluations: a missing earlier stage fails at once
@@ -409,6 +417,7 @@ def main() -> None:
         "curves": curves,
         "random_init": contrast,
         "command": args.command,
+        "card_command": card_command(args),
     }
     body = payload["backbone"]["input_spec"].get("body")
     if body:
@@ -416,15 +425,58 @@ def main() -> None:
 
         spec = BODIES[body]
         card["body"] = {"name": body, "source": spec.source, "package_version": body_package_version(spec.package)}
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    card["movement"] = layer_movement(out, args.data_root, suite["settings"][0], args.steps)
+    write_card(card, out, suite)
 
-    rows = "\n".join(f"| {k} | {v['accuracy']:.2f} ± {v['ci95']:.2f} |" for k, v in table.items())
+
+def layer_movement(model: Path, data_root: str, setting: tuple, steps: int, episodes: int = 20) -> dict:
+    """How far each layer moves (L2) in `steps` inner steps at the default lr: the mean over `episodes` tasks of
+    the suite's first setting (seed 0), so the card shows that both the body and the head adapt."""
+    from metacore.checkpoint import load_checkpoint
+    from metacore.data import EpisodeSampler, open_dataset
+    from metacore.inner import layer_shift
+
+    label, data_args, way, shot = setting
+    parser = argparse.ArgumentParser()
+    for flag in ("--dataset", "--split", "--images", "--query"):
+        parser.add_argument(flag)
+    data = parser.parse_args(data_args)
+    learner, _ = load_checkpoint(model)
+    dataset = open_dataset(data_root, data.dataset or "omniglot", data.split, learner.backbone.input_spec,
+                           images=data.images)  # fmt: skip
+    sampler = EpisodeSampler(dataset, way, shot, int(data.query or 15), seed=0)
+    totals: dict[str, float] = {}
+    for _ in range(episodes):
+        task = sampler.sample()
+        with torch.no_grad():
+            snapshots = list(learner.adapt(task.support_x, task.support_y, steps=steps, way=task.way))
+        for layer, moved in layer_shift(snapshots[0].params, snapshots[-1].params).items():
+            totals[layer] = totals.get(layer, 0.0) + moved / episodes
+    return {
+        "setting": label,
+        "episodes": episodes,
+        "steps": steps,
+        "l2": {k: float(f"{v:.3g}") for k, v in totals.items()},
+    }
+
+
+def write_card(card: dict, out: Path, suite: dict) -> None:
+    """The JSON card and its Markdown page, from the card's own fields (so a card can be re-rendered)."""
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    stages, steps, lr = card["stages"], card["default_inner_steps"], card["default_inner_lr"]
+    rows = "\n".join(f"| {k} | {v['accuracy']:.2f} ± {v['ci95']:.2f} |" for k, v in card["accuracy"].items())
     training_lines = "\n".join(
         f"- **Training{f' stage {i + 1}' if len(stages) > 1 else ''}**: {stage['algorithm']}, {stage['iterations']} "
         f"iterations, {duration(stage['seconds'])} on {stage['hardware']}, torch {stage['torch']}. "
         f"Hyperparameters: {stage['hyperparameters']}."
         for i, stage in enumerate(stages)
     )
+    movement = ""
+    if card.get("movement"):
+        m = card["movement"]
+        moved = ", ".join(f"{layer} {value:g}" for layer, value in m["l2"].items())
+        movement = (f"\n### How far each layer moves in {m['steps']} steps\n\nL2 distance from the start, mean of "
+                    f"{m['episodes']} {m['setting']} tasks (seed 0) at lr {lr:g}: {moved}.\n")  # fmt: skip
     out.with_suffix(".md").write_text(f"""# Model card: {out.name}
 
 - **What**: {suite["what"]}, meta-trained with `metacore` ({card["algorithm"]}). Every task starts from a
@@ -432,8 +484,8 @@ def main() -> None:
 - **Data**: {card["data"]}
 {training_lines}
 - **Reproduce**: `{card["command"] or "see config in the JSON card"}` then
-  `{card_command(args)}`.
-- **Defaults used by the app and CLI**: inner lr {args.inner_lr}, {args.steps} step{"" if args.steps == 1 else "s"}.
+  `{card["card_command"]}`.
+- **Defaults used by the app and CLI**: inner lr {lr}, {steps} step{"" if steps == 1 else "s"}.
 - **sha256**: `{card["sha256"]}` ({card["size_bytes"] / 1e6:.1f} MB)
 
 ## Accuracy ({card["evaluation"]})
@@ -442,8 +494,19 @@ def main() -> None:
 |---|---|
 {rows}
 
-{curve_tables(card, args.steps)}""")
-    print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.md')}")
+{curve_tables(card, steps)}{movement}""")
+    print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}")
+
+
+def rerender(out: Path, suite: dict, data_root: str, card_command: str) -> None:
+    """Rewrite a card's Markdown (and JSON) from its JSON, adding what a card from an older script lacks."""
+    card = json.loads(out.with_suffix(".json").read_text())
+    if card["sha256"] != sha256(out):
+        raise SystemExit(f"{out} no longer matches its card (sha256): measure it again")
+    card.setdefault("card_command", card_command)
+    if "movement" not in card:
+        card["movement"] = layer_movement(out, data_root, suite["settings"][0], card["default_inner_steps"])
+    write_card(card, out, suite)
 
 
 if __name__ == "__main__":
