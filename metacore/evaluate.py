@@ -141,10 +141,8 @@ def step_curve(
 
         def one_task(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, way: int = tasks[0].way):
             snaps = list(learner.adapt(sx, sy, qx, qy, steps=wanted[-1], lr=lr, way=way, query_steps=wanted))
-            return (
-                torch.stack([snaps[step].query_acc for step in wanted]),
-                torch.stack([snaps[step].support_loss for step in wanted]),
-            )
+            at = [snaps[min(step, len(snaps) - 1)] for step in wanted]  # ProtoNet: one snapshot, the same at every step
+            return torch.stack([s.query_acc for s in at]), torch.stack([s.support_loss for s in at])
 
         batch = [
             torch.stack([getattr(t, name) for t in tasks]) for name in ("support_x", "support_y", "query_x", "query_y")

@@ -610,3 +610,14 @@ def test_checkpoints_record_every_stages_data_and_evaluation_alphabets_need_a_fl
     code, _, stderr = run([*on_test, "--allow-evaluation-split"], capsys)
     assert code == 0, stderr
     assert read_checkpoint(tmp_path / "cheat.pt")["training"]["data_stages"][-1]["evaluation_split"] is True
+
+
+def test_a_protonet_step_curve_is_flat(toy: Path, tmp_path: Path, capsys) -> None:
+    """ProtoNet takes no inner steps: its curve repeats step 0 at every step asked for (no traceback)."""
+    out = tmp_path / "protonet.pt"
+    assert main(["train", "--algo", "protonet", "--data-root", str(toy), *TOY_TASK, "--iterations", "1",
+                 "--meta-batch", "1", "--val-every", "1", "--val-episodes", "1", "--out", str(out)]) == 0  # fmt: skip
+    code, stdout, _ = run([*evaluate_args(out, toy, "--episodes", "3", "--steps-curve", "0:2", "--json")], capsys)
+    curve = json.loads(stdout)["curve"]
+    assert code == 0 and [row["step"] for row in curve] == [0, 1, 2]
+    assert curve[0] | {"step": 2} == curve[2]

@@ -14,6 +14,7 @@ from metacore.bodies import BODIES
 from metacore.checkpoint import load_checkpoint, sha256
 from metacore.data import EpisodeSampler, open_dataset
 from metacore.evaluate import step_curve
+from metacore.images import InputSpec
 from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL
 
 MODELS = {"characters": SHIPPED_MODEL, "photos": PHOTO_MODEL}
@@ -66,3 +67,26 @@ def test_the_character_model_climbs_far_above_chance_on_unseen_alphabets() -> No
 @pytest.mark.skipif(not IMAGENET.is_dir(), reason=f"imagenet-mini18 not found at {IMAGENET} (no shared data)")
 def test_the_photo_model_climbs_far_above_chance_on_held_out_imagenet_classes() -> None:
     climbs("photos", (SHARED_DATA, "imagenet-mini18", "train"), 5, 5, minimum_rise=60)  # as in its card
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_each_checkpoint_records_its_training_data_and_its_card_says_so(name: str) -> None:
+    """The data line of a card is derived from the data records in the checkpoint (one per training stage), and
+    those records are true: the class list they name is the one the recorded settings give (needs the data)."""
+    payload = torch.load(MODELS[name], weights_only=True)
+    card = json.loads(MODELS[name].with_suffix(".json").read_text())
+    stages = payload["training"]["data_stages"]
+    recorded = [stage for stage in stages if stage.get("recorded") is not False]
+    assert recorded and not any(stage["evaluation_split"] for stage in recorded)
+    for stage in recorded:
+        assert stage["training_class_list_sha256"][:12] in card["data"]
+    if name == "characters":
+        assert "No recorded stage used images_evaluation" in card["data"]
+    last, config = recorded[-1], payload["config"]
+    dataset_args = (SHARED_DATA, last["dataset"], config["split"])
+    if not (SHARED_DATA / ("omniglot-py" if last["dataset"] == "omniglot" else last["dataset"])).is_dir():
+        pytest.skip(f"{last['dataset']} not found under {SHARED_DATA} (no shared data): the records stay unchecked")
+    spec = InputSpec(**payload["backbone"]["input_spec"])
+    data = open_dataset(*dataset_args, spec=spec, rotations=last["rotations"], images=last["images"])
+    training = data if config.get("val_images") else data.split_held_out(config["val_fraction"])[0]
+    assert training.class_list_sha256() == last["training_class_list_sha256"]
