@@ -617,6 +617,7 @@ def test_a_protonet_step_curve_is_flat(toy: Path, tmp_path: Path, capsys) -> Non
     out = tmp_path / "protonet.pt"
     assert main(["train", "--algo", "protonet", "--data-root", str(toy), *TOY_TASK, "--iterations", "1",
                  "--meta-batch", "1", "--val-every", "1", "--val-episodes", "1", "--out", str(out)]) == 0  # fmt: skip
+    capsys.readouterr()
     code, stdout, _ = run([*evaluate_args(out, toy, "--episodes", "3", "--steps-curve", "0:2", "--json")], capsys)
     curve = json.loads(stdout)["curve"]
     assert code == 0 and [row["step"] for row in curve] == [0, 1, 2]
