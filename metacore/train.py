@@ -72,11 +72,11 @@ class TrainConfig:
 
 def quick_recipe(data_root: str, dataset: str, split: str | None, **overrides) -> TrainConfig:
     """The lab's Meta-train default, chosen to be watched: second-order MAML, 5-way 1-shot with 5 queries a class,
-    two inner steps at lr 0.4 (from a zero head, the first moves only the head), 4 tasks per outer step, outer lr
+    two inner steps at lr 0.2 (from a zero head, the first moves only the head), 4 tasks per outer step, outer lr
     1e-3, 1,000 outer steps, validation every 25 on 50 tasks; images decoded as episodes first need them, so the
     first point comes in seconds."""
     recipe = dict(algorithm="maml", data_root=data_root, dataset=dataset, split=split, way="5", shot="1", query=5,
-                  meta_batch=4, inner_lr=0.4, inner_steps=2, meta_lr=1e-3, iterations=1000, val_every=25,
+                  meta_batch=4, inner_lr=0.2, inner_steps=2, meta_lr=1e-3, iterations=1000, val_every=25,
                   val_episodes=50, preload=False)  # fmt: skip
     return TrainConfig(**(recipe | overrides))
 
