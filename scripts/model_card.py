@@ -254,12 +254,14 @@ def curve_check(curve: list[dict], steps: int) -> str:
     dip = max((a - b for i, a in enumerate(climb) for b in climb[i + 1 :]), default=0.0)
     after = [accuracy[s] for s in sorted(accuracy) if s >= steps]
     peak_step = max(accuracy, key=accuracy.get)
-    monotone = "never falls" if dip <= 0 else f"falls by at most {dip:.2f} points on the way"
-    return (
+    monotone = "never falls" if dip <= 0 else f"falls by at most {dip:.2g} points on the way"
+    line = (
         f"step 0 → {steps}: {accuracy[0]:.2f} → {accuracy[steps]:.2f}% (+{accuracy[steps] - accuracy[0]:.1f} points), "
-        f"{monotone}; peak {accuracy[peak_step]:.2f}% at step {peak_step}; steps {steps}..{max(accuracy)} stay within "
-        f"{accuracy[peak_step] - min(after):.2f} points of it"
+        f"{monotone}; peak {accuracy[peak_step]:.2f}% at step {peak_step}"
     )
+    if max(accuracy) > steps:
+        line += f"; steps {steps}..{max(accuracy)} stay within {accuracy[peak_step] - min(after):.2f} points of it"
+    return line
 
 
 def curve_tables(card: dict, steps: int) -> str:
@@ -370,9 +372,11 @@ def main() -> None:
         action="store_true",
         help="measure nothing: rewrite --out's card from its JSON (and add what it lacks)",
     )
+    parser.add_argument("--measured-on", default=None, help="with --rerender: the file the card was measured on")
     args = parser.parse_args()
     if args.rerender:
-        rerender(ROOT / args.out, SUITES[args.suite], args.data_root, card_command(args))
+        measured_on = Path(args.measured_on) if args.measured_on else None
+        rerender(ROOT / args.out, SUITES[args.suite], args.data_root, card_command(args), measured_on)
         return
 
     payload = read_checkpoint(args.checkpoint)
@@ -507,11 +511,35 @@ def write_card(card: dict, out: Path, suite: dict) -> None:
     print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}")
 
 
-def rerender(out: Path, suite: dict, data_root: str, card_command: str) -> None:
-    """Rewrite a card's Markdown (and JSON) from its JSON, adding what a card from an older script lacks."""
+def same_model(a: dict, b: dict) -> bool:
+    """Whether two checkpoints hold the same model (weights, architecture, learner), whatever their metadata."""
+    return (
+        a["backbone"] == b["backbone"]
+        and a["learner"] == b["learner"]
+        and a["state_dict"].keys() == b["state_dict"].keys()
+        and all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    )
+
+
+def rerender(out: Path, suite: dict, data_root: str, card_command: str, measured_on: Path | None = None) -> None:
+    """Rewrite a card's Markdown (and JSON) from its JSON, adding what a card from an older script lacks.
+
+    With `measured_on` (the file the card's numbers were measured on), `out` may differ from it in metadata only
+    (e.g. data records added): the weights are checked to be the same, and the card takes the new file's sha256."""
     card = json.loads(out.with_suffix(".json").read_text())
+    if measured_on is not None:
+        if card["sha256"] != sha256(measured_on):
+            raise SystemExit(f"the card was not measured on {measured_on} (sha256)")
+        if not same_model(read_checkpoint(measured_on), read_checkpoint(out)):
+            raise SystemExit(f"{out} holds another model than {measured_on}: measure it again")
+        card |= {"sha256": sha256(out), "size_bytes": out.stat().st_size}
     if card["sha256"] != sha256(out):
         raise SystemExit(f"{out} no longer matches its card (sha256): measure it again")
+    payload = read_checkpoint(out)
+    if payload["training"].get("data_stages"):
+        card["data"] = " ".join(
+            filter(None, [data_statement(payload["training"]["data_stages"]), suite.get("data_note")])
+        )
     card.setdefault("card_command", card_command)
     if "movement" not in card:
         card["movement"] = layer_movement(out, data_root, suite["settings"][0], card["default_inner_steps"])
