@@ -163,9 +163,10 @@ def photo_section(table: Table, runs: Path) -> list[str]:
     lines = [
         "## Photos (EfficientNet-Lite2 body, frozen)",
         "",
-        "Test data: ImageNet-18 (`imagenet-mini18/train`, 18 classes never used in meta-training; the frozen body "
-        "itself was pretrained on ImageNet-1k, these classes included) and CIFAR-10 test images 500-999 of each "
-        "class (meta-training used images 0-399 of all 10 classes, validation 400-499).",
+        "Test data: ImageNet-18 (18 classes never used in meta-training): its `val` photos, which no part of the "
+        "model was trained on (3 a class: 1 shot, 2 queries), and, marked, its `train` photos, ImageNet-1k training "
+        "images the frozen body was trained on with labels; and CIFAR-10 test images 500-999 of each class "
+        "(meta-training used images 0-399 of all 10 classes, validation 400-499).",
         "",
         *table_lines(settings, rows),
     ]
