@@ -138,7 +138,8 @@ def curves_chart(run: live_training.LiveRun) -> go.Figure:
 def live_view() -> None:
     run: live_training.LiveRun | None = st.session_state.get("live_run")
     if run is None:
-        st.info("Press **Start**: the first points appear within seconds.")
+        if not problem or problem[0] != "error":  # with Start disabled, the error above says what to change
+            st.info("Press **Start**: the first points appear within seconds.")
         return
     run.seen()
     if busy and not run.active:
