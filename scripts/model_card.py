@@ -125,20 +125,26 @@ def evaluate(
     return json.loads(result.stdout)
 
 
-def measure(
-    model: Path, suite: dict, args: argparse.Namespace, inner_lr: float | None = None, name: str = ""
-) -> list[tuple[str, dict]]:
-    """(setting, `evaluate` result) for every setting of the suite: one process per setting, --jobs at a time."""
+def measure(runs: list[tuple[str, Path, float | None]], suite: dict, args: argparse.Namespace) -> list[list[tuple]]:
+    """For each (name, model, inner lr) run: (setting, `evaluate` result) for every setting of the suite. One process
+    per evaluation, --jobs at a time, the costliest first (the many-way, many-shot ones take hours on CPU)."""
     settings = suite["settings"]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)  # parallel evaluations share the cores
+    todo = [(r, s) for r in range(len(runs)) for s in range(len(settings))]
+    todo.sort(key=lambda rs: -settings[rs[1]][2] * (settings[rs[1]][3] + 15))  # way x (shot + queries)
+
+    def one(rs: tuple[int, int]) -> dict:
+        (_, model, lr), (_, data_args, way, shot) = runs[rs[0]], settings[rs[1]]
+        return evaluate(model, args.data_root, data_args, way, shot, args.episodes, curve_spec(args), lr, threads)
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(
-            lambda s: evaluate(model, args.data_root, *s[1:], args.episodes, curve_spec(args), inner_lr, threads),
-            settings,
-        ))  # fmt: skip
-    for (label, *_), result in zip(settings, results):
-        print(f"{name}{label}: {result['accuracy']:.2f} ± {result['ci95']:.2f}", flush=True)
-    return [(label, result) for (label, *_), result in zip(settings, results)]
+        done = dict(zip(todo, pool.map(one, todo)))
+    out = []
+    for r, (name, _, _) in enumerate(runs):
+        out.append([(settings[s][0], done[r, s]) for s in range(len(settings))])
+        for label, result in out[-1]:
+            print(f"{name}{label}: {result['accuracy']:.2f} ± {result['ci95']:.2f}", flush=True)
+    return out
 
 
 def curve_spec(args: argparse.Namespace) -> str:
@@ -204,10 +210,10 @@ def rounded(rows: list[dict]) -> list[dict]:
     return [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
 
 
-def random_init_curves(payload: dict, out: Path, suite: dict, args: argparse.Namespace) -> dict:
-    """The same curves from a random initialisation of the same architecture (seed 0), at the best inner lr of a
-    small grid, picked by accuracy after the default steps on 100 episodes of the suite's tuning data (classes or
-    images used in meta-training, never the evaluation ones)."""
+def random_init_model(payload: dict, out: Path, suite: dict, args: argparse.Namespace) -> tuple[Path, float, dict]:
+    """A random initialisation of the same architecture (seed 0), saved beside `out`, and the best inner lr of a
+    small grid for it, picked by accuracy after the default steps on 100 episodes of the suite's tuning data
+    (classes or images used in meta-training, never the evaluation ones): (file, lr, the grid's accuracies)."""
     from metacore.models import Backbone
 
     torch.manual_seed(0)
@@ -220,11 +226,7 @@ def random_init_curves(payload: dict, out: Path, suite: dict, args: argparse.Nam
         result = evaluate(random_model, args.data_root, suite["tuning"], way, shot, 100, f"0:{args.steps}", lr)
         grid[lr] = round(result["accuracy"], 2)
         print(f"random init, lr {lr}: {grid[lr]:.2f} on the tuning data", flush=True)
-    best = max(grid, key=grid.get)
-    measured = measure(random_model, suite, args, best, "random init, ")
-    curves = {label: rounded(result["curve"]) for label, result in measured}
-    random_model.unlink()
-    return {"inner_lr": best, "lr_grid": grid, "curves": curves, "note": suite["random_note"]}
+    return random_model, max(grid, key=grid.get), grid
 
 
 HEAD_WORDS = {
@@ -400,11 +402,22 @@ def main() -> None:
     torch.save(payload, out)
 
     suite = SUITES[args.suite]
-    table, curves = {}, {}
-    for label, result in measure(out, suite, args):
-        table[label] = {"accuracy": round(result["accuracy"], 2), "ci95": round(result["ci95"], 2)}
-        curves[label] = rounded(result["curve"])
-    contrast = random_init_curves(payload, out, suite, args) if args.contrast else None
+    runs = [("", out, None)]
+    if args.contrast:
+        random_model, best_lr, grid = random_init_model(payload, out, suite, args)
+        runs.append(("random init, ", random_model, best_lr))
+    measured = measure(runs, suite, args)
+    table = {label: {"accuracy": round(r["accuracy"], 2), "ci95": round(r["ci95"], 2)} for label, r in measured[0]}
+    curves = {label: rounded(result["curve"]) for label, result in measured[0]}
+    contrast = None
+    if args.contrast:
+        random_model.unlink()
+        contrast = {
+            "inner_lr": best_lr,
+            "lr_grid": grid,
+            "curves": {label: rounded(result["curve"]) for label, result in measured[1]},
+            "note": suite["random_note"],
+        }
 
     training = payload["training"]
     card = {

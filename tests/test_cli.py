@@ -179,7 +179,7 @@ def test_steps_curve_matches_the_per_step_accuracies_of_the_same_episodes(toy: P
     assert (with_curve["accuracy"], with_curve["ci95"]) == pytest.approx((alone["accuracy"], alone["ci95"]), abs=1e-6)
     assert with_curve["steps"] == 4
     assert code == 0 and [row["step"] for row in curve] == list(range(7))
-    for mine, theirs in zip(curve, per_step):  # batched with vmap, looped in evaluate: the same numbers
+    for mine, theirs in zip(curve, per_step):  # one adaptation to step 6 against evaluate's own loop
         assert mine["accuracy"] == pytest.approx(theirs["accuracy"], abs=1e-6)
     assert curve[0]["support_loss"] == pytest.approx(1.0986, abs=1e-3)  # zero head: ln 3 at step 0
     assert curve[6]["support_loss"] < curve[0]["support_loss"]
@@ -610,6 +610,22 @@ def test_checkpoints_record_every_stages_data_and_evaluation_alphabets_need_a_fl
     code, _, stderr = run([*on_test, "--allow-evaluation-split"], capsys)
     assert code == 0, stderr
     assert read_checkpoint(tmp_path / "cheat.pt")["training"]["data_stages"][-1]["evaluation_split"] is True
+
+
+def test_a_step_curve_batched_with_vmap_equals_one_task_at_a_time(toy: Path, checkpoint: Path) -> None:
+    """CPU adapts one task at a time (faster there), GPU `chunk` tasks per vmap call: the same numbers."""
+    from metacore.evaluate import step_curve
+
+    learner, _ = load_checkpoint(checkpoint)
+    dataset = open_dataset(toy, "toy", None, learner.backbone.input_spec)
+    curves = [
+        step_curve(learner, EpisodeSampler(dataset, 3, 1, 2, seed=4), 5, [0, 1, 3], 0.05, chunk=chunk)
+        for chunk in (1, 3)  # 3: a chunk of 3 and one of 2
+    ]
+    assert [row["step"] for row in curves[0]] == [0, 1, 3]
+    for batched, looped in zip(*curves):
+        assert batched == pytest.approx(looped, abs=1e-6)
+    assert curves[0][2]["support_loss"] < curves[0][0]["support_loss"]
 
 
 def test_a_protonet_step_curve_is_flat(toy: Path, tmp_path: Path, capsys) -> None:
