@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,3 +92,20 @@ def test_each_checkpoint_records_its_training_data_and_its_card_says_so(name: st
     data = open_dataset(*dataset_args, spec=spec, rotations=last["rotations"], images=last["images"])
     training = data if config.get("val_images") else data.split_held_out(config["val_fraction"])[0]
     assert training.class_list_sha256() == last["training_class_list_sha256"]
+
+
+@pytest.mark.parametrize("model", [SHIPPED_MODEL, PHOTO_MODEL], ids=["characters", "photos"])
+def test_results_page_carries_each_cards_inner_loop_curves(model) -> None:
+    """docs/results.md copies the card's curves (hours of CPU) instead of measuring them again: every setting's
+    accuracy at the default steps, as the card has it, and the random-init rows when the card has them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from results import card_curves, read_card
+
+    card = read_card(model)
+    text = "\n".join(card_curves(model, card))
+    steps = card["default_inner_steps"]
+    for label, curve in card["curves"].items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |") and "±" in line)
+        at_k = next(r for r in curve if r["step"] == steps)
+        assert f"{at_k['accuracy']:.1f} ± {at_k['ci95']:.1f}" in row
+    assert ("(random init, lr" in text) == bool(card.get("random_init"))
