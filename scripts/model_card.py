@@ -452,7 +452,7 @@ def main() -> None:
         spec = BODIES[body]
         card["body"] = {"name": body, "source": spec.source, "package_version": body_package_version(spec.package)}
     card["movement"] = layer_movement(out, args.data_root, suite["settings"][0], args.steps)
-    write_card(card, out, suite)
+    write_card(with_other_measurements(card, out.with_suffix(".json")), out, suite)
 
 
 def layer_movement(model: Path, data_root: str, setting: tuple, steps: int, episodes: int = 20) -> dict:
@@ -520,8 +520,30 @@ def write_card(card: dict, out: Path, suite: dict) -> None:
 |---|---|
 {rows}
 
-{curve_tables(card, steps)}{movement}""")
+{curve_tables(card, steps)}{movement}{unsure_section(card)}""")
     print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}")
+
+
+def with_other_measurements(card: dict, earlier: Path) -> dict:
+    """The card plus what other commands measured on this same file (same sha256) and wrote into its earlier card,
+    e.g. `unsure --card`'s "none of these" threshold, which classify reads from the card."""
+    if not earlier.is_file():
+        return card
+    earlier_card = json.loads(earlier.read_text())
+    if earlier_card.get("sha256") != card["sha256"]:
+        return card  # another model: its measurements do not apply
+    return card | {k: v for k, v in earlier_card.items() if k not in card}
+
+
+def unsure_section(card: dict) -> str:
+    """Markdown for the "none of these" threshold that `unsure --card` measured on this file (classify reads it)."""
+    if not card.get("unsure"):
+        return ""
+    u = card["unsure"]
+    return (f"\n### \"None of these\": the novelty threshold classify uses\n\n{u['score']}; threshold "
+            f"{u['threshold']:g}, chosen on {u['chosen_on']}. Measured on {u['measured_on']} ({u['task']}): "
+            f"{u['in_task_kept']:.1f}% of images of the task's classes kept, {u['out_of_task_flagged']:.1f}% of "
+            f"images of other classes flagged. `{u['command']}`\n")  # fmt: skip
 
 
 def same_model(a: dict, b: dict) -> bool:

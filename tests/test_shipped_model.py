@@ -109,3 +109,19 @@ def test_results_page_carries_each_cards_inner_loop_curves(model) -> None:
         at_k = next(r for r in curve if r["step"] == steps)
         assert f"{at_k['accuracy']:.1f} ± {at_k['ci95']:.1f}" in row
     assert ("(random init, lr" in text) == bool(card.get("random_init"))
+
+
+def test_a_new_card_for_the_same_file_keeps_the_none_of_these_threshold(tmp_path: Path) -> None:
+    """model_card.py rewrites a card from scratch; the threshold `unsure --card` measured on the same file (which
+    classify reads) must survive that, and must not pass to a card for another file."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from model_card import unsure_section, with_other_measurements
+
+    shipped = json.loads(SHIPPED_MODEL.with_suffix(".json").read_text())
+    earlier = tmp_path / "card.json"
+    earlier.write_text(json.dumps(shipped))
+    fresh = {k: v for k, v in shipped.items() if k != "unsure"}
+    assert with_other_measurements(fresh, earlier)["unsure"] == shipped["unsure"]
+    assert "unsure" not in with_other_measurements(fresh | {"sha256": "0" * 64}, earlier)
+    assert f"threshold {shipped['unsure']['threshold']:g}" in unsure_section(shipped)
+    assert unsure_section(shipped).split("threshold ")[1].split(",")[0] in SHIPPED_MODEL.with_suffix(".md").read_text()
