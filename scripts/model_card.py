@@ -13,7 +13,6 @@ curves from a random initialisation of the same architecture."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -25,6 +24,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from quick_check import cached  # noqa: E402
 
 from metacore.checkpoint import read_checkpoint, sha256  # noqa: E402
 from metacore.device import describe  # noqa: E402
@@ -112,17 +113,9 @@ def evaluate(
     args += ["--steps-curve", curve]
     if inner_lr is not None:
         args += ["--inner-lr", str(inner_lr)]
-    # Each result is kept under runs/card_results/, keyed by the model file's sha256 and the command: a card whose
-    # evaluations take longer than one sitting (on CPU: hours) resumes where it stopped.
-    key = hashlib.sha256(json.dumps([sha256(checkpoint), args[4:]]).encode()).hexdigest()[:24]
-    saved = ROOT / "runs" / "card_results" / f"{key}.json"
-    if saved.is_file():
-        return json.loads(saved.read_text())
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None  # parallel evaluations share the cores
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True, env=env)
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_text(result.stdout)
-    return json.loads(result.stdout)
+    return cached(args[4:], lambda: subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True,
+                                                   env=env).stdout)  # fmt: skip
 
 
 def measure(runs: list[tuple[str, Path, float | None]], suite: dict, args: argparse.Namespace) -> list[list[tuple]]:

@@ -8,13 +8,16 @@ Each run is exactly the documented CLI: `python -m metacore train ...` then `pyt
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 # Per-algorithm settings: a sensible short-run recipe for each method.
 RECIPES = {
@@ -28,12 +31,34 @@ RECIPES = {
 
 
 def cli(*args: str) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "metacore", *args, "--json"], cwd=ROOT, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"failed: python -m metacore {' '.join(args)}\n{result.stderr.strip()}")
-    return json.loads(result.stdout)
+    """`python -m metacore ARGS --json`, parsed; an `evaluate` is kept under runs/card_results (see `cached`)."""
+
+    def run() -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "metacore", *args, "--json"], cwd=ROOT, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"failed: python -m metacore {' '.join(args)}\n{result.stderr.strip()}")
+        return result.stdout
+
+    return cached([*args[1:], "--json"], run) if args[0] == "evaluate" else json.loads(run())
+
+
+def cached(evaluate_args: list[str], run: Callable[[], str], folder: Path = ROOT / "runs" / "card_results") -> dict:
+    """An `evaluate`'s JSON result, kept under runs/card_results/ keyed by the checkpoint file's sha256 and the
+    arguments, so that a page or card whose evaluations take longer than one sitting (on CPU: hours) resumes where
+    it stopped, and a result is never reused for a changed model."""
+    from metacore.checkpoint import sha256
+
+    checkpoint = evaluate_args[evaluate_args.index("--checkpoint") + 1]
+    key = hashlib.sha256(json.dumps([sha256(ROOT / checkpoint), evaluate_args]).encode()).hexdigest()[:24]
+    saved = folder / f"{key}.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    stdout = run()
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(stdout)
+    return json.loads(stdout)
 
 
 def write_page(path: str, lines: list[str]) -> None:

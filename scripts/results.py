@@ -10,6 +10,8 @@ class, seed 0), on the same backbone and the same test data as the shipped model
   on each support set with the inner lr picked on the training alphabets.
 - Photos: the shipped photo model's card, ProtoNet on the same frozen features (no meta-learning), and
   fine-tuning from scratch (zero head, untrained adapter, lr picked on the CIFAR-10 training images).
+- Each evaluation is kept under runs/card_results/ (keyed by the checkpoint's sha256 and the command), so an
+  interrupted run resumes, and a rerun measures only what changed.
 - Each shipped model's inner-loop curves (query accuracy and support loss after steps 0..50, and the same from a
   random initialisation), copied from its card: they are hours of CPU, measured once by scripts/model_card.py.
 """

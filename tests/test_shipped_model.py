@@ -125,3 +125,25 @@ def test_a_new_card_for_the_same_file_keeps_the_none_of_these_threshold(tmp_path
     assert "unsure" not in with_other_measurements(fresh | {"sha256": "0" * 64}, earlier)
     assert f"threshold {shipped['unsure']['threshold']:g}" in unsure_section(shipped)
     assert unsure_section(shipped).split("threshold ")[1].split(",")[0] in SHIPPED_MODEL.with_suffix(".md").read_text()
+
+
+def test_a_kept_evaluation_is_reused_only_for_the_same_file_and_arguments(tmp_path: Path) -> None:
+    """The scripts keep each `evaluate` result (hours of CPU for a card): the same file and arguments reuse it, a
+    changed file or other arguments measure again."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from quick_check import cached
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights, version 1")
+    runs: list[int] = []
+
+    def run() -> str:
+        runs.append(1)
+        return json.dumps({"accuracy": float(len(runs))})
+
+    args = ["--checkpoint", str(model), "--way", "5"]
+    assert cached(args, run, tmp_path)["accuracy"] == 1.0
+    assert cached(args, run, tmp_path)["accuracy"] == 1.0 and len(runs) == 1
+    assert cached([*args[:3], "20"], run, tmp_path)["accuracy"] == 2.0
+    model.write_bytes(b"weights, version 2")
+    assert cached(args, run, tmp_path)["accuracy"] == 3.0
