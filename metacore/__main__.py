@@ -543,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except torch.cuda.OutOfMemoryError:
-        print("error: out of GPU memory; try a smaller --meta-batch or --device cpu", file=sys.stderr)
+        smaller = "--meta-batch" if args.command == "train" else "way, shot or --query"
+        print(f"error: out of GPU memory; try a smaller {smaller}, or --device cpu", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug, not bad input: still one line, with a way to see more
         if os.environ.get("METACORE_DEBUG"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import torch
 from tqdm import tqdm
@@ -111,6 +111,26 @@ def summary(
     }
 
 
+def vmap_in_pieces(one_task: Callable, batch: list[torch.Tensor], fits: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """`vmap(one_task)` over the stacked episodes `batch`, at most `fits` episodes per call. When a call runs out of
+    GPU memory, `fits` is halved and that call is redone in halves: the same episodes and results, in more calls.
+    Returns both outputs and the `fits` that worked, for the next batch."""
+    pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
+    start, total = 0, batch[0].shape[0]
+    while start < total:
+        size = min(fits, total - start)
+        try:
+            pieces.append(torch.func.vmap(one_task)(*(tensor[start : start + size] for tensor in batch)))
+        except torch.cuda.OutOfMemoryError:
+            if size == 1:
+                raise
+            torch.cuda.empty_cache()
+            fits = size // 2
+            continue
+        start += size
+    return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]), fits
+
+
 def step_curve(
     learner: MAML,
     sampler: EpisodeSampler,
@@ -132,6 +152,7 @@ def step_curve(
     """
     wanted = list(range(steps + 1)) if isinstance(steps, int) else sorted(set(steps))
     chunk = chunk or (100 if torch.device(device).type == "cuda" else 1)
+    fits = chunk  # episodes per vmap call; lowered when the GPU runs out of memory (a small or shared one)
     dtype = next(iter(learner.params.values())).dtype
     accuracies: list[torch.Tensor] = []
     losses: list[torch.Tensor] = []
@@ -152,7 +173,7 @@ def step_curve(
             if size == 1:
                 acc, loss = (values.unsqueeze(0) for values in one_task(*(tensor[0] for tensor in batch)))
             else:
-                acc, loss = torch.func.vmap(one_task)(*batch)
+                acc, loss, fits = vmap_in_pieces(one_task, batch, fits)
         accuracies.append(100.0 * acc.double().cpu())
         losses.append(loss.double().cpu())
         bar.update(size)

@@ -94,7 +94,7 @@ def evaluate(
         "metacore",
         "evaluate",
         "--checkpoint",
-        str(checkpoint),
+        str(checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT) else checkpoint),  # a portable cache key
         "--data-root",
         data_root,
         "--query",

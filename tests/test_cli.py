@@ -628,6 +628,34 @@ def test_a_step_curve_batched_with_vmap_equals_one_task_at_a_time(toy: Path, che
     assert curves[0][2]["support_loss"] < curves[0][0]["support_loss"]
 
 
+def test_a_step_curve_that_runs_out_of_gpu_memory_goes_on_in_smaller_vmap_calls(
+    toy: Path, checkpoint: Path, monkeypatch
+) -> None:
+    """A 20-way 5-shot curve adapts 100 episodes per vmap call on a GPU (~30 GB); on a smaller or shared GPU the
+    call is redone in halves (here: any call over 2 episodes fails as a GPU would), with the same numbers."""
+    from metacore.evaluate import step_curve
+
+    learner, _ = load_checkpoint(checkpoint)
+    dataset = open_dataset(toy, "toy", None, learner.backbone.input_spec)
+    expected = step_curve(learner, EpisodeSampler(dataset, 3, 1, 2, seed=4), 7, [0, 1, 3], 0.05, chunk=1)
+    real_vmap, sizes = torch.func.vmap, []
+
+    def small_gpu_vmap(function):
+        def call(*tensors):
+            sizes.append(tensors[0].shape[0])
+            if sizes[-1] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real_vmap(function)(*tensors)
+
+        return call
+
+    monkeypatch.setattr(torch.func, "vmap", small_gpu_vmap)
+    curve = step_curve(learner, EpisodeSampler(dataset, 3, 1, 2, seed=4), 7, [0, 1, 3], 0.05, chunk=5)
+    assert sizes == [5, 2, 2, 1, 2]  # 5 fails, then 2+2+1; the last 2 episodes go straight to calls of 2
+    for after, before in zip(curve, expected):
+        assert after == pytest.approx(before, abs=1e-6)
+
+
 def test_a_protonet_step_curve_is_flat(toy: Path, tmp_path: Path, capsys) -> None:
     """ProtoNet takes no inner steps: its curve repeats step 0 at every step asked for (no traceback)."""
     out = tmp_path / "protonet.pt"

@@ -147,3 +147,15 @@ def test_a_kept_evaluation_is_reused_only_for_the_same_file_and_arguments(tmp_pa
     assert cached([*args[:3], "20"], run, tmp_path)["accuracy"] == 2.0
     model.write_bytes(b"weights, version 2")
     assert cached(args, run, tmp_path)["accuracy"] == 3.0
+
+
+def test_a_cards_evaluations_are_keyed_by_the_models_path_inside_the_repository(monkeypatch) -> None:
+    """A card's evaluations measured in another checkout (a GPU machine's copy of the repository) are reused here:
+    the kept result's key names the model by its path inside the repository, not where the checkout lies."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import model_card
+
+    keys: list[list[str]] = []
+    monkeypatch.setattr(model_card, "cached", lambda args, run: keys.append(args) or {"accuracy": 0.0})
+    model_card.evaluate(SHIPPED_MODEL.resolve(), "../shared/data", ["--split", "evaluation"], 5, 1, 600, "0:5")
+    assert keys[0][:2] == ["--checkpoint", "models/omniglot_conv4.pt"]
