@@ -242,6 +242,7 @@ def test_photo_model_on_an_imagenet_example(server: str, browser_page) -> None:
     page.get_by_role("button", name="Run").first.click()
     wait_idle(page, 120)
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
+    page.screenshot(path=SHOTS / "adapt_photos.png", full_page=True)
     go(page, "Features")
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2", timeout=60_000)
     page.screenshot(path=SHOTS / "features_photos.png", full_page=True)
