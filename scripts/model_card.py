@@ -203,16 +203,24 @@ def rounded(rows: list[dict]) -> list[dict]:
     return [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
 
 
-def random_init_model(payload: dict, out: Path, suite: dict, args: argparse.Namespace) -> tuple[Path, float, dict]:
-    """A random initialisation of the same architecture (seed 0), saved beside `out`, and the best inner lr of a
-    small grid for it, picked by accuracy after the default steps on 100 episodes of the suite's tuning data
-    (classes or images used in meta-training, never the evaluation ones): (file, lr, the grid's accuracies)."""
+def random_init_payload(payload: dict) -> dict:
+    """The checkpoint of a random initialisation (seed 0) of `payload`'s network, with its learner settings and
+    nothing else: the same bytes for every model of that architecture and those defaults, so its evaluations (hours
+    of CPU for a card's contrast) are kept and reused for the next model."""
     from metacore.models import Backbone
 
     torch.manual_seed(0)
     fresh = Backbone(payload["backbone"]["name"], **payload["backbone"]["kwargs"])
+    kept = {k: payload[k] for k in ("format", "version", "backbone", "learner") if k in payload}
+    return kept | {"state_dict": dict(fresh.params)}
+
+
+def random_init_model(payload: dict, out: Path, suite: dict, args: argparse.Namespace) -> tuple[Path, float, dict]:
+    """A random initialisation of the same architecture (seed 0), saved beside `out`, and the best inner lr of a
+    small grid for it, picked by accuracy after the default steps on 100 episodes of the suite's tuning data
+    (classes or images used in meta-training, never the evaluation ones): (file, lr, the grid's accuracies)."""
     random_model = out.with_name(out.stem + "_random_init.pt")
-    torch.save({**payload, "state_dict": dict(fresh.params)}, random_model)
+    torch.save(random_init_payload(payload), random_model)
     _, data_args, way, shot = suite["settings"][0]
     grid = {}
     for lr in suite["lr_grid"]:

@@ -13,7 +13,7 @@ import torch
 
 from conftest import OMNIGLOT, SHARED_DATA, needs_omniglot
 from metacore.bodies import BODIES
-from metacore.checkpoint import load_checkpoint, sha256
+from metacore.checkpoint import load_checkpoint, read_checkpoint, sha256
 from metacore.data import EpisodeSampler, open_dataset
 from metacore.evaluate import step_curve
 from metacore.images import InputSpec
@@ -159,3 +159,23 @@ def test_a_cards_evaluations_are_keyed_by_the_models_path_inside_the_repository(
     monkeypatch.setattr(model_card, "cached", lambda args, run: keys.append(args) or {"accuracy": 0.0})
     model_card.evaluate(SHIPPED_MODEL.resolve(), "../shared/data", ["--split", "evaluation"], 5, 1, 600, "0:5")
     assert keys[0][:2] == ["--checkpoint", "models/omniglot_conv4.pt"]
+
+
+def test_the_random_init_contrast_is_the_same_file_for_every_model_of_one_architecture() -> None:
+    """The card's random-init contrast (hours of CPU) is kept by file: two models that differ only in training
+    give the same random-init bytes, and other learner defaults give another file."""
+    import io
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from model_card import random_init_payload
+
+    def saved(payload: dict) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(random_init_payload(payload), buffer)
+        return buffer.getvalue()
+
+    shipped = read_checkpoint(SHIPPED_MODEL)
+    retrained = shipped | {"training": {"iteration": 1}, "config": {**shipped["config"], "meta_lr": 1.0}}
+    assert saved(shipped) == saved(retrained)
+    assert saved(shipped) != saved(shipped | {"learner": {**shipped["learner"], "inner_lr": 0.5}})
+    assert "training" not in random_init_payload(shipped)
