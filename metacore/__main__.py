@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p, checkpoint=False)
     p.add_argument("--algo", default="maml", help="maml, fomaml, reptile, anil, metasgd, protonet")
     p.add_argument("--head", default="zero", choices=["zero", "proto"], help="task head initialisation")
+    p.add_argument(
+        "--way-scaled-head",
+        action="store_true",
+        help="an N-way task's head steps at N/5 times the inner rate: each class's head row then steps as far at "
+        "20-way as at 5-way (the inner loss is a mean over classes); recorded in the model",
+    )
     p.add_argument("--backbone", default="conv4", help="conv4 (28x28 characters) or feature_adapter (photos)")
     p.add_argument(
         "--feature-scale",
@@ -229,6 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         feature_scale=args.feature_scale,
         head=args.head,
+        way_scaled_head=args.way_scaled_head,
         way=args.way,
         shot=args.shot,
         query=args.query,

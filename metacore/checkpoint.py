@@ -18,17 +18,21 @@ from metacore.models import BACKBONES, HEADS, Backbone
 
 MAX_INNER_STEPS = 1000
 MAX_INNER_LR = 1000.0
-LEARNER_FIELDS = {"algorithm", "inner_lr", "inner_steps", "head"}
+LEARNER_FIELDS = {"algorithm", "inner_lr", "inner_steps", "head", "way_scaled_head"}
 SPEC_LIMITS = {"size": (8, 1024), "channels": (1, 3)}
 
 FORMAT = "metacore-checkpoint"
 VERSION = 1
 
 
-def build_learner(algorithm: str, backbone: Backbone, inner_lr: float, inner_steps: int, head: str = "zero") -> MAML:
+def build_learner(
+    algorithm: str, backbone: Backbone, inner_lr: float, inner_steps: int, head: str = "zero", way_scaled_head=False
+) -> MAML:
     if algorithm not in ALGORITHMS:
         raise MetacoreError(f"unknown algorithm '{algorithm}' (choose: {', '.join(ALGORITHMS)})")
-    return ALGORITHMS[algorithm](backbone, inner_lr, inner_steps, head)
+    learner = ALGORITHMS[algorithm](backbone, inner_lr, inner_steps, head)
+    learner.way_scaled_head = bool(way_scaled_head)
+    return learner
 
 
 def checkpoint_payload(learner: MAML, params: dict[str, torch.Tensor], **metadata) -> dict:
@@ -115,6 +119,8 @@ def validated(payload: dict, path: Path) -> tuple[dict, dict, InputSpec]:
         cfg["inner_lr"] = check_number(cfg.get("inner_lr"), "inner_lr", 0.0, MAX_INNER_LR)
         if cfg.get("head", "zero") not in HEADS:
             raise MetacoreError(f"unknown head {cfg.get('head')!r} (known: {', '.join(HEADS)})")
+        if not isinstance(cfg.get("way_scaled_head", False), bool):
+            raise MetacoreError("way_scaled_head must be true or false")
         name = info.get("name")
         if name not in BACKBONES:
             raise MetacoreError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
@@ -165,7 +171,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         backbone = Backbone(payload["backbone"]["name"], body, spec, **kwargs)
     except MetacoreError as exc:
         raise MetacoreError(f"{path}: {exc}") from None
-    learner = build_learner(cfg["algorithm"], backbone, cfg["inner_lr"], cfg["inner_steps"], cfg.get("head", "zero"))
+    learner = build_learner(
+        cfg["algorithm"], backbone, cfg["inner_lr"], cfg["inner_steps"], cfg.get("head", "zero"),
+        cfg.get("way_scaled_head", False),
+    )  # fmt: skip
     if isinstance(learner, MetaSGD):
         lrs = {k: v.to(device) for k, v in state.items() if k.startswith("lr.")}
         expected = {k: v.shape for k, v in learner.params.items() if k.startswith("lr.")}

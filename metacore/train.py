@@ -46,6 +46,7 @@ class TrainConfig:
     backbone: str = "conv4"
     feature_scale: float | None = None  # conv4: centred, L2-normalised features times a learned scale from here
     head: str = "zero"
+    way_scaled_head: bool = False  # an N-way task's head steps at N/5 times the rate (one rate for any way)
     way: str = "5"
     shot: str = "1"
     query: int = 15
@@ -267,7 +268,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
             raise MetacoreError(f"unknown backbone '{cfg.backbone}' (known: {', '.join(BACKBONES)})")
         else:
             backbone = Backbone(cfg.backbone).to(device, getattr(torch, cfg.dtype))
-        learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head)
+        learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head, cfg.way_scaled_head)
 
     if cfg.augment and learner.backbone.input_spec.body:
         raise MetacoreError("--augment distorts images; this model's inputs are body features, not pixels")
@@ -275,7 +276,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
     data_stages = [*prior_stages, data_record(cfg, train_set, val_set)]  # every stage's data, oldest first
     if cfg.feature_scale and not cfg.resume:  # centred on the mean feature of (up to 2,000) training images
         backbone = learner.backbone.with_feature_scale(cfg.feature_scale, mean_feature(learner.backbone, train_set))
-        learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head)
+        learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head, cfg.way_scaled_head)
     sampler = EpisodeSampler(train_set, cfg.way, cfg.shot, cfg.query, seed=cfg.seed + start_iteration)
     val_way, val_shot = sampler.way[0], sampler.shot[0]
     val_sampler = EpisodeSampler(val_set, min(val_way, len(val_set)), val_shot, cfg.query, seed=cfg.seed + 1)

@@ -60,6 +60,26 @@ def test_metasgd_learns_its_inner_learning_rates() -> None:
     assert learner.meta_loss(tasks)[0].item() < first
 
 
+@pytest.mark.parametrize("algorithm", [MAML, MetaSGD])
+def test_a_way_scaled_head_steps_each_class_row_as_far_at_20_way_as_at_5_way(algorithm: type[MAML]) -> None:
+    """The inner loss is a mean over classes, so a zero head's first step gives each class row 1/way of the class's
+    (centred) mean feature times the rate. Scaled by way/5, that row step is the same at 5 and 20 ways; a 5-way
+    task is not changed at all, and the body's steps are never scaled."""
+    plain, scaled = algorithm(tiny_backbone(), 0.3, 2, "zero"), algorithm(tiny_backbone(), 0.3, 2, "zero")
+    scaled.way_scaled_head = True
+    for way, factor in ((5, 1.0), (20, 4.0)):
+        task = random_task(way=way, shot=2, seed=way)
+        first, second = (list(m.adapt(task.support_x, task.support_y)) for m in (plain, scaled))
+        assert torch.allclose(second[1].params["head.weight"], factor * first[1].params["head.weight"], atol=1e-12)
+        assert torch.allclose(second[1].params["head.bias"], factor * first[1].params["head.bias"], atol=1e-12)
+        body = [k for k in first[1].params if not k.startswith("head.")]
+        assert all(torch.equal(second[1].params[k], first[1].params[k]) for k in body)  # step 1: no body gradient
+        if factor == 1.0:
+            assert all(torch.equal(a.params[k], b.params[k]) for a, b in zip(first, second) for k in a.params)
+        else:
+            assert not torch.equal(second[2].params[body[0]], first[2].params[body[0]])  # another head, other grads
+
+
 def test_anil_adapts_only_the_head() -> None:
     learner = ANIL(tiny_backbone(), inner_lr=0.5, inner_steps=3, head="zero")
     task = random_task(seed=4)

@@ -666,3 +666,22 @@ def test_a_protonet_step_curve_is_flat(toy: Path, tmp_path: Path, capsys) -> Non
     curve = json.loads(stdout)["curve"]
     assert code == 0 and [row["step"] for row in curve] == [0, 1, 2]
     assert curve[0] | {"step": 2} == curve[2]
+
+
+def test_train_with_a_way_scaled_head_records_it_and_the_model_keeps_it(
+    toy: Path, checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    """`--way-scaled-head` is part of the model: a loaded model steps its head as it was meta-trained to, and a
+    file that says something else than true or false is refused with one line."""
+    out = tmp_path / "scaled.pt"
+    assert main(["train", "--data-root", str(toy), *TOY_TASK, "--iterations", "2", "--meta-batch", "2", "--steps", "2",
+                 "--val-every", "2", "--val-episodes", "1", "--way-scaled-head", "--out", str(out)]) == 0  # fmt: skip
+    learner, meta = load_checkpoint(out)
+    assert learner.way_scaled_head and meta["learner"]["way_scaled_head"] is True
+    assert "way_scaled_head" not in load_checkpoint(checkpoint)[1]["learner"]  # other files read unchanged
+    payload = read_checkpoint(out)
+    payload["learner"]["way_scaled_head"] = "yes"
+    torch.save(payload, tmp_path / "bad.pt")
+    capsys.readouterr()
+    code, _, stderr = run([*evaluate_args(tmp_path / "bad.pt", toy, "--episodes", "1")], capsys)
+    assert code == 2 and "way_scaled_head must be true or false" in stderr and "Traceback" not in stderr

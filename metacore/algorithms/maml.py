@@ -24,6 +24,7 @@ class MAML:
     name = "maml"
     first_order = False
     adapted_keys: tuple[str, ...] | None = None  # None: every parameter adapts
+    way_scaled_head = False  # True: an N-way task's head steps are N/5 times the rate (see `scale_head_rates`)
 
     def __init__(self, backbone: Backbone, inner_lr: float = 0.4, inner_steps: int = 5, head: str = "zero") -> None:
         self.backbone = backbone
@@ -90,13 +91,16 @@ class MAML:
         if lr is not None:
             check_number(lr, "the inner learning rate", 0, 1000.0, above=True)
         logits_fn, start, support_in, query_in = self.prepare(_without_lrs(params), support_x, support_y, query_x, way)
+        rates = self.inner_lrs(params) if lr is None else lr
+        if self.way_scaled_head:
+            rates = scale_head_rates(rates, start, way)
         return inner_loop(
             logits_fn,
             start,
             support_in,
             support_y,
             steps=self.inner_steps if steps is None else steps,
-            lr=self.inner_lrs(params) if lr is None else lr,
+            lr=rates,
             query_x=query_in,
             query_y=query_y,
             adapt_keys=self.adapted_keys,
@@ -181,7 +185,17 @@ class MAML:
         return {"loss": loss.item(), "accuracy": acc.item()}
 
     def config(self) -> dict:
-        return {"algorithm": self.name, "inner_lr": self.inner_lr, "inner_steps": self.inner_steps, "head": self.head}
+        config = {"algorithm": self.name, "inner_lr": self.inner_lr, "inner_steps": self.inner_steps, "head": self.head}
+        return config | ({"way_scaled_head": True} if self.way_scaled_head else {})
+
+
+def scale_head_rates(rates: float | Params, params: Params, way: int) -> Params:
+    """Inner rates for an N-way task with the head's multiplied by N/5. The inner loss is a mean over the classes,
+    so each class's head row gets a 1/N share of a step: scaled, that share no longer shrinks with the way (one
+    head rate suits 5 and 20 ways), and a 5-way task steps exactly at the rates."""
+    factor = way / 5
+    rates = rates if isinstance(rates, dict) else {k: rates for k in params}
+    return {k: v * factor if k.startswith("head.") else v for k, v in rates.items()}
 
 
 def _without_lrs(params: Params) -> Params:
