@@ -207,12 +207,14 @@ def random_init_payload(payload: dict) -> dict:
     """The checkpoint of a random initialisation (seed 0) of `payload`'s network, with its learner settings and
     nothing else: the same bytes for every model of that architecture and those defaults, so its evaluations (hours
     of CPU for a card's contrast) are kept and reused for the next model."""
+    from metacore.checkpoint import build_learner
     from metacore.models import Backbone
 
     torch.manual_seed(0)
     fresh = Backbone(payload["backbone"]["name"], **payload["backbone"]["kwargs"])
+    learner = build_learner(**{"head": "zero", **payload["learner"]}, backbone=fresh)  # Meta-SGD: rates at its lr
     kept = {k: payload[k] for k in ("format", "version", "backbone", "learner") if k in payload}
-    return kept | {"state_dict": dict(fresh.params)}
+    return kept | {"state_dict": dict(learner.params)}
 
 
 def random_init_model(payload: dict, out: Path, suite: dict, args: argparse.Namespace) -> tuple[Path, float, dict]:

@@ -161,7 +161,7 @@ def test_a_cards_evaluations_are_keyed_by_the_models_path_inside_the_repository(
     assert keys[0][:2] == ["--checkpoint", "models/omniglot_conv4.pt"]
 
 
-def test_the_random_init_contrast_is_the_same_file_for_every_model_of_one_architecture() -> None:
+def test_the_random_init_contrast_is_the_same_file_for_every_model_of_one_architecture(tmp_path: Path) -> None:
     """The card's random-init contrast (hours of CPU) is kept by file: two models that differ only in training
     give the same random-init bytes, and other learner defaults give another file."""
     import io
@@ -179,3 +179,7 @@ def test_the_random_init_contrast_is_the_same_file_for_every_model_of_one_archit
     assert saved(shipped) == saved(retrained)
     assert saved(shipped) != saved(shipped | {"learner": {**shipped["learner"], "inner_lr": 0.5}})
     assert "training" not in random_init_payload(shipped)
+    metasgd = {**shipped, "learner": {**shipped["learner"], "algorithm": "metasgd", "way_scaled_head": True}}
+    torch.save(random_init_payload(metasgd), tmp_path / "metasgd_random_init.pt")
+    learner, _ = load_checkpoint(tmp_path / "metasgd_random_init.pt")  # its rates start at the model's lr
+    assert learner.way_scaled_head and learner.params["lr.head.weight"].eq(shipped["learner"]["inner_lr"]).all()
