@@ -26,7 +26,12 @@ VERSION = 1
 
 
 def build_learner(
-    algorithm: str, backbone: Backbone, inner_lr: float, inner_steps: int, head: str = "zero", way_scaled_head=False
+    algorithm: str,
+    backbone: Backbone,
+    inner_lr: float,
+    inner_steps: int,
+    head: str = "zero",
+    way_scaled_head: bool = False,
 ) -> MAML:
     if algorithm not in ALGORITHMS:
         raise MetacoreError(f"unknown algorithm '{algorithm}' (choose: {', '.join(ALGORITHMS)})")
