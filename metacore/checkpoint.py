@@ -176,10 +176,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         backbone = Backbone(payload["backbone"]["name"], body, spec, **kwargs)
     except MetacoreError as exc:
         raise MetacoreError(f"{path}: {exc}") from None
-    learner = build_learner(
-        cfg["algorithm"], backbone, cfg["inner_lr"], cfg["inner_steps"], cfg.get("head", "zero"),
-        cfg.get("way_scaled_head", False),
-    )  # fmt: skip
+    learner = build_learner(backbone=backbone, **cfg)  # cfg: the checked learner fields
     if isinstance(learner, MetaSGD):
         lrs = {k: v.to(device) for k, v in state.items() if k.startswith("lr.")}
         expected = {k: v.shape for k, v in learner.params.items() if k.startswith("lr.")}

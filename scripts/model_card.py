@@ -212,7 +212,7 @@ def random_init_payload(payload: dict) -> dict:
 
     torch.manual_seed(0)
     fresh = Backbone(payload["backbone"]["name"], **payload["backbone"]["kwargs"])
-    learner = build_learner(**{"head": "zero", **payload["learner"]}, backbone=fresh)  # Meta-SGD: rates at its lr
+    learner = build_learner(backbone=fresh, **payload["learner"])  # Meta-SGD: its rates start at the model's lr
     kept = {k: payload[k] for k in ("format", "version", "backbone", "learner") if k in payload}
     return kept | {"state_dict": dict(learner.params)}
 

@@ -12,8 +12,8 @@
 #   DATA_ROOT=data RUNS=runs/inner TRAIN_SECONDS=230 bash scripts/train_character_model.sh
 #   On CPU: 150 iterations of 4 tasks took 9 min on 2 cores (0.9 s a task); one GPU iteration here is 16 tasks.
 #
-# Why these recipes (measured 2026-11-27 on one H200, torch 2.11; three runs at once make 1.6-1.8 iterations/s
-# each, so 230 s buys 300 iterations, 4800 tasks; scoring 4 settings at steps 0-5 for 3 models took ~125 s):
+# Why these recipes (measured 2026-11-27 on one H200, torch 2.11; three runs at once make 1.6-1.8 iterations/s each,
+# so 230 s buys 300 iterations, 4800 tasks; scoring 4 settings at steps 0-5 for 3 models took ~125 s):
 #   without the scaling: MAML, meta-lr 5e-5: 98.57 / 99.57 / 95.37 / 98.40; MAML, 2e-4: 98.53 / 99.56 / 95.34 / 98.32;
 #   Meta-SGD, 5e-5: 98.58 / 98.92 / 95.39 / 98.81 (5w5s: 99.43 after step 1, then oscillates).
 # MAML moved nothing beyond noise. Meta-SGD's rates grew 5-10x; its grown head rates alone explain both its 20-way
@@ -23,8 +23,9 @@
 # 99.62 and keeps 95.39 / 98.81 at 20-way: three bars of four, 20w1s 0.11 short. MAML with the scaling, 150 CPU
 # iterations: 20w5s 98.67, 20w1s 95.41 (300 episodes). Meta-SGD with the scaling at meta-lr 1e-4, 150 CPU iterations
 # of 4 tasks: its rates grew ~4x (head 0.0041, body up to 0.009) and every setting oscillates (300 episodes, step 5:
-# 98.27 / 98.76 / 94.19 / 95.95; 20w5s 97.82 after step 1) -- hence meta-lrs of 2e-5 and 1e-5 for the rates here. Keep to a few evaluations at once on one GPU: 16 (100
-# episodes per vmap call each) ran out of its 139 GB (step curves now split their calls when that happens).
+# 98.27 / 98.76 / 94.19 / 95.95; 20w5s 97.82 after step 1) -- hence meta-lrs of 2e-5 and 1e-5 for the rates here.
+# Keep to a few evaluations at once on one GPU: 16 (100 episodes per vmap call each) ran out of its 139 GB (step
+# curves now split their calls when that happens).
 set -uo pipefail
 DATA_ROOT=${DATA_ROOT:-../shared/data}
 RUNS=${RUNS:-runs/inner}
@@ -68,7 +69,7 @@ for name in ["metasgd_2e5", "metasgd_1e5", "maml_5e5"]:
             continue
         acc = [row["accuracy"] for row in result["curve"]]
         dip = max(max(acc[: i + 1]) - a for i, a in enumerate(acc))
-        cells.append(f"{setting} {result['accuracy']:.2f} ± {result['ci95']:.2f} ({'ok' if result['accuracy'] >= bar else 'short'}"
-                     f", dip {dip:.2f})")
+        verdict = "ok" if result["accuracy"] >= bar else "short"
+        cells.append(f"{setting} {result['accuracy']:.2f} ± {result['ci95']:.2f} ({verdict}, dip {dip:.2f})")
     print(f"{name}: " + " | ".join(cells))
 PY

@@ -19,6 +19,8 @@ from metacore.evaluate import step_curve
 from metacore.images import InputSpec
 from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # model_card, quick_check, results
+
 MODELS = {"characters": SHIPPED_MODEL, "photos": PHOTO_MODEL}
 IMAGENET = SHARED_DATA / "imagenet-mini18"
 
@@ -98,7 +100,6 @@ def test_each_checkpoint_records_its_training_data_and_its_card_says_so(name: st
 def test_results_page_carries_each_cards_inner_loop_curves(model) -> None:
     """docs/results.md copies the card's curves (hours of CPU) instead of measuring them again: every setting's
     accuracy at the default steps, as the card has it, and the random-init rows when the card has them."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from results import card_curves, read_card
 
     card = read_card(model)
@@ -114,7 +115,6 @@ def test_results_page_carries_each_cards_inner_loop_curves(model) -> None:
 def test_a_new_card_for_the_same_file_keeps_the_none_of_these_threshold(tmp_path: Path) -> None:
     """model_card.py rewrites a card from scratch; the threshold `unsure --card` measured on the same file (which
     classify reads) must survive that, and must not pass to a card for another file."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from model_card import unsure_section, with_other_measurements
 
     shipped = json.loads(SHIPPED_MODEL.with_suffix(".json").read_text())
@@ -130,7 +130,6 @@ def test_a_new_card_for_the_same_file_keeps_the_none_of_these_threshold(tmp_path
 def test_a_kept_evaluation_is_reused_only_for_the_same_file_and_arguments(tmp_path: Path) -> None:
     """The scripts keep each `evaluate` result (hours of CPU for a card): the same file and arguments reuse it, a
     changed file or other arguments measure again."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from quick_check import cached
 
     model = tmp_path / "model.pt"
@@ -152,7 +151,6 @@ def test_a_kept_evaluation_is_reused_only_for_the_same_file_and_arguments(tmp_pa
 def test_a_cards_evaluations_are_keyed_by_the_models_path_inside_the_repository(monkeypatch) -> None:
     """A card's evaluations measured in another checkout (a GPU machine's copy of the repository) are reused here:
     the kept result's key names the model by its path inside the repository, not where the checkout lies."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import model_card
 
     keys: list[list[str]] = []
@@ -166,7 +164,6 @@ def test_the_random_init_contrast_is_the_same_file_for_every_model_of_one_archit
     give the same random-init bytes, and other learner defaults give another file."""
     import io
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from model_card import random_init_payload
 
     def saved(payload: dict) -> bytes:
