@@ -463,6 +463,6 @@ def sidebar() -> None:
                 f"{card.get('benchmark', 'Accuracy')}: "
                 + ", ".join(f"{k} {v['accuracy']:.1f}%" for k, v in card["accuracy"].items())
             )
-        st.caption(f"Default inner lr {learner.lr_in_force()}, {plural(learner.inner_steps, 'step')}")
+        st.caption(f"Adapts with {learner.rates_in_words()}, {plural(learner.inner_steps, 'step')}")
         with st.expander("Model card"):
             st.json({k: v for k, v in meta.items() if k not in ("training",)}, expanded=False)

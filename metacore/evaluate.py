@@ -108,7 +108,7 @@ def summary(
         "query": sampler.query,
         "steps": steps,
         "inner_lr": learner.lr_in_force(lr),  # a Meta-SGD model's own rates are described, not a scalar
-    }
+    } | ({"way_scaled_head": True} if learner.way_scaled_head else {})
 
 
 def vmap_in_pieces(one_task: Callable, batch: list[torch.Tensor], fits: int) -> tuple[torch.Tensor, torch.Tensor, int]:

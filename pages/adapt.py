@@ -65,7 +65,7 @@ def explain_init(init: str) -> None:
             "below, or raise the lr to watch the steps overshoot."
         )
     elif init == "maml" and shipped.head == "zero":
-        rate = "its learned per-parameter rates" if learned_rates else f"lr {shipped.inner_lr:g}"
+        rate = shipped.rates_in_words()
         body = " and move the body a little" if shipped.adapted_keys is None else " (only the head adapts)"
         st.caption(
             f"This model was meta-trained to adapt in {lab.plural(shipped.inner_steps, 'step')} at {rate}. Its head "
@@ -73,7 +73,7 @@ def explain_init(init: str) -> None:
             f"(see Learn), the next ones sharpen it{body}."
         )
     elif init == "maml":
-        rate = "its learned per-parameter rates" if learned_rates else f"lr {shipped.inner_lr:g}"
+        rate = shipped.rates_in_words()
         st.caption(f"This model was meta-trained to adapt in {lab.plural(shipped.inner_steps, 'step')} at {rate}.")
 
 

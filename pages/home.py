@@ -37,7 +37,7 @@ with left:
 with right:
     st.subheader("2 · Adapt")
     st.write(
-        f"The shipped model ({learner.name}, {learner.head} head) adapts with inner lr {learner.inner_lr:g} "
+        f"The shipped model ({learner.name}, {learner.head} head) adapts with {learner.rates_in_words()} "
         f"for {lab.plural(learner.inner_steps, 'step')} by default."
         + (" Its head starts at zero: step 0 is chance, and what it gets right after the steps, it learned in them."
            if learner.head == "zero" else "")

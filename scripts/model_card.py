@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from quick_check import cached  # noqa: E402
 
-from metacore.checkpoint import read_checkpoint, sha256  # noqa: E402
+from metacore.checkpoint import load_checkpoint, read_checkpoint, sha256  # noqa: E402
 from metacore.device import describe  # noqa: E402
 from metacore.images import InputSpec  # noqa: E402
 from metacore.train import TrainConfig, data_record, training_data  # noqa: E402
@@ -212,9 +212,17 @@ def random_init_payload(payload: dict) -> dict:
 
     torch.manual_seed(0)
     fresh = Backbone(payload["backbone"]["name"], **payload["backbone"]["kwargs"])
-    learner = build_learner(backbone=fresh, **payload["learner"])  # Meta-SGD: its rates start at the model's lr
-    kept = {k: payload[k] for k in ("format", "version", "backbone", "learner") if k in payload}
-    return kept | {"state_dict": dict(learner.params)}
+    settings = plain_steps(payload["learner"])
+    learner = build_learner(backbone=fresh, **settings)
+    kept = {k: payload[k] for k in ("format", "version", "backbone") if k in payload}
+    return kept | {"learner": settings, "state_dict": dict(learner.params)}
+
+
+def plain_steps(learner: dict) -> dict:
+    """A learner's settings for plain gradient steps at one lr for every weight: Meta-SGD's learned rates and a
+    way-scaled head are what meta-training gave a model, not something a random initialisation has."""
+    plain = {k: v for k, v in learner.items() if k != "way_scaled_head"}
+    return plain | ({"algorithm": "maml"} if plain["algorithm"] == "metasgd" else {})
 
 
 def random_init_model(payload: dict, out: Path, suite: dict, args: argparse.Namespace) -> tuple[Path, float, dict]:
@@ -289,13 +297,13 @@ def curve_tables(card: dict, steps: int) -> str:
             accuracy.append(f"| {label}{suffix} | " + " | ".join(
                 f"{rows[c]['accuracy']:.1f} ± {rows[c]['ci95']:.1f}" for c in columns) + " |")  # fmt: skip
             loss.append(f"| {label}{suffix} | " + " | ".join(f"{rows[c]['support_loss']:.3f}" for c in columns) + " |")
-    lr = card["default_inner_lr"]
+    rates = card.get("default_rates") or f"lr {card['default_inner_lr']:g}"
     checks = "\n".join(f"- {label}: {curve_check(curve, steps)}" for label, curve in card["curves"].items())
     scored = ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs(measured))
     return (
-        f"### The curve's shape at the default lr {lr:g} (query scored after steps {scored})\n\n{checks}\n\n"
-        f"### Query accuracy % (95% CI) after each inner step, at the default lr {lr:g}\n\n" + "\n".join(accuracy)
-        + f"\n\n### Support loss after each inner step, at the default lr {lr:g}\n\n" + "\n".join(loss) + "\n"
+        f"### The curve's shape at the default {rates} (query scored after steps {scored})\n\n{checks}\n\n"
+        f"### Query accuracy % (95% CI) after each inner step, at the default {rates}\n\n" + "\n".join(accuracy)
+        + f"\n\n### Support loss after each inner step, at the default {rates}\n\n" + "\n".join(loss) + "\n"
         + note
     )  # fmt: skip
 
@@ -419,7 +427,9 @@ def main() -> None:
             "inner_lr": best_lr,
             "lr_grid": grid,
             "curves": {label: rounded(result["curve"]) for label, result in measured[1]},
-            "note": suite["random_note"],
+            "note": suite["random_note"]
+            + (" It takes plain gradient steps at one lr for every weight (no learned rates, no way-scaled head)."
+               if plain_steps(payload["learner"]) != payload["learner"] else ""),  # fmt: skip
         }
 
     training = payload["training"]
@@ -441,6 +451,7 @@ def main() -> None:
         "hardware": stages[-1]["hardware"],
         "torch": training.get("torch"),
         "default_inner_lr": args.inner_lr,
+        "default_rates": load_checkpoint(out)[0].rates_in_words(),
         "default_inner_steps": args.steps,
         "accuracy": table,
         "curves": curves,
@@ -461,7 +472,6 @@ def main() -> None:
 def layer_movement(model: Path, data_root: str, setting: tuple, steps: int, episodes: int = 20) -> dict:
     """How far each layer moves (L2) in `steps` inner steps at the default lr: the mean over `episodes` tasks of
     the suite's first setting (seed 0), so the card shows that both the body and the head adapt."""
-    from metacore.checkpoint import load_checkpoint
     from metacore.data import EpisodeSampler, open_dataset
     from metacore.inner import layer_shift
 
@@ -492,7 +502,8 @@ def layer_movement(model: Path, data_root: str, setting: tuple, steps: int, epis
 def write_card(card: dict, out: Path, suite: dict) -> None:
     """The JSON card and its Markdown page, from the card's own fields (so a card can be re-rendered)."""
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    stages, steps, lr = card["stages"], card["default_inner_steps"], card["default_inner_lr"]
+    stages, steps = card["stages"], card["default_inner_steps"]
+    rates = card.get("default_rates") or f"lr {card['default_inner_lr']:g}"
     rows = "\n".join(f"| {k} | {v['accuracy']:.2f} ± {v['ci95']:.2f} |" for k, v in card["accuracy"].items())
     training_lines = "\n".join(
         f"- **Training{f' stage {i + 1}' if len(stages) > 1 else ''}**: {stage['algorithm']}, {stage['iterations']} "
@@ -505,7 +516,7 @@ def write_card(card: dict, out: Path, suite: dict) -> None:
         m = card["movement"]
         moved = ", ".join(f"{layer} {value:g}" for layer, value in m["l2"].items())
         movement = (f"\n### How far each layer moves in {m['steps']} steps\n\nL2 distance from the start, mean of "
-                    f"{m['episodes']} {m['setting']} tasks (seed 0) at lr {lr:g}: {moved}.\n")  # fmt: skip
+                    f"{m['episodes']} {m['setting']} tasks (seed 0) at the default {rates}: {moved}.\n")  # fmt: skip
     out.with_suffix(".md").write_text(f"""# Model card: {out.name}
 
 - **What**: {suite["what"]}, meta-trained with `metacore` ({card["algorithm"]}). Every task starts from a
@@ -514,7 +525,7 @@ def write_card(card: dict, out: Path, suite: dict) -> None:
 {training_lines}
 - **Reproduce**: `{card["command"] or "see config in the JSON card"}` then
   `{card["card_command"]}`.
-- **Defaults used by the app and CLI**: inner lr {lr}, {steps} step{"" if steps == 1 else "s"}.
+- **Defaults used by the app and CLI**: {steps} inner step{"" if steps == 1 else "s"} at {rates}.
 - **sha256**: `{card["sha256"]}` ({card["size_bytes"] / 1e6:.1f} MB)
 
 ## Accuracy ({card["evaluation"]})
@@ -579,6 +590,7 @@ def rerender(out: Path, suite: dict, data_root: str, card_command: str, measured
             filter(None, [data_statement(payload["training"]["data_stages"]), suite.get("data_note")])
         )
     card.setdefault("card_command", card_command)
+    card.setdefault("default_rates", load_checkpoint(out)[0].rates_in_words())
     if "movement" not in card:
         card["movement"] = layer_movement(out, data_root, suite["settings"][0], card["default_inner_steps"])
     write_card(card, out, suite)

@@ -57,7 +57,8 @@ class MAML:
         return isinstance(self.inner_lrs(self.params), dict)
 
     def lr_in_force(self, lr: float | None = None) -> float | str:
-        """What adaptation uses for `lr` (None: the model's own): a number, or a description of learned rates."""
+        """What adaptation uses for `lr` (None: the model's own): a number, or a description of learned rates
+        (a way-scaled head is the `way_scaled_head` attribute)."""
         if lr is not None:
             return lr
         rates = self.inner_lrs(self.params)
@@ -68,6 +69,12 @@ class MAML:
                 f"{values.min().item():.3g} to {values.max().item():.3g})"
             )
         return rates
+
+    def rates_in_words(self) -> str:
+        """The model's own inner rates, for pages and cards: "lr 0.001" or its learned rates, and a way-scaled head."""
+        rates = self.lr_in_force()
+        words = rates if isinstance(rates, str) else f"lr {rates:g}"
+        return words + (" (the head's x N/5 in an N-way task)" if self.way_scaled_head else "")
 
     # -- the inner loop ----------------------------------------------------------------------
     def adapt(
