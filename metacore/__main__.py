@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="an N-way task's head steps at N/5 times the inner rate: each class's head row then steps as far at "
         "20-way as at 5-way (the inner loss is a mean over classes); recorded in the model",
     )
+    p.add_argument(
+        "--body-rates-only",
+        action="store_true",
+        help="metasgd: learn one rate per body weight only; the head steps at --inner-lr (recorded in the model)",
+    )
     p.add_argument("--backbone", default="conv4", help="conv4 (28x28 characters) or feature_adapter (photos)")
     p.add_argument(
         "--feature-scale",
@@ -236,6 +241,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         feature_scale=args.feature_scale,
         head=args.head,
         way_scaled_head=args.way_scaled_head,
+        body_rates_only=args.body_rates_only,
         way=args.way,
         shot=args.shot,
         query=args.query,

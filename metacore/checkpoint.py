@@ -18,7 +18,7 @@ from metacore.models import BACKBONES, HEADS, Backbone
 
 MAX_INNER_STEPS = 1000
 MAX_INNER_LR = 1000.0
-LEARNER_FIELDS = {"algorithm", "inner_lr", "inner_steps", "head", "way_scaled_head"}
+LEARNER_FIELDS = {"algorithm", "inner_lr", "inner_steps", "head", "way_scaled_head", "body_rates_only"}
 SPEC_LIMITS = {"size": (8, 1024), "channels": (1, 3)}
 
 FORMAT = "metacore-checkpoint"
@@ -32,10 +32,14 @@ def build_learner(
     inner_steps: int,
     head: str = "zero",
     way_scaled_head: bool = False,
+    body_rates_only: bool = False,
 ) -> MAML:
     if algorithm not in ALGORITHMS:
         raise MetacoreError(f"unknown algorithm '{algorithm}' (choose: {', '.join(ALGORITHMS)})")
-    learner = ALGORITHMS[algorithm](backbone, inner_lr, inner_steps, head)
+    if body_rates_only and algorithm != "metasgd":
+        raise MetacoreError("body_rates_only is a Meta-SGD setting (learned rates for the body only)")
+    extra = {"body_rates_only": True} if body_rates_only else {}
+    learner = ALGORITHMS[algorithm](backbone, inner_lr, inner_steps, head, **extra)
     learner.way_scaled_head = bool(way_scaled_head)
     return learner
 
@@ -124,8 +128,9 @@ def validated(payload: dict, path: Path) -> tuple[dict, dict, InputSpec]:
         cfg["inner_lr"] = check_number(cfg.get("inner_lr"), "inner_lr", 0.0, MAX_INNER_LR)
         if cfg.get("head", "zero") not in HEADS:
             raise MetacoreError(f"unknown head {cfg.get('head')!r} (known: {', '.join(HEADS)})")
-        if not isinstance(cfg.get("way_scaled_head", False), bool):
-            raise MetacoreError("way_scaled_head must be true or false")
+        for flag in ("way_scaled_head", "body_rates_only"):
+            if not isinstance(cfg.get(flag, False), bool):
+                raise MetacoreError(f"{flag} must be true or false")
         name = info.get("name")
         if name not in BACKBONES:
             raise MetacoreError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")

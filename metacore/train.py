@@ -47,6 +47,7 @@ class TrainConfig:
     feature_scale: float | None = None  # conv4: centred, L2-normalised features times a learned scale from here
     head: str = "zero"
     way_scaled_head: bool = False  # an N-way task's head steps at N/5 times the rate (one rate for any way)
+    body_rates_only: bool = False  # Meta-SGD: learn the body's rates only; the head steps at inner_lr
     way: str = "5"
     shot: str = "1"
     query: int = 15
@@ -177,6 +178,12 @@ def inner_loop_problem(cfg: TrainConfig) -> tuple[str, str] | None:
     return None
 
 
+def learner_settings(cfg: TrainConfig) -> dict:
+    """The learner fields of a training config (what `build_learner` takes besides the backbone)."""
+    fields = ("algorithm", "inner_lr", "inner_steps", "head", "way_scaled_head", "body_rates_only")
+    return {k: getattr(cfg, k) for k in fields}
+
+
 def check_writable(path: Path) -> None:
     """Fail now, with the reason, if a file cannot be written at `path` (its folder is made if missing)."""
     existing = next(p for p in path.absolute().parents if p.exists())
@@ -268,7 +275,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
             raise MetacoreError(f"unknown backbone '{cfg.backbone}' (known: {', '.join(BACKBONES)})")
         else:
             backbone = Backbone(cfg.backbone).to(device, getattr(torch, cfg.dtype))
-        learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head, cfg.way_scaled_head)
+        learner = build_learner(backbone=backbone, **learner_settings(cfg))
 
     if cfg.augment and learner.backbone.input_spec.body:
         raise MetacoreError("--augment distorts images; this model's inputs are body features, not pixels")
@@ -276,7 +283,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
     data_stages = [*prior_stages, data_record(cfg, train_set, val_set)]  # every stage's data, oldest first
     if cfg.feature_scale and not cfg.resume:  # centred on the mean feature of (up to 2,000) training images
         backbone = learner.backbone.with_feature_scale(cfg.feature_scale, mean_feature(learner.backbone, train_set))
-        learner = build_learner(cfg.algorithm, backbone, cfg.inner_lr, cfg.inner_steps, cfg.head, cfg.way_scaled_head)
+        learner = build_learner(backbone=backbone, **learner_settings(cfg))
     sampler = EpisodeSampler(train_set, cfg.way, cfg.shot, cfg.query, seed=cfg.seed + start_iteration)
     val_way, val_shot = sampler.way[0], sampler.shot[0]
     val_sampler = EpisodeSampler(val_set, min(val_way, len(val_set)), val_shot, cfg.query, seed=cfg.seed + 1)

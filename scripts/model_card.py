@@ -221,7 +221,7 @@ def random_init_payload(payload: dict) -> dict:
 def plain_steps(learner: dict) -> dict:
     """A learner's settings for plain gradient steps at one lr for every weight: Meta-SGD's learned rates and a
     way-scaled head are what meta-training gave a model, not something a random initialisation has."""
-    plain = {k: v for k, v in learner.items() if k != "way_scaled_head"}
+    plain = {k: v for k, v in learner.items() if k not in ("way_scaled_head", "body_rates_only")}
     return plain | ({"algorithm": "maml"} if plain["algorithm"] == "metasgd" else {})
 
 
@@ -428,8 +428,11 @@ def main() -> None:
             "lr_grid": grid,
             "curves": {label: rounded(result["curve"]) for label, result in measured[1]},
             "note": suite["random_note"]
-            + (" It takes plain gradient steps at one lr for every weight (no learned rates, no way-scaled head)."
-               if plain_steps(payload["learner"]) != payload["learner"] else ""),  # fmt: skip
+            + (
+                " It takes plain gradient steps at one lr for every weight (no learned rates, no way-scaled head)."
+                if plain_steps(payload["learner"]) != payload["learner"]
+                else ""
+            ),
         }
 
     training = payload["training"]

@@ -60,6 +60,25 @@ def test_metasgd_learns_its_inner_learning_rates() -> None:
     assert learner.meta_loss(tasks)[0].item() < first
 
 
+def test_metasgd_with_body_rates_only_learns_the_bodys_rates_and_steps_the_head_at_the_inner_lr() -> None:
+    """`body_rates_only`: no rates for the head (it steps at inner_lr, way-scaled if asked); every body rate is
+    learned. Its head's step is then exactly plain MAML's at that lr."""
+    learner = MetaSGD(tiny_backbone(), inner_lr=0.1, inner_steps=2, head="zero", body_rates_only=True)
+    assert not any(k.startswith("lr.head.") for k in learner.params)
+    assert {k[3:] for k in learner.params if k.startswith("lr.")} == set(learner.backbone.params)
+    assert learner.config()["body_rates_only"] is True and "; the head's lr 0.1)" in learner.lr_in_force()
+    task = random_task(way=4, shot=2, seed=6)
+    plain = MAML(tiny_backbone(), 0.1, 2, "zero")
+    first_step = [list(m.adapt(task.support_x, task.support_y))[1].params["head.weight"] for m in (learner, plain)]
+    assert torch.allclose(first_step[0], first_step[1], atol=1e-12)
+    learner.params = {k: v.clone().requires_grad_(True) for k, v in learner.params.items()}
+    rates_before = {k: v.detach().clone() for k, v in learner.params.items() if k.startswith("lr.")}
+    optimizer = torch.optim.Adam(learner.params.values(), lr=1e-2)
+    for _ in range(3):
+        learner.outer_step(optimizer, [random_task(seed=s) for s in range(2)])
+    assert all(not torch.equal(v, learner.params[k].detach()) for k, v in rates_before.items())
+
+
 @pytest.mark.parametrize("algorithm", [MAML, MetaSGD])
 def test_a_way_scaled_head_steps_each_class_row_as_far_at_20_way_as_at_5_way(algorithm: type[MAML]) -> None:
     """The inner loss is a mean over classes, so a zero head's first step gives each class row 1/way of the class's

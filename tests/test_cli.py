@@ -668,6 +668,21 @@ def test_a_protonet_step_curve_is_flat(toy: Path, tmp_path: Path, capsys) -> Non
     assert curve[0] | {"step": 2} == curve[2]
 
 
+def test_train_metasgd_with_body_rates_only_records_it_and_other_algorithms_refuse_it(
+    toy: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "body_rates.pt"
+    base = ["train", "--data-root", str(toy), *TOY_TASK, "--iterations", "2", "--meta-batch", "2", "--steps", "2",
+            "--val-every", "2", "--val-episodes", "1", "--body-rates-only", "--out", str(out)]  # fmt: skip
+    assert main([*base, "--algo", "metasgd"]) == 0
+    learner, meta = load_checkpoint(out)
+    assert meta["learner"]["body_rates_only"] is True and learner.learns_rates
+    assert not any(k.startswith("lr.head.") for k in read_checkpoint(out)["state_dict"])
+    capsys.readouterr()
+    code, _, stderr = run([*base, "--algo", "maml", "--out", str(tmp_path / "maml.pt")], capsys)
+    assert code == 2 and "body_rates_only is a Meta-SGD setting" in stderr and "Traceback" not in stderr
+
+
 def test_train_with_a_way_scaled_head_records_it_and_the_model_keeps_it(
     toy: Path, checkpoint: Path, tmp_path: Path, capsys
 ) -> None:

@@ -63,10 +63,13 @@ class MAML:
             return lr
         rates = self.inner_lrs(self.params)
         if self.learns_rates:
-            values = torch.cat([v.flatten() for v in rates.values()])
+            values = torch.cat([v.flatten() for v in rates.values() if isinstance(v, Tensor)])
+            fixed = {v for v in rates.values() if not isinstance(v, Tensor)}  # the head's, when only the body's learn
             return (
                 f"learned per-parameter rates (Meta-SGD; mean {values.mean().item():.3g}, "
-                f"{values.min().item():.3g} to {values.max().item():.3g})"
+                f"{values.min().item():.3g} to {values.max().item():.3g}"
+                + "".join(f"; the head's lr {lr:g}" for lr in fixed)
+                + ")"
             )
         return rates
 
