@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
-# Train both shipped character models from nothing, every stage recording its data (issue 13, point 7):
-#   stage 1  ProtoNet body: 60-way episodes, rotations as extra classes, distorted images     -> $RUNS/stage1_protonet.pt
-#   stage 2  ProtoMAML: second-order MAML, prototype head, 1 step at lr 0.01                   -> $RUNS/stage2_protomaml.pt
+# Train the three character models from nothing, every stage recording its data (issue 13, point 7):
+#   stage 1  ProtoNet body: 60-way episodes, rotations as extra classes, distorted images  -> $RUNS/stage1_protonet.pt
+#   stage 2  ProtoMAML: second-order MAML, prototype head, 1 step at lr 0.01              -> $RUNS/stage2_protomaml.pt
 #            (models/omniglot_protomaml.pt)
-#   stage 3  zero head and normalised features: second-order MAML through 5 steps at lr 0.001  -> $RUNS/stage3_zero.pt
-#   stage 4  Meta-SGD, learned rates for the body, the head at lr 0.001 x way/5, from stage 3   -> $RUNS/stage4_metasgd.pt
+#   stage 3  zero head, normalised features: second-order MAML, 5 steps at lr 0.001        -> $RUNS/stage3_zero.pt
 #            (models/omniglot_conv4.pt)
-# All stages read Omniglot's background alphabets only (the default split; each checkpoint records it). A stage whose
-# checkpoint exists is skipped, so a run cut short continues where it stopped (on another machine too).
+#   stage 4  Meta-SGD: learned rates for the body, the head at lr 0.001 x way/5            -> $RUNS/stage4_metasgd.pt
+#            (models/omniglot_metasgd.pt, the default)
+# All stages read Omniglot's background alphabets only (the default split; each checkpoint records it). A stage
+# whose checkpoint is complete is skipped and a cut one resumed, so a run can stop and go on (on another machine).
 #
-#   bash scripts/reproduce_character_models.sh                         # CPU: ~2 h 30 min on 2 cores
-#   DATA_ROOT=data DEVICE=cuda bash scripts/reproduce_character_models.sh   # one GPU: ~10 min
+#   bash scripts/reproduce_character_models.sh                              # CPU: ~2 h 35 min on 2 cores
+#   DATA_ROOT=data DEVICE=cuda bash scripts/reproduce_character_models.sh   # one GPU: ~10 min (estimated)
 #
 # Measured on 2 CPU cores (AMD EPYC, torch 2.14.1): stage 1 1.36 iterations/s (10000: ~2 h 3 min); stage 2 100
-# iterations in 2 min; stage 3 150 iterations in 9 min; stage 4 300 iterations of 4 tasks in ~20 min. Stage 1 took
-# 6 min on an H100 shared with two other runs.
-# Then the cards (each a CPU job of 1-3 h; the figures are cached under runs/card_results):
-#   python scripts/model_card.py $RUNS/stage2_protomaml.pt --suite omniglot --out models/omniglot_protomaml.pt --steps 1 --inner-lr 0.01
-#   python scripts/model_card.py $RUNS/stage4_metasgd.pt --suite omniglot --out models/omniglot_conv4.pt --steps 5 --inner-lr 0.001 --curve-steps 50 --contrast
+# iterations in 2 min; stage 3 150 iterations in 9 min; stage 4 300 iterations of 4 tasks in 20 min on one core
+# (beside another run). Stage 1 took 6 min on an H100 shared with two other runs.
+# Then the cards (CPU: ~1 h each for the curves to step 50; kept under runs/card_results), e.g.
+#   python scripts/model_card.py $RUNS/stage4_metasgd.pt --suite omniglot --out models/omniglot_metasgd.pt \
+#       --steps 5 --inner-lr 0.001 --curve-steps 50 --contrast
 set -euo pipefail
 DATA_ROOT=${DATA_ROOT:-../shared/data}
 RUNS=${RUNS:-runs/reproduce}
