@@ -13,6 +13,8 @@ curves from a random initialisation of the same architecture."""
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import os
 import subprocess
@@ -229,8 +231,11 @@ def random_init_model(payload: dict, out: Path, suite: dict, args: argparse.Name
     """A random initialisation of the same architecture (seed 0), saved beside `out`, and the best inner lr of a
     small grid for it, picked by accuracy after the default steps on 100 episodes of the suite's tuning data
     (classes or images used in meta-training, never the evaluation ones): (file, lr, the grid's accuracies)."""
-    random_model = out.with_name(out.stem + "_random_init.pt")
-    torch.save(random_init_payload(payload), random_model)
+    buffer = io.BytesIO()
+    torch.save(random_init_payload(payload), buffer)
+    # named by its bytes, not by `out`: every model of this architecture and these defaults finds its evaluations
+    random_model = out.with_name(f"random_init_{hashlib.sha256(buffer.getvalue()).hexdigest()[:12]}.pt")
+    random_model.write_bytes(buffer.getvalue())
     _, data_args, way, shot = suite["settings"][0]
     grid = {}
     for lr in suite["lr_grid"]:

@@ -12,6 +12,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import OMNIGLOT, SHARED_DATA, jpeg, photo
+from metacore.paths import SHIPPED_MODEL
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -73,7 +74,7 @@ def test_build_by_upload_then_step_and_the_support_loss_falls() -> None:
     assert any("Ready: 2-way task" in s.value for s in at.success)
 
     at = page(at, "adapt")
-    card = json.loads((Path(__file__).resolve().parents[1] / "models" / "omniglot_conv4.json").read_text())
+    card = json.loads(SHIPPED_MODEL.with_suffix(".json").read_text())
     assert at.number_input[0].value == card["default_inner_lr"]  # the lr field starts at the model's own
     button(at, "Step").click().run()
     button(at, "Run").click().run()
@@ -434,7 +435,6 @@ def test_classify_says_none_of_these_exactly_when_an_image_is_far_from_every_cla
     from metacore.examples import SAMPLE_ROOT
     from metacore.images import decode, preprocess
     from metacore.openset import novelty
-    from metacore.paths import SHIPPED_MODEL
 
     at = start()  # the built-in characters task: 5 of the 10 bundled characters
     classes = at.session_state["classes"]

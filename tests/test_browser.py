@@ -192,16 +192,20 @@ def lr_box_shows(page, value: float) -> bool:
 def test_the_lr_box_follows_the_model_and_reset_in_the_browser(server: str, browser_page) -> None:
     """AppTest cannot see this: the browser sends its widget values back with every rerun, so a default that the
     script merely drops from session state comes back from the page."""
-    from metacore.checkpoint import read_checkpoint
+    from metacore.checkpoint import load_checkpoint, read_checkpoint
+    from metacore.paths import SHIPPED_MODEL
 
     page = browser_page
     page.goto(server)  # a new session, on the built-in example
     page.get_by_text("Few-shot learning lab").first.wait_for(timeout=60_000)
     wait_idle(page)
-    default = read_checkpoint(ROOT / "models" / "omniglot_conv4.pt")["learner"]["inner_lr"]
+    default = read_checkpoint(SHIPPED_MODEL)["learner"]["inner_lr"]
     photos = read_checkpoint(ROOT / "models" / "photo_lite2.pt")["learner"]["inner_lr"]
     go(page, "Adapt step by step")
     assert lr_box_shows(page, default)
+    if load_checkpoint(SHIPPED_MODEL)[0].learns_rates:  # Meta-SGD: the box is for one rate instead of its own
+        page.get_by_text("Use its learned per-parameter rates").first.click()
+        wait_idle(page)
     page.get_by_role("button", name="×10").click()
     assert lr_box_shows(page, 10 * default)
     wait_idle(page)
@@ -218,7 +222,7 @@ def test_the_lr_box_follows_the_model_and_reset_in_the_browser(server: str, brow
     wait_idle(page, 120)
     assert lr_box_shows(page, photos)
     page.get_by_text("Characters (Conv-4", exact=False).first.click()
-    page.get_by_text("omniglot_conv4.pt").first.wait_for(timeout=120_000)
+    page.get_by_text(SHIPPED_MODEL.name).first.wait_for(timeout=120_000)
     wait_idle(page, 120)
     assert lr_box_shows(page, default)
 

@@ -156,7 +156,7 @@ def test_a_cards_evaluations_are_keyed_by_the_models_path_inside_the_repository(
     keys: list[list[str]] = []
     monkeypatch.setattr(model_card, "cached", lambda args, run: keys.append(args) or {"accuracy": 0.0})
     model_card.evaluate(SHIPPED_MODEL.resolve(), "../shared/data", ["--split", "evaluation"], 5, 1, 600, "0:5")
-    assert keys[0][:2] == ["--checkpoint", "models/omniglot_conv4.pt"]
+    assert keys[0][:2] == ["--checkpoint", SHIPPED_MODEL.relative_to(SHIPPED_MODEL.parents[1]).as_posix()]
 
 
 def test_the_random_init_contrast_is_the_same_file_for_every_model_of_one_architecture(tmp_path: Path) -> None:

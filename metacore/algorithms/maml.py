@@ -77,7 +77,7 @@ class MAML:
         """The model's own inner rates, for pages and cards: "lr 0.001" or its learned rates, and a way-scaled head."""
         rates = self.lr_in_force()
         words = rates if isinstance(rates, str) else f"lr {rates:g}"
-        return words + (" (the head's x N/5 in an N-way task)" if self.way_scaled_head else "")
+        return words + (", the head's x N/5 in an N-way task" if self.way_scaled_head else "")
 
     # -- the inner loop ----------------------------------------------------------------------
     def adapt(
