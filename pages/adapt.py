@@ -66,7 +66,8 @@ def explain_init(init: str) -> None:
         )
     elif init == "maml" and shipped.head == "zero":
         rate = shipped.rates_in_words()
-        body = " and move the body a little" if shipped.adapted_keys is None else " (only the head adapts)"
+        body = " (only the head adapts)" if shipped.adapted_keys is not None else " and move the body a little"
+        body = " and tune the body at its learned rates" if learned_rates else body
         st.caption(
             f"This model was meta-trained to adapt in {lab.plural(shipped.inner_steps, 'step')} at {rate}. Its head "
             "starts at zero, so step 0 is chance; the first step writes each class's mean feature into the head "

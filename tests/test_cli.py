@@ -693,7 +693,7 @@ def test_train_with_a_way_scaled_head_records_it_and_the_model_keeps_it(
                  "--val-every", "2", "--val-episodes", "1", "--way-scaled-head", "--out", str(out)]) == 0  # fmt: skip
     learner, meta = load_checkpoint(out)
     assert learner.way_scaled_head and meta["learner"]["way_scaled_head"] is True
-    assert learner.rates_in_words() == "lr 0.4, the head's x N/5 in an N-way task"  # what pages and cards say
+    assert learner.rates_in_words() == "lr 0.4 (the head's x N/5 in an N-way task)"  # what pages and cards say
     capsys.readouterr()
     code, stdout, _ = run([*evaluate_args(out, toy, "--episodes", "1"), "--json"], capsys)
     assert code == 0 and json.loads(stdout)["way_scaled_head"] is True

@@ -74,10 +74,17 @@ class MAML:
         return rates
 
     def rates_in_words(self) -> str:
-        """The model's own inner rates, for pages and cards: "lr 0.001" or its learned rates, and a way-scaled head."""
-        rates = self.lr_in_force()
-        words = rates if isinstance(rates, str) else f"lr {rates:g}"
-        return words + (", the head's x N/5 in an N-way task" if self.way_scaled_head else "")
+        """The model's own inner rates in a few words, for pages and cards: "lr 0.001", or its learned rates (the
+        `lr_in_force` description gives their range); and a way-scaled head."""
+        scaled = " x N/5 in an N-way task" if self.way_scaled_head else ""
+        if not self.learns_rates:
+            return f"lr {self.inner_lr:g}" + (f" (the head's{scaled})" if scaled else "")
+        rates = self.inner_lrs(self.params)
+        mean = torch.cat([v.flatten() for v in rates.values() if isinstance(v, Tensor)]).mean().item()
+        fixed = {v for v in rates.values() if not isinstance(v, Tensor)}
+        if fixed:  # only the body's rates are learned
+            return f"meta-learned rates (one per body weight, mean {mean:.2g}; the head at lr {fixed.pop():g}{scaled})"
+        return f"meta-learned rates (one per weight, mean {mean:.2g}" + (f"; the head's{scaled})" if scaled else ")")
 
     # -- the inner loop ----------------------------------------------------------------------
     def adapt(
