@@ -61,17 +61,15 @@ class MAML:
         (a way-scaled head is the `way_scaled_head` attribute)."""
         if lr is not None:
             return lr
-        rates = self.inner_lrs(self.params)
-        if self.learns_rates:
-            values = torch.cat([v.flatten() for v in rates.values() if isinstance(v, Tensor)])
-            fixed = {v for v in rates.values() if not isinstance(v, Tensor)}  # the head's, when only the body's learn
-            return (
-                f"learned per-parameter rates (Meta-SGD; mean {values.mean().item():.3g}, "
-                f"{values.min().item():.3g} to {values.max().item():.3g}"
-                + "".join(f"; the head's lr {lr:g}" for lr in fixed)
-                + ")"
-            )
-        return rates
+        if not self.learns_rates:
+            return self.inner_lr
+        learned, fixed = self._learned_and_fixed_rates()
+        return (
+            f"learned per-parameter rates (Meta-SGD; mean {learned.mean().item():.3g}, "
+            f"{learned.min().item():.3g} to {learned.max().item():.3g}"
+            + "".join(f"; the head's lr {lr:g}" for lr in fixed)
+            + ")"
+        )
 
     def rates_in_words(self) -> str:
         """The model's own inner rates in a few words, for pages and cards: "lr 0.001", or its learned rates (the
@@ -79,12 +77,18 @@ class MAML:
         scaled = " x N/5 in an N-way task" if self.way_scaled_head else ""
         if not self.learns_rates:
             return f"lr {self.inner_lr:g}" + (f" (the head's{scaled})" if scaled else "")
-        rates = self.inner_lrs(self.params)
-        mean = torch.cat([v.flatten() for v in rates.values() if isinstance(v, Tensor)]).mean().item()
-        fixed = {v for v in rates.values() if not isinstance(v, Tensor)}
+        learned, fixed = self._learned_and_fixed_rates()
+        mean = learned.mean().item()
         if fixed:  # only the body's rates are learned
-            return f"meta-learned rates (one per body weight, mean {mean:.2g}; the head at lr {fixed.pop():g}{scaled})"
+            return f"meta-learned rates (one per body weight, mean {mean:.2g}; the head at lr {fixed[0]:g}{scaled})"
         return f"meta-learned rates (one per weight, mean {mean:.2g}" + (f"; the head's{scaled})" if scaled else ")")
+
+    def _learned_and_fixed_rates(self) -> tuple[Tensor, list[float]]:
+        """A learned-rates model's rates: the learned ones flattened, and the fixed ones (the head's, when only the
+        body's rates are learned)."""
+        rates = self.inner_lrs(self.params)
+        learned = torch.cat([v.flatten() for v in rates.values() if isinstance(v, Tensor)])
+        return learned, sorted({v for v in rates.values() if not isinstance(v, Tensor)})
 
     # -- the inner loop ----------------------------------------------------------------------
     def adapt(
