@@ -46,6 +46,11 @@ with st.container(border=True):
     inner_lr = middle.number_input("Inner lr", 0.001, 2.0, default.inner_lr, 0.05, format="%.3f", key="mt_lr",
                                    disabled=busy)  # fmt: skip
     meta_batch = middle.slider("Tasks per outer step", 1, 16, default.meta_batch, key="mt_batch", disabled=busy)
+    body_rates_only = algorithm == "metasgd" and middle.checkbox(
+        "Learn the body's rates only", key="mt_body_rates", disabled=busy,
+        help="As the shipped character model: a rate is learned for every body weight, and the head steps at the "
+        "inner lr (learned head rates tend to grow until the head overshoots).",
+    )  # fmt: skip
     meta_lr = right.select_slider("Outer lr", [1e-4, 3e-4, 1e-3, 3e-3], default.meta_lr, key="mt_meta_lr",
                                   disabled=busy)  # fmt: skip
     outer_steps = right.number_input("Outer steps", 10, 5000, default.iterations, 100, key="mt_iters", disabled=busy)
@@ -63,6 +68,7 @@ if buttons[0].button("Start", icon="▶️", type="primary", disabled=busy or (p
     cfg = quick_recipe(
         data_root, dataset, split, algorithm=algorithm, way=str(way), shot=str(shot), meta_batch=meta_batch,
         inner_lr=inner_lr, inner_steps=steps, meta_lr=meta_lr, iterations=int(outer_steps),
+        body_rates_only=body_rates_only,
     )  # fmt: skip
     try:
         run = live_training.new_run(cfg, InputSpec())

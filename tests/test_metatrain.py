@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 import live_training
@@ -135,3 +136,20 @@ def test_one_inner_step_from_a_zero_head_is_flagged_before_start() -> None:
     assert [b for b in at.button if b.label == "Start"][0].disabled
     at.slider(key="mt_steps").set_value(2).run()
     assert not at.warning and not at.error and not [b for b in at.button if b.label == "Start"][0].disabled
+
+
+def test_meta_sgd_can_learn_the_body_rates_only() -> None:
+    """The checkbox (shown for Meta-SGD only) trains the shipped character model's variant: rates for the body."""
+    at = meta_train_page()
+    assert not at.checkbox  # not for MAML
+    at.selectbox(key="mt_algo").set_value("metasgd").run()
+    at.checkbox(key="mt_body_rates").check().run()
+    at.number_input(key="mt_iters").set_value(10).run()
+    click(at, "Start")
+    run = at.session_state["live_run"]
+    wait(lambda: not run.active)
+    assert run.state == "finished", run.message
+    saved = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
+    assert saved["learner"]["body_rates_only"] is True
+    rates = [k for k in saved["state_dict"] if k.startswith("lr.")]
+    assert rates and not [k for k in rates if k.startswith("lr.head")]
