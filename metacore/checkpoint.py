@@ -38,10 +38,12 @@ def build_learner(
         raise MetacoreError(f"unknown algorithm '{algorithm}' (choose: {', '.join(ALGORITHMS)})")
     if body_rates_only and algorithm != "metasgd":
         raise MetacoreError("body_rates_only is a Meta-SGD setting (learned rates for the body only)")
+    if way_scaled_head and algorithm == "protonet":
+        raise MetacoreError("way_scaled_head scales the head's inner steps; ProtoNet takes none")
     extra = {"body_rates_only": True} if body_rates_only else {}
-    learner = ALGORITHMS[algorithm](backbone, inner_lr, inner_steps, head, **extra)
-    learner.way_scaled_head = bool(way_scaled_head)
-    return learner
+    if way_scaled_head:
+        extra["way_scaled_head"] = True
+    return ALGORITHMS[algorithm](backbone, inner_lr, inner_steps, head, **extra)
 
 
 def checkpoint_payload(learner: MAML, params: dict[str, torch.Tensor], **metadata) -> dict:

@@ -84,8 +84,8 @@ def test_a_way_scaled_head_steps_each_class_row_as_far_at_20_way_as_at_5_way(alg
     """The inner loss is a mean over classes, so a zero head's first step gives each class row 1/way of the class's
     (centred) mean feature times the rate. Scaled by way/5, that row step is the same at 5 and 20 ways; a 5-way
     task is not changed at all, and the body's steps are never scaled."""
-    plain, scaled = algorithm(tiny_backbone(), 0.3, 2, "zero"), algorithm(tiny_backbone(), 0.3, 2, "zero")
-    scaled.way_scaled_head = True
+    plain = algorithm(tiny_backbone(), 0.3, 2, "zero")
+    scaled = algorithm(tiny_backbone(), 0.3, 2, "zero", way_scaled_head=True)
     for way, factor in ((5, 1.0), (20, 4.0)):
         task = random_task(way=way, shot=2, seed=way)
         first, second = (list(m.adapt(task.support_x, task.support_y)) for m in (plain, scaled))

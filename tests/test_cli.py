@@ -704,3 +704,6 @@ def test_train_with_a_way_scaled_head_records_it_and_the_model_keeps_it(
     capsys.readouterr()
     code, _, stderr = run([*evaluate_args(tmp_path / "bad.pt", toy, "--episodes", "1")], capsys)
     assert code == 2 and "way_scaled_head must be true or false" in stderr and "Traceback" not in stderr
+    code, _, stderr = run(["train", "--data-root", str(toy), *TOY_TASK, "--algo", "protonet", "--way-scaled-head",
+                           "--iterations", "1", "--out", str(tmp_path / "proto.pt")], capsys)  # fmt: skip
+    assert code == 2 and "ProtoNet takes none" in stderr and "Traceback" not in stderr

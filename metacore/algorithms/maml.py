@@ -24,13 +24,21 @@ class MAML:
     name = "maml"
     first_order = False
     adapted_keys: tuple[str, ...] | None = None  # None: every parameter adapts
-    way_scaled_head = False  # True: an N-way task's head steps are N/5 times the rate (see `scale_head_rates`)
 
-    def __init__(self, backbone: Backbone, inner_lr: float = 0.4, inner_steps: int = 5, head: str = "zero") -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        inner_lr: float = 0.4,
+        inner_steps: int = 5,
+        head: str = "zero",
+        *,
+        way_scaled_head: bool = False,
+    ) -> None:
         self.backbone = backbone
         self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)
         self.head = head
+        self.way_scaled_head = way_scaled_head  # an N-way task's head steps are N/5 times the rate (`scale_head_rates`)
         self.params: Params = dict(backbone.params)  # the meta-parameters (an outer optimiser updates them)
 
     # -- forward -----------------------------------------------------------------------------
@@ -58,7 +66,7 @@ class MAML:
 
     def lr_in_force(self, lr: float | None = None) -> float | str:
         """What adaptation uses for `lr` (None: the model's own): a number, or a description of learned rates
-        (a way-scaled head is the `way_scaled_head` attribute)."""
+        (a way-scaled head is said by `way_scaled_head`)."""
         if lr is not None:
             return lr
         if not self.learns_rates:

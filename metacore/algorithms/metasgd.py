@@ -25,8 +25,10 @@ class MetaSGD(MAML):
         head: str = "zero",
         lrs: Params | None = None,
         body_rates_only: bool = False,
+        *,
+        way_scaled_head: bool = False,
     ) -> None:
-        super().__init__(backbone, inner_lr, inner_steps, head)
+        super().__init__(backbone, inner_lr, inner_steps, head, way_scaled_head=way_scaled_head)
         self.body_rates_only = body_rates_only
         if lrs is None:
             shapes = {k: v.shape for k, v in backbone.params.items()}
