@@ -55,6 +55,7 @@ SUITES = {
         "tuning": ["--split", "background"],
         "random_note": "Random init: the same architecture (centred, normalised features), seed 0, not meta-trained.",
         "lr_grid": [0.0001, 0.0003, 0.001, 0.003],  # features of length 100: the head's step is lr * 100^2
+        "reproduce_all": "bash scripts/reproduce_character_models.sh",
     },
     "photo": {
         "benchmark": "Accuracy on images unseen in meta-training",
@@ -525,6 +526,9 @@ def write_card(card: dict, out: Path, suite: dict) -> None:
         moved = ", ".join(f"{layer} {value:g}" for layer, value in m["l2"].items())
         movement = (f"\n### How far each layer moves in {m['steps']} steps\n\nL2 distance from the start, mean of "
                     f"{m['episodes']} {m['setting']} tasks (seed 0) at the default {rates}: {moved}.\n")  # fmt: skip
+    every_stage = ""
+    if suite.get("reproduce_all") and len(stages) > 1:
+        every_stage = f" Every stage from nothing, each recording its data: `{suite['reproduce_all']}`."
     out.with_suffix(".md").write_text(f"""# Model card: {out.name}
 
 - **What**: {suite["what"]}, meta-trained with `metacore` ({card["algorithm"]}). Every task starts from a
@@ -532,7 +536,7 @@ def write_card(card: dict, out: Path, suite: dict) -> None:
 - **Data**: {card["data"]}
 {training_lines}
 - **Reproduce**: `{card["command"] or "see config in the JSON card"}` then
-  `{card["card_command"]}`.
+  `{card["card_command"]}`.{every_stage}
 - **Defaults used by the app and CLI**: {steps} inner step{"" if steps == 1 else "s"} at {rates}.
 - **sha256**: `{card["sha256"]}` ({card["size_bytes"] / 1e6:.1f} MB)
 
