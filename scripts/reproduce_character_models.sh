@@ -8,7 +8,8 @@
 #   stage 4  Meta-SGD: learned rates for the body, the head at lr 0.001 x way/5            -> $RUNS/stage4_metasgd.pt
 #            (models/omniglot_metasgd.pt, the default)
 # All stages read Omniglot's background alphabets only (the default split; each checkpoint records it). A stage
-# whose checkpoint is complete is skipped and a cut one resumed, so a run can stop and go on (on another machine).
+# whose checkpoint is complete is skipped and a cut one resumed from its last save (every validation: stage 1 saves
+# every 1000 iterations), so a run can stop and go on (on another machine).
 #
 #   bash scripts/reproduce_character_models.sh                              # CPU: ~2 h 35 min on 2 cores
 #   DATA_ROOT=data DEVICE=cuda bash scripts/reproduce_character_models.sh   # one GPU: ~10 min (estimated)
@@ -49,7 +50,7 @@ PY
 }
 
 stage stage1_protonet --algo protonet --augment --way 60 --shot 1-5 --query 15 --meta-batch 1 --meta-lr 1e-3 \
-    --cosine --iterations 10000 --val-every 2000 --val-episodes 50 --batching loop
+    --cosine --iterations 10000 --val-every 1000 --val-episodes 50 --batching loop
 stage stage2_protomaml --algo maml --head proto --init "$RUNS/stage1_protonet.pt" --way 5-20 --shot 1-5 --query 5 \
     --steps 1 --inner-lr 0.01 --meta-batch 4 --meta-lr 1e-4 --iterations 100 --val-every 100 --val-episodes 50
 stage stage3_zero --algo maml --head zero --init "$RUNS/stage2_protomaml.pt" --feature-scale 100 --way 5-20 \
