@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_MODEL = PROJECT_ROOT / "models" / "omniglot_conv4.pt"
+SHIPPED_MODEL = PROJECT_ROOT / "models" / "omniglot_metasgd.pt"
 PHOTO_MODEL = PROJECT_ROOT / "models" / "photo_lite2.pt"
 
 

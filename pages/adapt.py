@@ -46,7 +46,9 @@ run_steps = controls[2].slider("Steps per Run", 1, 50, 5, key="run_steps")
 learner = lab.learner_for(init)
 if learned_rates:
     in_force = shipped.lr_in_force(None if own_rates else lr)
-    st.caption(f"In force: **{in_force}**" + ("" if own_rates else " (replacing the learned rates)"))
+    way = len(tensors.names)
+    scaled = f"; the head's step x {way}/5 in this {way}-way task" if shipped.way_scaled_head and way != 5 else ""
+    st.caption(f"In force: **{in_force}**{scaled}" + ("" if own_rates else " (replacing the learned rates)"))
 lr = None if own_rates else lr  # None: the model's own rates
 has_query = tensors.query_x is not None
 

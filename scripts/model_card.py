@@ -1,6 +1,6 @@
 """Write the model card (JSON + Markdown) of a checkpoint: its recipe, its accuracy table and step curves, its sha256.
 
-    python scripts/model_card.py runs/omniglot_zero.pt --out models/omniglot_conv4.pt --steps 5 --inner-lr 0.001
+    python scripts/model_card.py runs/omniglot_metasgd.pt --out models/omniglot_metasgd.pt --steps 5 --inner-lr 0.001
     python scripts/model_card.py runs/photo_lite2.pt --suite photo --out models/photo_lite2.pt --steps 5 \\
         --inner-lr 0.5 --head zero --contrast
 
@@ -371,7 +371,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
     parser.add_argument("--suite", default="omniglot", choices=list(SUITES), help="which benchmarks to measure")
-    parser.add_argument("--out", default="models/omniglot_conv4.pt")
+    parser.add_argument("--out", default="models/omniglot_metasgd.pt")
     parser.add_argument("--steps", type=int, required=True, help="default inner steps written into the model")
     parser.add_argument("--inner-lr", type=float, required=True, help="default inner lr written into the model")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="settings measured at once")

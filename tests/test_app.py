@@ -48,6 +48,14 @@ def lr_box(at: AppTest):
     return next(n for n in at.number_input if n.label == "Inner learning rate")
 
 
+def one_rate_for_every_weight(at: AppTest) -> AppTest:
+    """On the Adapt page of a model with learned rates (Meta-SGD), switch them off so that the lr box is in force."""
+    own_rates = [t for t in at.toggle if t.key == "own_rates"]
+    if own_rates and own_rates[0].value:
+        own_rates[0].set_value(False).run()
+    return at
+
+
 def button(at: AppTest, label: str):
     matches = [b for b in at.button if b.label.startswith(label)]
     assert matches, f"no button '{label}' among {[b.label for b in at.button]}"
@@ -290,6 +298,7 @@ def test_step_charts_show_whole_steps_full_accuracy_range_and_a_log_loss_when_it
     losses = [r[k] for r in records for k in ("support_loss", "query_loss")]  # what the loss panel draws
     assert (layout["yaxis"].get("type") == "log") == (max(losses) > 100 * min(losses))
     button(at, "Reset").click().run()
+    one_rate_for_every_weight(at)
     at.button(key="lr_×10").click().run()  # 10x the default: the support loss all but vanishes ...
     at.slider(key="run_steps").set_value(20).run()
     button(at, "Run").click().run()
@@ -314,6 +323,7 @@ def test_the_learning_rate_follows_the_model_and_reset_restores_it() -> None:
     at.sidebar.radio[0].set_value(next(iter(lab.MODELS))).run()  # back to the characters
     at = page(at, "adapt")
     assert lr_box(at).value == characters
+    one_rate_for_every_weight(at)
     lr_box(at).set_value(3.0).run()
     button(at, "Reset").click().run()
     assert lr_box(at).value == characters
@@ -393,7 +403,7 @@ def test_lr_presets_set_the_models_default_divided_or_multiplied_by_ten() -> Non
     from metacore.checkpoint import read_checkpoint
 
     default = read_checkpoint(lab.MODELS[next(iter(lab.MODELS))])["learner"]["inner_lr"]
-    at = page(start(), "adapt")
+    at = one_rate_for_every_weight(page(start(), "adapt"))
     for key, expected in (("lr_×10", 10 * default), ("lr_÷10", default / 10), ("lr_default", default)):
         at.button(key=key).click().run()
         assert lr_box(at).value == pytest.approx(expected)
@@ -550,3 +560,20 @@ def test_the_comparison_caption_says_what_the_photo_curves_show() -> None:
         assert "That gap is what meta-training bought" in caption
     else:
         assert "frozen ImageNet body" in caption and "gap" not in caption
+
+
+def test_the_rates_in_force_say_when_the_head_steps_further_in_a_task_of_more_than_5_ways() -> None:
+    """The shipped character model steps its head at lr x N/5 (way-scaled): the Adapt page says so for the task."""
+    from metacore.checkpoint import read_checkpoint
+    from metacore.paths import SHIPPED_MODEL
+
+    assert read_checkpoint(SHIPPED_MODEL)["learner"]["way_scaled_head"] is True
+    at = page(start(), "adapt")
+    [in_force] = [c.value for c in at.caption if c.value.startswith("In force")]
+    assert "x 5/5" not in in_force and "-way task" not in in_force  # the built-in example: 5 ways, no scaling
+    at = page(at, "build")
+    at.slider(key="ex_way").set_value(10).run()
+    button(at, "Handwritten digits").click().run()
+    at = page(at, "adapt")
+    [in_force] = [c.value for c in at.caption if c.value.startswith("In force")]
+    assert "the head's step x 10/5 in this 10-way task" in in_force
