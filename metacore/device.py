@@ -68,4 +68,5 @@ def describe(device: torch.device) -> str:
     """The hardware behind `device`, for checkpoints and model cards."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} GPU"
-    return f"{device.type} ({cpu_name()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{device.type} ({cpu_name()}, {threads} thread{'' if threads == 1 else 's'})"
