@@ -303,7 +303,7 @@ def curve_tables(card: dict, steps: int) -> str:
             accuracy.append(f"| {label}{suffix} | " + " | ".join(
                 f"{rows[c]['accuracy']:.1f} ± {rows[c]['ci95']:.1f}" for c in columns) + " |")  # fmt: skip
             loss.append(f"| {label}{suffix} | " + " | ".join(f"{rows[c]['support_loss']:.3f}" for c in columns) + " |")
-    rates = card.get("default_rates") or f"lr {card['default_inner_lr']:g}"
+    rates = (card.get("default_rates") or f"lr {card['default_inner_lr']:g}").split(" (")[0]  # the defaults line
     checks = "\n".join(f"- {label}: {curve_check(curve, steps)}" for label, curve in card["curves"].items())
     scored = ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs(measured))
     return (
