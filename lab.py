@@ -138,7 +138,10 @@ def learner_for(init: str) -> MAML:
     if init == "protonet":
         return ProtoNet(shipped.backbone)
     if init == "anil":
-        return ANIL(shipped.backbone, shipped.inner_lr, shipped.inner_steps, shipped.head)
+        return ANIL(
+            shipped.backbone, shipped.inner_lr, shipped.inner_steps, shipped.head,
+            way_scaled_head=shipped.way_scaled_head,
+        )  # fmt: skip
     return shipped
 
 

@@ -577,3 +577,19 @@ def test_the_rates_in_force_say_when_the_head_steps_further_in_a_task_of_more_th
     at = page(at, "adapt")
     [in_force] = [c.value for c in at.caption if c.value.startswith("In force")]
     assert "the head's step x 10/5 in this 10-way task" in in_force
+
+
+def test_the_head_only_comparison_steps_its_head_as_the_model_does() -> None:
+    """ANIL on the Adapt page is the picked model with its body frozen: its head steps at the model's (way-scaled)
+    head rate, so at 10 ways its first head step equals the full model's."""
+    import torch
+
+    import lab
+
+    shipped, _ = lab.shared_model()
+    anil = lab.learner_for("anil")
+    assert anil.way_scaled_head == shipped.way_scaled_head
+    spec = shipped.backbone.input_spec
+    x, y = torch.randn(20, spec.channels, spec.size, spec.size), torch.arange(10).repeat(2)
+    full, head_only = (list(m.adapt(x, y, steps=1))[1].params for m in (shipped, anil))
+    assert torch.allclose(full["head.weight"], head_only["head.weight"], atol=1e-6)
