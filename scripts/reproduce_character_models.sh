@@ -10,6 +10,8 @@
 # All stages read Omniglot's background alphabets only (the default split; each checkpoint records it). A stage
 # whose checkpoint is complete is skipped and a cut one resumed from its last save (every validation: stage 1 saves
 # every 1000 iterations), so a run can stop and go on (on another machine).
+# runs/reproduce/*.pt and runs/card_results/ (the cards' evaluations) are tracked by git: commit them when a stage
+# saves, and a run cut short (a session's end, a lost machine) goes on from a fresh clone with the same command.
 #
 #   bash scripts/reproduce_character_models.sh                              # CPU: ~2 h 35 min on 2 cores
 #   DATA_ROOT=data DEVICE=cuda bash scripts/reproduce_character_models.sh   # one GPU: ~10 min (estimated)
