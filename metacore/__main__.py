@@ -304,6 +304,12 @@ def parse_curve(text: str) -> list[int]:
     return sorted(steps)
 
 
+def way_scaling(result: dict) -> str:
+    """For a way-scaled head, what its step is multiplied by in the evaluated N-way tasks (said in the text; the JSON
+    carries `way_scaled_head`)."""
+    return f" (the head's step x {result['way']}/5)" if result.get("way_scaled_head") else ""
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from metacore.data import EpisodeSampler, open_dataset
     from metacore.evaluate import evaluate, evaluate_with_curve, step_curve
@@ -344,7 +350,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(
             f"{result['way']}-way {result['shot']}-shot, {result['episodes']} episodes, {result['steps']} steps, "
-            f"inner lr {result['inner_lr']}: {result['accuracy']:.2f}% ± {result['ci95']:.2f} (95% CI)"
+            f"inner lr {result['inner_lr']}{way_scaling(result)}: {result['accuracy']:.2f}% ± {result['ci95']:.2f} "
+            "(95% CI)"
         )
         for row in result.get("per_step", []):
             print(f"  step {row['step']:2d}: {row['accuracy']:.2f}% ± {row['ci95']:.2f}")

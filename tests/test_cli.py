@@ -696,7 +696,12 @@ def test_train_with_a_way_scaled_head_records_it_and_the_model_keeps_it(
     assert learner.rates_in_words() == "lr 0.4 (the head's x N/5 in an N-way task)"  # what pages and cards say
     capsys.readouterr()
     code, stdout, _ = run([*evaluate_args(out, toy, "--episodes", "1"), "--json"], capsys)
-    assert code == 0 and json.loads(stdout)["way_scaled_head"] is True
+    result = json.loads(stdout)
+    assert code == 0 and result["way_scaled_head"] is True
+    code, stdout, _ = run(evaluate_args(out, toy, "--episodes", "1"), capsys)
+    assert code == 0 and f"inner lr 0.4 (the head's step x {result['way']}/5):" in stdout  # the text says it too
+    code, stdout, _ = run(evaluate_args(checkpoint, toy, "--episodes", "1"), capsys)
+    assert code == 0 and "the head's step" not in stdout
     assert "way_scaled_head" not in load_checkpoint(checkpoint)[1]["learner"]  # other files read unchanged
     payload = read_checkpoint(out)
     payload["learner"]["way_scaled_head"] = "yes"
