@@ -47,11 +47,15 @@ def cli(*args: str) -> dict:
 def cached(evaluate_args: list[str], run: Callable[[], str], folder: Path = ROOT / "runs" / "card_results") -> dict:
     """An `evaluate`'s JSON result, kept under runs/card_results/ keyed by the checkpoint file's sha256 and the
     arguments, so that a page or card whose evaluations take longer than one sitting (on CPU: hours) resumes where
-    it stopped, and a result is never reused for a changed model."""
+    it stopped, and a result is never reused for a changed model. Where the data root lies is not part of the key
+    (a GPU machine's `data` holds the same data sets as `../shared/data` here), so results measured there are
+    reused here."""
     from metacore.checkpoint import sha256
 
     checkpoint = evaluate_args[evaluate_args.index("--checkpoint") + 1]
-    key = hashlib.sha256(json.dumps([sha256(ROOT / checkpoint), evaluate_args]).encode()).hexdigest()[:24]
+    where = evaluate_args.index("--data-root") if "--data-root" in evaluate_args else None
+    keyed = evaluate_args if where is None else evaluate_args[:where] + evaluate_args[where + 2 :]
+    key = hashlib.sha256(json.dumps([sha256(ROOT / checkpoint), keyed]).encode()).hexdigest()[:24]
     saved = folder / f"{key}.json"
     if saved.is_file():
         return json.loads(saved.read_text())

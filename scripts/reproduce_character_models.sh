@@ -13,12 +13,14 @@
 # runs/reproduce/*.pt and runs/card_results/ (the cards' evaluations) are tracked by git: commit them when a stage
 # saves, and a run cut short (a session's end, a lost machine) goes on from a fresh clone with the same command.
 #
-#   bash scripts/reproduce_character_models.sh                              # CPU: ~2 h 35 min on 2 cores
+#   bash scripts/reproduce_character_models.sh                              # CPU: 3-6 h on 2 cores (below)
 #   DATA_ROOT=data DEVICE=cuda bash scripts/reproduce_character_models.sh   # one GPU: ~10 min (estimated)
+#   bash scripts/device_reproduce.sh                                        # on a lent GPU, with the cards
 #
-# Measured on 2 CPU cores (AMD EPYC, torch 2.14.1): stage 1 1.36 iterations/s (10000: ~2 h 3 min); stage 2 100
-# iterations in 2 min; stage 3 150 iterations in 9 min; stage 4 300 iterations of 4 tasks in 20 min on one core
-# (beside another run). Stage 1 took 6 min on an H100 shared with two other runs.
+# Measured on 2 CPU cores (AMD EPYC, torch 2.14.1): stage 1 1.36 iterations/s on one VM (10000: ~2 h 3 min), 0.52-0.57
+# on another (2026-12-02, the same code: ~5 h); stage 2 100 iterations in 2 min; stage 3 150 iterations in 9 min;
+# stage 4 300 iterations of 4 tasks in 20 min on one core (beside another run; first VM). Stage 1 took 6 min on an
+# H100 shared with two other runs.
 # Then the cards (CPU: ~1 h each for the curves to step 50; kept under runs/card_results), e.g.
 #   python scripts/model_card.py $RUNS/stage4_metasgd.pt --suite omniglot --out models/omniglot_metasgd.pt \
 #       --steps 5 --inner-lr 0.001 --curve-steps 50 --contrast

@@ -128,8 +128,8 @@ def test_a_new_card_for_the_same_file_keeps_the_none_of_these_threshold(tmp_path
 
 
 def test_a_kept_evaluation_is_reused_only_for_the_same_file_and_arguments(tmp_path: Path) -> None:
-    """The scripts keep each `evaluate` result (hours of CPU for a card): the same file and arguments reuse it, a
-    changed file or other arguments measure again."""
+    """The scripts keep each `evaluate` result (hours of CPU for a card): the same file and arguments reuse it
+    wherever the data root lies, a changed file or other arguments measure again."""
     from quick_check import cached
 
     model = tmp_path / "model.pt"
@@ -140,10 +140,12 @@ def test_a_kept_evaluation_is_reused_only_for_the_same_file_and_arguments(tmp_pa
         runs.append(1)
         return json.dumps({"accuracy": float(len(runs))})
 
-    args = ["--checkpoint", str(model), "--way", "5"]
+    args = ["--checkpoint", str(model), "--data-root", "../shared/data", "--way", "5"]
     assert cached(args, run, tmp_path)["accuracy"] == 1.0
     assert cached(args, run, tmp_path)["accuracy"] == 1.0 and len(runs) == 1
-    assert cached([*args[:3], "20"], run, tmp_path)["accuracy"] == 2.0
+    assert cached([*args[:5], "20"], run, tmp_path)["accuracy"] == 2.0
+    elsewhere = [*args[:3], "data", *args[4:]]  # the same data sets where another machine keeps them
+    assert cached(elsewhere, run, tmp_path)["accuracy"] == 1.0 and len(runs) == 2
     model.write_bytes(b"weights, version 2")
     assert cached(args, run, tmp_path)["accuracy"] == 3.0
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# On a lent GPU machine (the device tool): finish the character models from nothing (scripts/
+# reproduce_character_models.sh, resumed from the stages committed under runs/reproduce), then card them, the
+# default first. Everything is written under $OUT as it is made, so a run cut by its time limit still returns what
+# it finished, and the next run (here or on CPU) goes on from there.
+#
+# Here, once:   mkdir -p data && tar czf data/omniglot.tgz -C ../shared/data omniglot-py
+# Device tool:  command "bash scripts/device_reproduce.sh", carry ["data/omniglot.tgz"], timeout_s 560
+# Back here:    cp -r <files_at>/runs/. runs/ && cp <files_at>/models/* models/   then commit runs/ and models/
+# A dry run of the cards on CPU (the stages already complete): OUT=/tmp/out DEVICE=cpu EPISODES=4 CURVE_STEPS=3 UNSURE_EPISODES=10 CONTRAST= ...
+set -euo pipefail
+: "${OUT:?set OUT to the folder whose files come back}"
+cd "$(dirname "$0")/.."
+mkdir -p data && tar xzf data/omniglot.tgz -C data
+for folder in reproduce card_results; do  # the runs live in $OUT: what is saved comes back even if cut
+    mkdir -p "runs/$folder" "$OUT/runs/$folder"
+    cp -r "runs/$folder/." "$OUT/runs/$folder/"
+    rm -rf "runs/$folder" && ln -s "$OUT/runs/$folder" "runs/$folder"
+done
+mkdir -p "$OUT/models"
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
+DEVICE=${DEVICE:-cuda}
+DATA_ROOT=data DEVICE=$DEVICE bash scripts/reproduce_character_models.sh
+tail -n 3 runs/reproduce/*.log | tr "\r" "\n" | grep -E "==>|^iter|^done" || true
+
+card() {  # stage file, model name, default steps, default lr, then model_card.py's other arguments
+    local stage=$1 name=$2 steps=$3 lr=$4
+    shift 4
+    echo "card $name ($(date +%T))"
+    python scripts/model_card.py "runs/reproduce/$stage.pt" --suite omniglot --out "models/$name.pt" --data-root data \
+        --steps "$steps" --inner-lr "$lr" --jobs 4 --episodes "${EPISODES:-600}" --curve-steps "${CURVE_STEPS:-50}" ${CONTRAST---contrast} \
+        --command "bash scripts/reproduce_character_models.sh" "$@"
+    cp "models/$name".* "$OUT/models/"
+}
+unsure() {  # model name, steps, lr: the "none of these" threshold (classify reads it from the card)
+    python -m metacore unsure --checkpoint "models/$1.pt" --data-root data --dataset omniglot --split evaluation \
+        --way 5 --shot 1 --query 5 --episodes "${UNSURE_EPISODES:-300}" --keep 0.97 --seed 0 --device "$DEVICE" --card "models/$1.json"
+    python scripts/model_card.py "models/$1.pt" --suite omniglot --out "models/$1.pt" --steps "$2" --inner-lr "$3" \
+        --data-root data --rerender
+    cp "models/$1".* "$OUT/models/"
+}
+card stage4_metasgd omniglot_metasgd 5 0.001 && unsure omniglot_metasgd 5 0.001
+card stage3_zero omniglot_conv4 5 0.001 && unsure omniglot_conv4 5 0.001
+card stage2_protomaml omniglot_protomaml 1 0.01
+echo "all done ($(date +%T))"
