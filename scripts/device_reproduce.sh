@@ -7,15 +7,16 @@
 # Here, once:   mkdir -p data && tar czf data/omniglot.tgz -C ../shared/data omniglot-py
 # Device tool:  command "bash scripts/device_reproduce.sh", carry ["data/omniglot.tgz"], timeout_s 560
 # Back here:    cp -r <files_at>/runs/. runs/ && cp <files_at>/models/* models/   then commit runs/ and models/
-# A dry run of the cards on CPU (the stages already complete): OUT=/tmp/out DEVICE=cpu EPISODES=4 CURVE_STEPS=3 UNSURE_EPISODES=10 CONTRAST= ...
+# A dry run of the cards on CPU (the stages already complete): OUT=/tmp/out DEVICE=cpu EPISODES=4 CURVE_STEPS=5 UNSURE_EPISODES=10 CONTRAST= ...
 set -euo pipefail
 : "${OUT:?set OUT to the folder whose files come back}"
 cd "$(dirname "$0")/.."
 mkdir -p data && tar xzf data/omniglot.tgz -C data
 for folder in reproduce card_results; do  # the runs live in $OUT: what is saved comes back even if cut
-    mkdir -p "runs/$folder" "$OUT/runs/$folder"
-    cp -r "runs/$folder/." "$OUT/runs/$folder/"
-    rm -rf "runs/$folder" && ln -s "$OUT/runs/$folder" "runs/$folder"
+    kept=$(mktemp -d)  # also when runs/$folder is already a link (a second run on the same machine)
+    cp -rL "runs/$folder/." "$kept/" 2>/dev/null || true
+    rm -rf "runs/$folder" && mkdir -p "$OUT/runs/$folder" && cp -r "$kept/." "$OUT/runs/$folder/"
+    ln -s "$OUT/runs/$folder" "runs/$folder"
 done
 mkdir -p "$OUT/models"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true

@@ -393,6 +393,8 @@ def main() -> None:
     )
     parser.add_argument("--measured-on", default=None, help="with --rerender: the file the card was measured on")
     args = parser.parse_args()
+    if args.curve_steps < args.steps:  # the card's tables show the curve at the default steps
+        parser.error(f"--curve-steps {args.curve_steps} is shorter than the default --steps {args.steps}")
     if args.rerender:
         measured_on = Path(args.measured_on) if args.measured_on else None
         rerender(ROOT / args.out, SUITES[args.suite], args.data_root, card_command(args), measured_on)
