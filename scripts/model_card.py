@@ -327,6 +327,7 @@ def card_command(args: argparse.Namespace) -> str:
     return (
         f"python scripts/model_card.py {args.checkpoint} --suite {args.suite} --out {args.out} "
         f"--steps {args.steps} --inner-lr {args.inner_lr} --curve-steps {args.curve_steps}"
+        + (f" --episodes {args.episodes}" if args.episodes != 600 else "")
         + (" --dense" if args.dense else "")
         + (f" --head {args.head}" if args.head else "")
         + (" --contrast" if args.contrast else "")
@@ -529,7 +530,7 @@ def write_card(card: dict, out: Path, suite: dict) -> None:
         movement = (f"\n### How far each layer moves in {m['steps']} steps\n\nL2 distance from the start, mean of "
                     f"{m['episodes']} {m['setting']} tasks (seed 0) at the default {rates}: {moved}.\n")  # fmt: skip
     every_stage = ""
-    if suite.get("reproduce_all") and len(stages) > 1:
+    if suite.get("reproduce_all") and len(stages) > 1 and card.get("command") != suite["reproduce_all"]:
         every_stage = f" Every stage from nothing, each recording its data: `{suite['reproduce_all']}`."
     out.with_suffix(".md").write_text(f"""# Model card: {out.name}
 
