@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="query accuracy and support loss after each inner step A..B (e.g. 0:50), or every S-th, or several "
         "ranges joined by commas (0:10,15:50:5: a quarter of the time for 1-shot); same episodes, mean and CI",
     )
+    p.add_argument(
+        "--partial",
+        default=None,
+        metavar="FILE",
+        help="keep the step curve's scored episodes in FILE as it goes, and go on from them if FILE is there (a long "
+        "curve cut short resumes; the result is the same); FILE is removed when the curve is done",
+    )
 
     p = sub.add_parser(
         "classify",
@@ -318,9 +325,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise MetacoreError("--episodes must be at least 1")
     curve = parse_curve(args.steps_curve) if args.steps_curve else None
+    partial = Path(args.partial) if args.partial else None
+    if partial and not curve:
+        raise MetacoreError("--partial keeps a step curve's episodes: give --steps-curve too")
     from metacore.device import resolve_device
 
     world, device = distributed.setup(resolve_device(args.device))  # under torchrun: the episodes are shared out
+    if partial and world.size > 1:
+        raise MetacoreError("--partial works in one process, not under torchrun (its processes would share FILE)")
     learner, _, device = load_model(args, device)  # built on this process's device (cuda:LOCAL_RANK)
     split = args.split or ("evaluation" if args.dataset == "omniglot" else None)
     dataset = open_dataset(args.data_root, args.dataset, split, learner.backbone.input_spec, images=args.images)
@@ -329,7 +341,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if curve and world.size == 1 and not args.every_step and learner.name != "protonet":
         # one adaptation per episode serves both (the curve passes the default steps): half the time of two
         result = evaluate_with_curve(
-            learner, sampler, args.episodes, args.steps, args.inner_lr, curve, device, progress=not args.json
+            learner, sampler, args.episodes, args.steps, args.inner_lr, curve, device, not args.json, partial
         )
     else:
         result = evaluate(
@@ -338,7 +350,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if curve:
             sampler = EpisodeSampler(dataset, args.way, args.shot, args.query, args.seed)  # the same episodes again
             result["curve"] = step_curve(
-                learner, sampler, args.episodes, curve, args.inner_lr, device, progress=not args.json
+                learner, sampler, args.episodes, curve, args.inner_lr, device, progress=not args.json, partial=partial
             )
     result |= {
         "dataset": args.dataset, "split": split, "images": args.images, "algorithm": learner.name, "seed": args.seed,

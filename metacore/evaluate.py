@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Collection
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -85,11 +88,12 @@ def evaluate_with_curve(
     curve: Collection[int],
     device: torch.device | str = "cpu",
     progress: bool = False,
+    partial: Path | None = None,
 ) -> dict:
     """`evaluate`'s result plus the step curve at the inner steps `curve`, both from one adaptation of each episode
-    to the curve's last step: the accuracy at `steps` is the curve's row for that step."""
+    to the curve's last step: the accuracy at `steps` is the curve's row for that step. `partial`: see `step_curve`."""
     steps = learner.inner_steps if steps is None else steps
-    rows = step_curve(learner, sampler, episodes, {*curve, steps}, lr, device, progress=progress)
+    rows = step_curve(learner, sampler, episodes, {*curve, steps}, lr, device, progress=progress, partial=partial)
     at_steps = next(row for row in rows if row["step"] == steps)
     result = summary(learner, sampler, at_steps["accuracy"], at_steps["ci95"], episodes, steps, lr)
     return result | {"curve": [row for row in rows if row["step"] in curve]}
@@ -140,6 +144,8 @@ def step_curve(
     device: torch.device | str = "cpu",
     chunk: int | None = None,
     progress: bool = False,
+    partial: Path | None = None,
+    save_every: int = 20,
 ) -> list[dict]:
     """Query accuracy (percent) and support loss after the inner steps `steps` (a number N: every step 0..N), mean
     and 95% CI, one row per step.
@@ -149,15 +155,23 @@ def step_curve(
     dense one. The episodes are the ones `evaluate` draws from a sampler with the same seed (one `sample()` each, in
     order); `chunk` of them at a time are adapted in one `torch.func.vmap` call. On CPU the default is one at a time,
     without vmap: batching the convolutions' weights across tasks made a 20-way 5-shot curve 2.9x slower there.
+
+    With `partial`, the scores of the episodes done so far are kept in that file (every `save_every` episodes), and
+    a curve cut short (an hour of CPU for a card's 20-way 5-shot curve) goes on from them: the episodes already
+    scored are drawn again, not adapted, so the rest are the same episodes. The file is removed when the curve is done.
     """
     wanted = list(range(steps + 1)) if isinstance(steps, int) else sorted(set(steps))
     chunk = chunk or (100 if torch.device(device).type == "cuda" else 1)
     fits = chunk  # episodes per vmap call; lowered when the GPU runs out of memory (a small or shared one)
     dtype = next(iter(learner.params.values())).dtype
-    accuracies: list[torch.Tensor] = []
-    losses: list[torch.Tensor] = []
-    bar = tqdm(total=episodes, desc="step curve", disable=not progress, leave=False)
-    for start in range(0, episodes, chunk):
+    fingerprint = curve_fingerprint(learner, sampler, wanted, episodes, lr) if partial is not None else ""
+    accuracies, losses = kept_scores(partial, fingerprint)
+    done = sum(len(a) for a in accuracies)
+    for _ in range(done):
+        sampler.sample()  # the episodes already scored: drawn again so that the next ones are the same
+    bar = tqdm(total=episodes, initial=done, desc="step curve", disable=not progress, leave=False)
+    last_saved = done
+    for start in range(done, episodes, chunk):
         size = min(chunk, episodes - start)
         tasks = [sampler.sample().to(device, dtype) for _ in range(size)]
 
@@ -177,7 +191,12 @@ def step_curve(
         accuracies.append(100.0 * acc.double().cpu())
         losses.append(loss.double().cpu())
         bar.update(size)
+        if partial is not None and start + size - last_saved >= save_every:
+            keep_scores(partial, fingerprint, accuracies, losses)
+            last_saved = start + size
     bar.close()
+    if partial is not None:
+        partial.unlink(missing_ok=True)
     acc, loss = torch.cat(accuracies), torch.cat(losses)
     rows = []
     for i, step in enumerate(wanted):
@@ -187,3 +206,38 @@ def step_curve(
             {"step": step, "accuracy": mean, "ci95": ci95, "support_loss": loss_mean, "support_loss_ci95": loss_ci95}
         )
     return rows
+
+
+def curve_fingerprint(
+    learner: MAML, sampler: EpisodeSampler, wanted: list[int], episodes: int, lr: float | None
+) -> str:
+    """What a kept partial curve must match to be gone on with: the model's weights and inner loop, the episodes
+    (the sampler's classes, wherever the data root lies, and its random state before the first draw) and the steps
+    scored."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(learner.params.items()):
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    setting = [learner.name, learner.head, learner.inner_lr, learner.inner_steps, learner.way_scaled_head, lr,
+               sampler.dataset.class_list_sha256(), sampler.way, sampler.shot, sampler.query,
+               sampler.rng.bit_generator.state, wanted, episodes]  # fmt: skip
+    digest.update(json.dumps(setting, default=str).encode())
+    return digest.hexdigest()
+
+
+def kept_scores(partial: Path | None, fingerprint: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The per-episode scores a cut `step_curve` kept in `partial`, if it is there and is of the same curve."""
+    if partial is None or not partial.is_file():
+        return [], []
+    kept = torch.load(partial, weights_only=True)
+    if kept.get("fingerprint") != fingerprint:
+        return [], []  # another model's or curve's file: start over (it is replaced at the first save)
+    return [kept["accuracy"]], [kept["support_loss"]]
+
+
+def keep_scores(partial: Path, fingerprint: str, accuracies: list[torch.Tensor], losses: list[torch.Tensor]) -> None:
+    """Write the scores so far to `partial` atomically: a process killed while writing leaves the last file whole."""
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    scores = {"accuracy": torch.cat(accuracies), "support_loss": torch.cat(losses)}
+    writing = partial.with_name(partial.name + ".writing")
+    torch.save({"fingerprint": fingerprint, **scores}, writing)
+    writing.replace(partial)

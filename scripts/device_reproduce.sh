@@ -30,17 +30,22 @@ card() {  # stage file, model name, default steps, default lr, then model_card.p
     echo "card $name ($(date +%T))"
     python scripts/model_card.py "runs/reproduce/$stage.pt" --suite omniglot --out "models/$name.pt" --data-root data \
         --steps "$steps" --inner-lr "$lr" --jobs 4 --episodes "${EPISODES:-600}" --curve-steps "${CURVE_STEPS:-50}" ${CONTRAST---contrast} \
-        --command "bash scripts/reproduce_character_models.sh" "$@"
-    cp "models/$name".* "$OUT/models/"
+        --command "bash scripts/reproduce_character_models.sh" "$@" &&
+        cp "models/$name".* "$OUT/models/"  # && throughout: set -e is off inside a function called before ||
 }
 unsure() {  # model name, steps, lr: the "none of these" threshold (classify reads it from the card)
     python -m metacore unsure --checkpoint "models/$1.pt" --data-root data --dataset omniglot --split evaluation \
-        --way 5 --shot 1 --query 5 --episodes "${UNSURE_EPISODES:-300}" --keep 0.97 --seed 0 --device "$DEVICE" --card "models/$1.json"
-    python scripts/model_card.py "models/$1.pt" --suite omniglot --out "models/$1.pt" --steps "$2" --inner-lr "$3" \
-        --data-root data --rerender
-    cp "models/$1".* "$OUT/models/"
+        --way 5 --shot 1 --query 5 --episodes "${UNSURE_EPISODES:-300}" --keep 0.97 --seed 0 --device "$DEVICE" --card "models/$1.json" &&
+        python scripts/model_card.py "models/$1.pt" --suite omniglot --out "models/$1.pt" --steps "$2" --inner-lr "$3" \
+        --data-root data --rerender &&
+        cp "models/$1".* "$OUT/models/"
 }
-card stage4_metasgd omniglot_metasgd 5 0.001 && unsure omniglot_metasgd 5 0.001
-card stage3_zero omniglot_conv4 5 0.001 && unsure omniglot_conv4 5 0.001
-card stage2_protomaml omniglot_protomaml 1 0.01
+failed=()  # a card that fails does not stop the next; the run ends saying which failed
+{ card stage4_metasgd omniglot_metasgd 5 0.001 && unsure omniglot_metasgd 5 0.001; } || failed+=(omniglot_metasgd)
+{ card stage3_zero omniglot_conv4 5 0.001 && unsure omniglot_conv4 5 0.001; } || failed+=(omniglot_conv4)
+card stage2_protomaml omniglot_protomaml 1 0.01 || failed+=(omniglot_protomaml)
+if (( ${#failed[@]} )); then
+    echo "FAILED: ${failed[*]} ($(date +%T)); what finished is under \$OUT"
+    exit 1
+fi
 echo "all done ($(date +%T))"

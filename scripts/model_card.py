@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from quick_check import cached  # noqa: E402
+from quick_check import cached, kept_result  # noqa: E402
 
 from metacore.checkpoint import load_checkpoint, read_checkpoint, sha256  # noqa: E402
 from metacore.device import describe  # noqa: E402
@@ -116,6 +116,7 @@ def evaluate(
     args += ["--steps-curve", curve]
     if inner_lr is not None:
         args += ["--inner-lr", str(inner_lr)]
+    args += ["--partial", str(kept_result(args[4:]).with_suffix(".partial.pt"))]  # a cut curve goes on from there
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None  # parallel evaluations share the cores
     return cached(args[4:], lambda: subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True,
                                                    env=env).stdout)  # fmt: skip

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from metacore.__main__ import main
+from metacore.algorithms import MAML
 from metacore.checkpoint import load_checkpoint, read_checkpoint
 from metacore.data import EpisodeSampler, open_dataset
 from metacore.errors import MetacoreError
@@ -379,6 +380,7 @@ def test_checkpoint_without_header_is_rejected(tmp_path: Path) -> None:
         (["evaluate", "--seed", "-1"], "--seed must be a whole number from 0"),
         (["evaluate", "--device", "meta"], "unknown device 'meta'"),
         (["evaluate", "--steps", "1000000000"], "--steps must be a whole number from 0 up to 1,000"),
+        (["evaluate", "--partial", "{tmp}/curve.pt"], "--partial keeps a step curve's episodes: give --steps-curve"),
         (["bench", "--meta-batch", "0"], "--meta-batch must be a whole number from 1"),
         (["bench", "--repeats", "0"], "--repeats must be a whole number from 1"),
         (["train", "--meta-lr", "1e6"], "--meta-lr must be a finite number above 0 up to 1"),
@@ -654,6 +656,40 @@ def test_a_step_curve_that_runs_out_of_gpu_memory_goes_on_in_smaller_vmap_calls(
     assert sizes == [5, 2, 2, 1, 2]  # 5 fails, then 2+2+1; the last 2 episodes go straight to calls of 2
     for after, before in zip(curve, expected):
         assert after == pytest.approx(before, abs=1e-6)
+
+
+def test_a_step_curve_cut_short_goes_on_from_its_kept_episodes(toy: Path, checkpoint: Path, tmp_path: Path) -> None:
+    """A card's curve takes an hour of CPU per setting: one cut short (a session's end) keeps the episodes it scored
+    and goes on from them with the same episodes, and so the same result; a kept file of another model is not used."""
+    from metacore.evaluate import step_curve
+
+    learner, _ = load_checkpoint(checkpoint)
+    dataset = open_dataset(toy, "toy", None, learner.backbone.input_spec)
+    partial = tmp_path / "curve.partial.pt"
+
+    def curve(model: MAML, cut_after: int | None = None, **kwargs) -> list[dict]:
+        sampler = EpisodeSampler(dataset, 3, 1, 2, seed=4)
+        if cut_after is not None:  # the process is killed while drawing episode cut_after + 1
+            draws, sample = iter(range(cut_after + 1)), sampler.sample
+            sampler.sample = lambda: sample() if next(draws) < cut_after else sys.exit("killed")
+        return step_curve(model, sampler, 7, [0, 1, 3], 0.05, **kwargs)
+
+    expected = curve(learner)
+    with pytest.raises(SystemExit):
+        curve(learner, cut_after=5, partial=partial, save_every=2)
+    assert torch.load(partial, weights_only=True)["accuracy"].shape == (4, 3)  # saved after episodes 2 and 4
+    adapted, adapt = [], learner.adapt
+    learner.adapt = lambda *args, **kwargs: adapted.append(1) or adapt(*args, **kwargs)
+    resumed = curve(learner, partial=partial)
+    assert len(adapted) == 3 and not partial.exists()  # episodes 5-7 only; the file goes when the curve is done
+    for after, before in zip(resumed, expected):
+        assert after == pytest.approx(before, abs=1e-9)
+
+    with pytest.raises(SystemExit):
+        curve(learner, cut_after=6, partial=partial, save_every=1)
+    other, _ = load_checkpoint(checkpoint)
+    other.params = {name: value + 0.05 for name, value in other.params.items()}
+    assert curve(other, partial=partial) == curve(other) != expected  # the first model's 6 episodes: not reused
 
 
 def test_a_protonet_step_curve_is_flat(toy: Path, tmp_path: Path, capsys) -> None:

@@ -129,7 +129,8 @@ def test_a_new_card_for_the_same_file_keeps_the_none_of_these_threshold(tmp_path
 
 def test_a_kept_evaluation_is_reused_only_for_the_same_file_and_arguments(tmp_path: Path) -> None:
     """The scripts keep each `evaluate` result (hours of CPU for a card): the same file and arguments reuse it
-    wherever the data root lies, a changed file or other arguments measure again."""
+    wherever the data root lies and whatever file a cut curve keeps its episodes in; a changed file or other
+    arguments measure again."""
     from quick_check import cached
 
     model = tmp_path / "model.pt"
@@ -146,6 +147,7 @@ def test_a_kept_evaluation_is_reused_only_for_the_same_file_and_arguments(tmp_pa
     assert cached([*args[:5], "20"], run, tmp_path)["accuracy"] == 2.0
     elsewhere = [*args[:3], "data", *args[4:]]  # the same data sets where another machine keeps them
     assert cached(elsewhere, run, tmp_path)["accuracy"] == 1.0 and len(runs) == 2
+    assert cached([*args, "--partial", "cut.partial.pt"], run, tmp_path)["accuracy"] == 1.0 and len(runs) == 2
     model.write_bytes(b"weights, version 2")
     assert cached(args, run, tmp_path)["accuracy"] == 3.0
 
@@ -154,11 +156,14 @@ def test_a_cards_evaluations_are_keyed_by_the_models_path_inside_the_repository(
     """A card's evaluations measured in another checkout (a GPU machine's copy of the repository) are reused here:
     the kept result's key names the model by its path inside the repository, not where the checkout lies."""
     import model_card
+    from quick_check import kept_result
 
     keys: list[list[str]] = []
     monkeypatch.setattr(model_card, "cached", lambda args, run: keys.append(args) or {"accuracy": 0.0})
     model_card.evaluate(SHIPPED_MODEL.resolve(), "../shared/data", ["--split", "evaluation"], 5, 1, 600, "0:5")
     assert keys[0][:2] == ["--checkpoint", SHIPPED_MODEL.relative_to(SHIPPED_MODEL.parents[1]).as_posix()]
+    partial = Path(keys[0][keys[0].index("--partial") + 1])  # a cut curve's episodes: beside its kept result
+    assert partial == kept_result(keys[0]).with_suffix(".partial.pt")
 
 
 def test_the_random_init_contrast_is_the_same_file_for_every_model_of_one_architecture(tmp_path: Path) -> None:
