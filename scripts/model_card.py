@@ -276,7 +276,7 @@ def curve_check(curve: list[dict], steps: int) -> str:
     peak_step = max(accuracy, key=accuracy.get)
     monotone = "never falls" if dip <= 0 else f"falls by at most {dip:.2g} points on the way"
     line = (
-        f"step 0 → {steps}: {accuracy[0]:.2f} → {accuracy[steps]:.2f}% (+{accuracy[steps] - accuracy[0]:.1f} points), "
+        f"step 0 → {steps}: {accuracy[0]:.2f} → {accuracy[steps]:.2f}% ({accuracy[steps] - accuracy[0]:+.1f} points), "
         f"{monotone}; peak {accuracy[peak_step]:.2f}% at step {peak_step}"
     )
     if max(accuracy) > steps:
