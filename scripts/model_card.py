@@ -237,6 +237,7 @@ def random_init_model(payload: dict, out: Path, suite: dict, args: argparse.Name
     torch.save(random_init_payload(payload), buffer)
     # named by its bytes, not by `out`: every model of this architecture and these defaults finds its evaluations
     random_model = out.with_name(f"random_init_{hashlib.sha256(buffer.getvalue()).hexdigest()[:12]}.pt")
+    random_model.parent.mkdir(parents=True, exist_ok=True)
     random_model.write_bytes(buffer.getvalue())
     _, data_args, way, shot = suite["settings"][0]
     grid = {}
@@ -387,6 +388,12 @@ def main() -> None:
     parser.add_argument(
         "--contrast", action="store_true", help="also the curves from a random initialisation of the same architecture"
     )
+    parser.add_argument(
+        "--contrast-only",
+        action="store_true",
+        help="measure and keep (runs/card_results) only the random-init contrast, write no card: it depends on the "
+        "architecture and the defaults alone, so it can be measured before the model to card is trained",
+    )
     parser.add_argument("--command", default="", help="the exact training command, for the card")
     parser.add_argument(
         "--rerender",
@@ -417,12 +424,16 @@ def main() -> None:
     if args.head:
         payload["learner"]["head"] = args.head
     payload["training"].pop("optimizer", None)  # not needed to use the model; keeps the file small
+    out, suite = ROOT / args.out, SUITES[args.suite]
+    if args.contrast_only:
+        random_model, best_lr, _ = random_init_model(payload, out, suite, args)
+        measure([("random init, ", random_model, best_lr)], suite, args)
+        random_model.unlink()
+        return
     stages_data = payload["training"]["data_stages"] = data_stages(payload, args.data_root)
-    out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, out)
 
-    suite = SUITES[args.suite]
     runs = [("", out, None)]
     if args.contrast:
         random_model, best_lr, grid = random_init_model(payload, out, suite, args)

@@ -166,6 +166,27 @@ def test_a_cards_evaluations_are_keyed_by_the_models_path_inside_the_repository(
     assert partial == kept_result(keys[0]).with_suffix(".partial.pt")
 
 
+def test_the_random_init_contrast_can_be_measured_alone_before_the_model_is_trained(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`--contrast-only` measures the random-init runs a card will reuse (the lr grid, then every setting) and
+    writes no card and no model: the contrast depends only on the architecture and the defaults."""
+    import model_card
+
+    measured: list[list[str]] = []
+    result = {"accuracy": 50.0, "ci95": 1.0, "curve": []}
+    monkeypatch.setattr(model_card, "cached", lambda args, run: measured.append(args) or result)
+    out = tmp_path / "models" / "new_model.pt"
+    argv = [str(SHIPPED_MODEL), "--out", str(out), "--steps", "5", "--inner-lr", "0.001", "--contrast-only"]
+    monkeypatch.setattr(sys, "argv", ["model_card.py", *argv])
+    model_card.main()
+    checkpoints = {args[args.index("--checkpoint") + 1] for args in measured}
+    assert len(checkpoints) == 1 and Path(checkpoints.pop()).name.startswith("random_init_")
+    suite = model_card.SUITES["omniglot"]
+    assert len(measured) == len(suite["lr_grid"]) + len(suite["settings"])
+    assert not out.exists() and not list(tmp_path.rglob("*.pt"))  # no card's model, and the random init is gone
+
+
 def test_the_random_init_contrast_is_the_same_file_for_every_model_of_one_architecture(tmp_path: Path) -> None:
     """The card's random-init contrast (hours of CPU) is kept by file: two models that differ only in training
     give the same random-init bytes, and other learner defaults give another file."""
