@@ -18,12 +18,11 @@
 #   bash scripts/device_reproduce.sh                                        # on a lent GPU, with the cards
 #
 # Measured on 2 CPU cores (AMD EPYC, torch 2.14.1): stage 1 1.36 iterations/s on one VM (10000: ~2 h 3 min), 0.52-0.57
-# on another (2026-12-02, the same code: ~5 h); stage 2 100 iterations in 2 min; stage 3 150 iterations in 9 min;
-# stage 4 300 iterations of 4 tasks in 20 min on one core (beside another run; first VM). Stage 1 took 6 min on an
-# H100 shared with two other runs.
-# Then the cards (CPU: ~1 h each for the curves to step 50; kept under runs/card_results), e.g.
-#   python scripts/model_card.py $RUNS/stage4_metasgd.pt --suite omniglot --out models/omniglot_metasgd.pt \
-#       --steps 5 --inner-lr 0.001 --curve-steps 50 --contrast
+# on another (the run behind the shipped cards, 2026-12-02: 17677 s, ~4.9 h, over several sessions); stage 2 100
+# iterations in 101 s; stage 3 150 iterations in 454 s; stage 4 300 iterations of 4 tasks in 821 s. Stage 1 took
+# 6 min on an H100 shared with two other runs.
+# Then the cards (CPU: hours, the 20-way 5-shot curves to step 50; every evaluation kept under runs/card_results):
+#   bash scripts/card_character_models.sh
 set -euo pipefail
 DATA_ROOT=${DATA_ROOT:-../shared/data}
 RUNS=${RUNS:-runs/reproduce}
