@@ -18,7 +18,7 @@
 #   bash scripts/device_reproduce.sh                                        # on a lent GPU, with the cards
 #
 # Measured on 2 CPU cores (AMD EPYC, torch 2.14.1): stage 1 1.36 iterations/s on one VM (10000: ~2 h 3 min), 0.52-0.57
-# on another (the run behind the shipped cards, 2026-12-02: 17677 s, ~4.9 h, over several sessions); stage 2 100
+# on another (the run in runs/reproduce, 2026-12-02: 17677 s, ~4.9 h, over several sessions); stage 2 100
 # iterations in 101 s; stage 3 150 iterations in 454 s; stage 4 300 iterations of 4 tasks in 821 s. Stage 1 took
 # 6 min on an H100 shared with two other runs.
 # Then the cards (CPU: hours, the 20-way 5-shot curves to step 50; every evaluation kept under runs/card_results):
