@@ -299,6 +299,31 @@ def task_tensors(classes: list[TaskClass], spec: InputSpec, device: torch.device
     )
 
 
+def task_signature(tensors: TaskTensors) -> tuple:
+    """What a result computed from this task depends on: the model, and each image (by identity) with its class
+    and set. Equal signatures on two reruns of a page mean the same task."""
+    return (
+        model_path(),
+        tuple(tensors.names),
+        tuple(map(id, tensors.support_items)),
+        tuple(tensors.support_y.tolist()),
+        tuple(map(id, tensors.query_items)),
+        () if tensors.query_y is None else tuple(tensors.query_y.tolist()),
+    )
+
+
+def remembered(name: str, key: tuple, compute, keep: object = None):
+    """compute()'s value, kept in the session while `key` stays the same: a page reruns on every click, and
+    what it shows should not be recomputed each time. `keep` holds the objects whose id() is in `key`, so
+    that no new object can take one of those ids while the entry lives."""
+    memo = st.session_state.setdefault("remembered", {})
+    if name in memo and memo[name][0] == key:
+        return memo[name][1]
+    value = compute()
+    memo[name] = (key, value, keep)
+    return value
+
+
 # -- adaptation runs -----------------------------------------------------------------------------
 
 
@@ -420,7 +445,12 @@ def chosen_adaptation(tensors: TaskTensors) -> tuple[MAML, dict[str, torch.Tenso
         caption = f"{INITS[init]}, adapted for {record['step']} steps (chosen on the Adapt page)"
         return learner_for(init), record["params"], caption
     shipped, _ = shared_model()
-    params = list(adaptation_records(shipped, tensors, shipped.inner_steps, None))[-1]["params"]  # its own lr(s)
+    params = remembered(
+        "default_adaptation",
+        task_signature(tensors),
+        lambda: list(adaptation_records(shipped, tensors, shipped.inner_steps, None))[-1]["params"],  # own lr(s)
+        keep=(tensors.support_items, tensors.query_items),
+    )
     steps = plural(shipped.inner_steps, "step")
     caption = f"{INITS['maml']}, adapted for its default {steps} (pick another on the Adapt page)"
     return shipped, params, caption

@@ -28,9 +28,25 @@ all_x = torch.cat(images)
 labels = torch.cat([tensors.support_y] + ([tensors.query_y] if tensors.query_y is not None else [])).cpu().numpy()
 items = tensors.support_items + tensors.query_items
 sets = ["support"] * len(tensors.support_items) + ["query"] * len(tensors.query_items)
-with compute_slot():
-    before = embed(learner, all_x).numpy()
-    after = embed(learner, all_x, adapted).numpy()
+
+
+def features_and_predictions() -> tuple[np.ndarray, ...]:
+    """Each image's features, and its class probabilities, before adapting (step 0: the task head as it starts)
+    and after."""
+    with compute_slot():
+        start = next(learner.adapt(tensors.support_x, tensors.support_y, steps=0, way=len(tensors.names))).params
+        return (
+            embed(learner, all_x).numpy(),
+            embed(learner, all_x, adapted).numpy(),
+            predict_proba(learner, start, all_x).numpy(),
+            predict_proba(learner, adapted, all_x).numpy(),
+        )
+
+
+# a click on a map reruns the page: the same task and adaptation are not computed again
+before, after, first, last = lab.remembered(
+    "features", (lab.task_signature(tensors), caption, id(adapted)), features_and_predictions, keep=adapted
+)
 
 controls = st.columns([2, 3, 2])
 method = controls[0].radio("Map", ["t-SNE", "PCA"], horizontal=True, key="proj")
@@ -112,20 +128,23 @@ def scatter(coords: np.ndarray, title: str, highlight: set[int]) -> go.Figure:
                                  "symbol": symbol, "size": 11}, hoverinfo="skip"))  # fmt: skip
     if thumbs:
         span = max(np.ptp(coords[:, 0]), np.ptp(coords[:, 1]), 1e-6)
-        for (x, y), item in zip(coords, items):
-            fig.add_layout_image(
-                source=png_uri(item),
-                x=x + span / 80,  # beside the point: its marker stays visible
-                y=y + span / 80,
-                xref="x",
-                yref="y",
-                sizex=span / 14,
-                sizey=span / 14,
-                xanchor="left",
-                yanchor="bottom",
-                opacity=0.75,
-                layer="below",
-            )
+        images = [
+            {
+                "source": png_uri(item),
+                "x": x + span / 80,  # beside the point: its marker stays visible
+                "y": y + span / 80,
+                "xref": "x",
+                "yref": "y",
+                "sizex": span / 14,
+                "sizey": span / 14,
+                "xanchor": "left",
+                "yanchor": "bottom",
+                "opacity": 0.75,
+                "layer": "below",
+            }
+            for (x, y), item in zip(coords, items)
+        ]
+        fig.update_layout(images=images)  # at once: add_layout_image one by one costs ~10 ms an image
     fig.update_layout(title=title, height=480, margin={"t": 40, "b": 10}, legend_title_text="")
     fig.update_xaxes(showticklabels=False, title="")
     fig.update_yaxes(showticklabels=False, title="")
@@ -160,9 +179,6 @@ def maps() -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 def predictions_before_and_after() -> pd.DataFrame:
     """Each image's predicted class and confidence at step 0 (the task head as it starts) and after adapting."""
-    with compute_slot():
-        start = next(learner.adapt(tensors.support_x, tensors.support_y, steps=0, way=len(tensors.names))).params
-        first, last = (predict_proba(learner, params, all_x).numpy() for params in (start, adapted))
 
     def predicted(p: np.ndarray) -> int | None:
         return None if p.max() - p.min() < 1e-6 else int(p.argmax())  # None: a zero head, every class the same

@@ -12,6 +12,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import OMNIGLOT, SHARED_DATA, jpeg, photo
+from metacore.algorithms import MAML
 from metacore.paths import SHIPPED_MODEL
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -365,6 +366,23 @@ def test_features_page_maps_before_and_after_together_and_says_when_nothing_can_
     at.sidebar.radio[0].set_value(photos_label).run()
     at = page(at, "features")  # the photo model adapts its head only: the features cannot change
     assert any("The features did not change" in i.value for i in at.info)
+
+
+def test_a_click_on_a_features_map_recomputes_nothing_and_an_edited_task_is_recomputed(monkeypatch) -> None:
+    at = page(start(), "features")
+    table = at.dataframe[0].value
+    adapted = []
+    adapt = MAML.adapt
+    monkeypatch.setattr(MAML, "adapt", lambda self, *a, **k: (adapted.append(self), adapt(self, *a, **k))[1])
+    at.run()  # what a click on a map does (on_select="rerun")
+    assert not at.exception and not adapted
+    assert at.dataframe[0].value.equals(table) and len(at.get("plotly_chart")) == 2
+    at = page(at, "build")
+    first = at.session_state["classes"][0]
+    at.text_input(key=f"name_{first.uid}").set_value("renamed").run()
+    at = page(at, "features")
+    assert adapted  # a new task: adapted again, and the page shows it
+    assert "renamed" in set(at.dataframe[0].value["class"])
 
 
 def test_a_fresh_install_opens_on_bundled_characters_the_model_recognises() -> None:
