@@ -124,6 +124,7 @@ def test_the_default_example_adapt_features_classify_and_every_page(server: str,
 
     go(page, "Features")
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2", timeout=60_000)
+    assert page.locator(".js-plotly-plot svg image").count() >= 2 * 10  # each image beside its point
     box = page.locator(".js-plotly-plot .scatterlayer .point").first.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # hover first, as a user would
     page.wait_for_timeout(500)
