@@ -1,6 +1,7 @@
 """The shipped models against their baselines, under one protocol, written to docs/results.md.
 
     python scripts/results.py [--data-root ../shared/data] [--episodes 600] [--out docs/results.md]
+    python scripts/results.py --cards-only    # after a new card: its rows and curves, the baselines kept
 
 Every accuracy is `python -m metacore evaluate ... --episodes N --json` on a checkpoint (15 queries per
 class, seed 0), on the same backbone and the same test data as the shipped model:
@@ -46,8 +47,9 @@ def untrained(path: Path, backbone: str, algorithm: str, head: str) -> Path:
 
 
 class Table:
-    def __init__(self, data_root: str, episodes: int, twenty_way: bool) -> None:
+    def __init__(self, data_root: str, episodes: int, twenty_way: bool, earlier: dict | None = None) -> None:
         self.data_root, self.episodes, self.twenty_way = data_root, episodes, twenty_way
+        self.earlier = earlier  # --cards-only: the page's sections as they stand, whose baseline rows are kept
 
     def score(self, checkpoint: Path, data_args: list[str], way: int, shot: int, *extra: str) -> dict:
         started = time.perf_counter()
@@ -122,21 +124,45 @@ def shipped_budget(card: dict) -> str:
     )
 
 
+def kept_baselines(table: Table, section: str, settings: list) -> list[Row] | None:
+    """With --cards-only: the baseline rows of the section as the page has them (they do not depend on the shipped
+    model); None: measure them."""
+    if table.earlier is None:
+        return None
+    rows = []
+    for line in table.earlier.get(section, []):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and not line.startswith(("| model |", "| **shipped**")) and cells[0] != "setting":
+            if len(cells) != len(settings) + 2:
+                break  # a curve table below the first one
+            rows.append((cells[0], cells[1:-1], cells[-1]))
+        elif rows:
+            break
+    if not rows:
+        sys.exit(f"--cards-only: {section} has no baseline rows with {len(settings)} settings on the page to keep; "
+                 "measure them (without --cards-only)")  # fmt: skip
+    return rows
+
+
 def omniglot_section(table: Table, runs: Path) -> list[str]:
     settings = [s for s in SUITES["omniglot"]["settings"] if table.twenty_way or s[2] == 5]
     card = read_card(SHIPPED_MODEL)
     rows = [shipped_row(SHIPPED_MODEL, settings, card)]
-    for algo in ("maml", "fomaml", "reptile", "anil", "protonet"):
+    kept = kept_baselines(table, "omniglot", settings)
+    for algo in () if kept else ("maml", "fomaml", "reptile", "anil", "protonet"):
         checkpoint = runs / f"quick_{algo}.pt"
         if not checkpoint.is_file():
             cli("train", "--algo", algo, "--data-root", table.data_root, "--iterations", "300", "--meta-batch", "8",
                 "--val-every", "300", "--out", str(checkpoint), "--device", "cpu", *RECIPES[algo])  # fmt: skip
         results = [table.score(checkpoint, data, way, shot) for _, data, way, shot in settings]
         rows.append((f"{algo}, 300 iterations", [cell(r) for r in results], str(results[0]["steps"])))
-    scratch = untrained(runs / "random_conv4.pt", "conv4", "maml", "zero")
-    pick = (["--split", "background"], 5, 1)
-    label = "plain Conv-4 from a random init, fine-tuned"  # not the card's contrast: that is the shipped network
-    rows.append(scratch_row(table, scratch, label, settings, pick, [0.01, 0.03, 0.1, 0.4]))
+    if kept:
+        rows += kept
+    else:
+        scratch = untrained(runs / "random_conv4.pt", "conv4", "maml", "zero")
+        pick = (["--split", "background"], 5, 1)
+        label = "plain Conv-4 from a random init, fine-tuned"  # not the card's contrast: that is the shipped network
+        rows.append(scratch_row(table, scratch, label, settings, pick, [0.01, 0.03, 0.1, 0.4]))
     lines = [
         "## Omniglot characters (Conv-4, 28x28)",
         "",
@@ -155,13 +181,17 @@ def photo_section(table: Table, runs: Path) -> list[str]:
     settings = SUITES["photo"]["settings"]
     card = read_card(PHOTO_MODEL)
     rows = [shipped_row(PHOTO_MODEL, settings, card)]
-    proto = untrained(runs / "protonet_lite2.pt", "feature_adapter", "protonet", "proto")
-    rows.append(("ProtoNet on the frozen features (no meta-learning)",
-                 [cell(table.score(proto, data, way, shot)) for _, data, way, shot in settings], "0"))  # fmt: skip
-    scratch = untrained(runs / "random_lite2.pt", "feature_adapter", "maml", "zero")
-    pick = (["--dataset", "cifar10-test", "--images", "0:400"], 5, 5)  # CIFAR-10 training images
-    label = "fine-tuning from scratch: zero head + adapter"
-    rows.append(scratch_row(table, scratch, label, settings, pick, [0.25, 1.0, 4.0, 16.0]))
+    kept = kept_baselines(table, "photo", settings)
+    if kept:
+        rows += kept
+    else:
+        proto = untrained(runs / "protonet_lite2.pt", "feature_adapter", "protonet", "proto")
+        rows.append(("ProtoNet on the frozen features (no meta-learning)",
+                     [cell(table.score(proto, data, way, shot)) for _, data, way, shot in settings], "0"))  # fmt: skip
+        scratch = untrained(runs / "random_lite2.pt", "feature_adapter", "maml", "zero")
+        pick = (["--dataset", "cifar10-test", "--images", "0:400"], 5, 5)  # CIFAR-10 training images
+        label = "fine-tuning from scratch: zero head + adapter"
+        rows.append(scratch_row(table, scratch, label, settings, pick, [0.25, 1.0, 4.0, 16.0]))
     lines = [
         "## Photos (EfficientNet-Lite2 body, frozen)",
         "",
@@ -203,13 +233,20 @@ def main() -> None:
     parser.add_argument(
         "--twenty-way", action="store_true", help="also 20-way Omniglot baselines (about 1 h more on 2 CPU cores)"
     )
+    parser.add_argument(
+        "--cards-only",
+        action="store_true",
+        help="re-read the shipped models' cards (their rows and curves) and keep the baselines' rows as the page has "
+        "them: minutes instead of the baselines' hour or more of training and evaluation",
+    )
     parser.add_argument("--out", default="docs/results.md")
     args = parser.parse_args()
     chosen = args.sections.split(",")
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)} (choose from: {', '.join(SECTIONS)})")
-    table = Table(args.data_root, args.episodes, args.twenty_way)
+    kept = earlier_sections(ROOT / args.out)
+    table = Table(args.data_root, args.episodes, args.twenty_way, kept if args.cards_only else None)
     runs = ROOT / "runs"
     lines = [
         "# Results: the shipped models against their baselines",
@@ -221,13 +258,17 @@ def main() -> None:
         "episodes, 15 queries per class, seed 0 (the same episodes for every model of a column).",
         "",
     ]
-    kept = earlier_sections(ROOT / args.out)
     for section in SECTIONS:
         if section in chosen:
             started = time.perf_counter()
             lines += SECTIONS[section](table, runs)
             minutes = (time.perf_counter() - started) / 60
-            kept_all = "Every evaluation was kept from an earlier run (`runs/card_results/`, keyed by file, command)."
+            kept_all = (
+                "The baselines' rows as measured before (kept by `--cards-only`); the shipped model's row and curves "
+                "from its card."
+                if args.cards_only
+                else "Every evaluation was kept from an earlier run (`runs/card_results/`, keyed by file, command)."
+            )
             lines += [f"Time to measure this section: {minutes:.0f} min." if minutes >= 0.5 else kept_all, ""]
         else:
             lines += kept.get(section, [f"## {section}: not measured yet (`--sections {section}`)", ""])

@@ -112,6 +112,40 @@ def test_results_page_carries_each_cards_inner_loop_curves(model) -> None:
     assert ("(random init, lr" in text) == bool(card.get("random_init"))
 
 
+def test_results_cards_only_refreshes_the_shipped_rows_and_keeps_the_baselines(tmp_path: Path, monkeypatch) -> None:
+    """`results.py --cards-only` (after a new card): the shipped models' rows and curves from their cards, every
+    baseline row as the page had it, and no evaluation run."""
+    import results
+
+    page = tmp_path / "results.md"
+    settings = [s[0] for s in results.SUITES["omniglot"]["settings"] if s[2] == 5]
+    photo = [s[0] for s in results.SUITES["photo"]["settings"]]
+    page.write_text("\n".join([
+        "# Results", "", "## Photos (EfficientNet-Lite2 body, frozen)", "",
+        "| model | " + " | ".join(photo) + " | inner steps |", "|---|" + "---|" * (len(photo) + 1),
+        "| **shipped** (old) | " + " | ".join(["1.0 ± 0.1"] * len(photo)) + " | 5 |",
+        "| ProtoNet baseline | " + " | ".join(["11.1 ± 0.1"] * len(photo)) + " | 0 |", "",
+        "## Omniglot characters (Conv-4, 28x28)", "",
+        "| model | " + " | ".join(settings) + " | inner steps |", "|---|" + "---|" * (len(settings) + 1),
+        "| **shipped** (old) | " + " | ".join(["2.0 ± 0.2"] * len(settings)) + " | 5 |",
+        "| maml, 300 iterations | " + " | ".join(["22.2 ± 0.2"] * len(settings)) + " | 2 |", "",
+    ]))  # fmt: skip
+    monkeypatch.setattr(results, "cli", lambda *args: pytest.fail(f"--cards-only ran {args[0]}"))
+    monkeypatch.setattr(sys, "argv", ["results.py", "--cards-only", "--out", str(page)])
+    results.main()
+    text = page.read_text()
+    assert "| ProtoNet baseline | " + " | ".join(["11.1 ± 0.1"] * len(photo)) + " | 0 |" in text
+    assert "| maml, 300 iterations | " + " | ".join(["22.2 ± 0.2"] * len(settings)) + " | 2 |" in text
+    assert "(old)" not in text
+    for model in (SHIPPED_MODEL, PHOTO_MODEL):
+        card = results.read_card(model)
+        suite = "omniglot" if model == SHIPPED_MODEL else "photo"
+        labels = settings if model == SHIPPED_MODEL else photo
+        name, cells, _ = results.shipped_row(model, [(label,) for label in labels], card)
+        assert f"| {name} | " + " | ".join(cells) in text, suite
+        assert "\n".join(results.card_curves(model, card)) in text
+
+
 def test_a_new_card_for_the_same_file_keeps_the_none_of_these_threshold(tmp_path: Path) -> None:
     """model_card.py rewrites a card from scratch; the threshold `unsure --card` measured on the same file (which
     classify reads) must survive that, and must not pass to a card for another file."""
