@@ -2,7 +2,7 @@
 # Train the three character models from nothing, every stage recording its data (issue 13, point 7):
 #   stage 1  ProtoNet body: 60-way episodes, rotations as extra classes, distorted images  -> $RUNS/stage1_protonet.pt
 #   stage 2  ProtoMAML: second-order MAML, prototype head, 1 step at lr 0.01              -> $RUNS/stage2_protomaml.pt
-#            (models/omniglot_protomaml.pt)
+#            (a starting point; carded only with WITH_PROTOMAML=1 bash scripts/card_character_models.sh)
 #   stage 3  zero head, normalised features: second-order MAML, 5 steps at lr 0.001        -> $RUNS/stage3_zero.pt
 #            (models/omniglot_conv4.pt)
 #   stage 4  Meta-SGD: learned rates for the body, the head at lr 0.001 x way/5            -> $RUNS/stage4_metasgd.pt
