@@ -5,11 +5,20 @@ from __future__ import annotations
 import ctypes
 import platform
 import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from metacore.errors import MetacoreError
+
+T = TypeVar("T")
+R = TypeVar("R")
+_threads_lock = threading.Lock()
+_inside, _threads_before = 0, 0  # callers inside `one_task_per_thread`, and the thread count before the first
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -70,3 +79,32 @@ def describe(device: torch.device) -> str:
         return f"{torch.cuda.get_device_name(device)} GPU"
     threads = torch.get_num_threads()
     return f"{device.type} ({cpu_name()}, {threads} thread{'' if threads == 1 else 's'})"
+
+
+def one_task_per_thread(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R]:
+    """`[fn(item) for item in items]`, one item per worker thread at a time (`workers`: by default as many as torch has
+    threads),
+    the cores shared out among the workers; results in the order of `items`.
+
+    On a few CPU cores one single-threaded task per core beats spreading each small convolution over all cores
+    (2 cores, the default model's evaluation episodes: 5-way 1-shot 2.0x, 20-way 5-shot 1.4x). Torch's thread
+    count is a global, so callers that run at once (sessions of one server) share it: the count in force before
+    the first of them is put back after the last."""
+    global _inside, _threads_before
+    threads = torch.get_num_threads()
+    workers = min(len(items), workers or threads)
+    if workers <= 1:
+        return [fn(item) for item in items]
+    with _threads_lock:
+        if _inside == 0:
+            _threads_before = threads
+        _inside += 1
+        torch.set_num_threads(max(1, threads // workers))
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        with _threads_lock:
+            _inside -= 1
+            if _inside == 0:
+                torch.set_num_threads(_threads_before)

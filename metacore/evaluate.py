@@ -12,7 +12,8 @@ import torch
 from tqdm import tqdm
 
 from metacore.algorithms import MAML
-from metacore.data import EpisodeSampler
+from metacore.data import EpisodeSampler, Task
+from metacore.device import one_task_per_thread
 from metacore.distributed import World, gather_in_order
 
 
@@ -46,10 +47,11 @@ def evaluate(
     steps = learner.inner_steps if steps is None else steps
     scores: list[tuple[int, tuple[float, list[float]]]] = []
     dtype = next(iter(learner.params.values())).dtype
-    for episode in tqdm(range(episodes), desc="evaluating", disable=not progress or not world.main, leave=False):
-        task = sampler.sample()  # drawn by every process, so that the episodes are the same as in one process
-        if episode % world.size != world.rank:
-            continue
+    on_cpu = torch.device(device).type == "cpu"
+    pending: list[tuple[int, Task]] = []  # on CPU, one episode per core at a time (one_task_per_thread)
+
+    def score(item: tuple[int, Task]) -> tuple[int, tuple[float, list[float]]]:
+        episode, task = item
         task = task.to(device, dtype)
         with torch.no_grad():  # no outer graph: the inner loop's own gradients still flow
             snapshots = list(
@@ -65,7 +67,15 @@ def evaluate(
                 )
             )
         curve = [100.0 * s.query_acc.item() for s in snapshots] if every_step else []
-        scores.append((episode, (100.0 * snapshots[-1].query_acc.item(), curve)))
+        return episode, (100.0 * snapshots[-1].query_acc.item(), curve)
+
+    for episode in tqdm(range(episodes), desc="evaluating", disable=not progress or not world.main, leave=False):
+        task = sampler.sample()  # drawn by every process, so that the episodes are the same as in one process
+        if episode % world.size == world.rank:
+            pending.append((episode, task))
+        if len(pending) >= (torch.get_num_threads() if on_cpu else 1) or episode == episodes - 1:
+            scores += one_task_per_thread(score, pending) if on_cpu else [score(item) for item in pending]
+            pending = []
     gathered = gather_in_order(world, scores)
     final = [accuracy for accuracy, _ in gathered]
     per_step = [curve for _, curve in gathered]
@@ -153,15 +163,17 @@ def step_curve(
     Scoring the query set is most of an inner step's cost when the support set is small (20-way 1-shot: 300 query
     images, 20 support images), so a sparse curve such as steps 0..10 and every 5th to 50 costs a fraction of a
     dense one. The episodes are the ones `evaluate` draws from a sampler with the same seed (one `sample()` each, in
-    order); `chunk` of them at a time are adapted in one `torch.func.vmap` call. On CPU the default is one at a time,
-    without vmap: batching the convolutions' weights across tasks made a 20-way 5-shot curve 2.9x slower there.
+    order); `chunk` of them at a time (default 100) are adapted in one `torch.func.vmap` call. On CPU, unless a `chunk`
+    is given, they are adapted one per core at a time, in threads, not in vmap: batching the convolutions' weights
+    across tasks made a 20-way 5-shot curve 2.9x slower there.
 
     With `partial`, the scores of the episodes done so far are kept in that file (every `save_every` episodes), and
     a curve cut short (an hour of CPU for a card's 20-way 5-shot curve) goes on from them: the episodes already
     scored are drawn again, not adapted, so the rest are the same episodes. The file is removed when the curve is done.
     """
     wanted = list(range(steps + 1)) if isinstance(steps, int) else sorted(set(steps))
-    chunk = chunk or (100 if torch.device(device).type == "cuda" else 1)
+    threaded = chunk is None and torch.device(device).type == "cpu"
+    chunk = chunk or (torch.get_num_threads() if threaded else 100)
     fits = chunk  # episodes per vmap call; lowered when the GPU runs out of memory (a small or shared one)
     dtype = next(iter(learner.params.values())).dtype
     fingerprint = curve_fingerprint(learner, sampler, wanted, episodes, lr) if partial is not None else ""
@@ -180,13 +192,17 @@ def step_curve(
             at = [snaps[min(step, len(snaps) - 1)] for step in wanted]  # ProtoNet: one snapshot, the same at every step
             return torch.stack([s.query_acc for s in at]), torch.stack([s.support_loss for s in at])
 
-        batch = [
-            torch.stack([getattr(t, name) for t in tasks]) for name in ("support_x", "support_y", "query_x", "query_y")
-        ]
-        with torch.no_grad():  # no outer graph: the inner loop's own gradients still flow
-            if size == 1:
-                acc, loss = (values.unsqueeze(0) for values in one_task(*(tensor[0] for tensor in batch)))
-            else:
+        def without_graph(task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():  # grad mode is per thread: set in the thread that runs it
+                return one_task(task.support_x, task.support_y, task.query_x, task.query_y, task.way)
+
+        if threaded or size == 1:
+            scored = one_task_per_thread(without_graph, tasks)
+            acc, loss = (torch.stack(values) for values in zip(*scored))
+        else:
+            names = ("support_x", "support_y", "query_x", "query_y")
+            batch = [torch.stack([getattr(t, name) for t in tasks]) for name in names]
+            with torch.no_grad():  # no outer graph: the inner loop's own gradients still flow
                 acc, loss, fits = vmap_in_pieces(one_task, batch, fits)
         accuracies.append(100.0 * acc.double().cpu())
         losses.append(loss.double().cpu())

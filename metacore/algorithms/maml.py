@@ -7,12 +7,12 @@ The other gradient-based methods subclass this: they change what adapts (ANIL), 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
 
 from metacore.data import Task, stack_tasks
+from metacore.device import one_task_per_thread
 from metacore.errors import check_number
 from metacore.inner import LogitsFn, Snapshot, inner_loop, run_to_end
 from metacore.models import Backbone, Params, init_head, linear_head
@@ -186,13 +186,7 @@ class MAML:
             grads = torch.autograd.grad(loss, [self.params[k] for k in keys], allow_unused=True)
             return loss.detach(), acc.detach(), grads
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, threads // workers))
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                results = list(pool.map(one_task, tasks))
-        finally:
-            torch.set_num_threads(threads)
+        results = one_task_per_thread(one_task, tasks, workers)
         grads = {}
         for i, k in enumerate(keys):
             parts = [r[2][i] for r in results if r[2][i] is not None]
