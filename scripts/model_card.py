@@ -540,7 +540,9 @@ def write_card(card: dict, out: Path, suite: dict) -> None:
         m = card["movement"]
         moved = ", ".join(f"{layer} {value:g}" for layer, value in m["l2"].items())
         movement = (f"\n### How far each layer moves in {m['steps']} steps\n\nL2 distance from the start, mean of "
-                    f"{m['episodes']} {m['setting']} tasks (seed 0) at the default {rates}: {moved}.\n")  # fmt: skip
+                    f"{m['episodes']} {m['setting']} tasks (seed 0) at the default {rates}: {moved}."
+                    + (" ANIL: only the head adapts in the inner loop; the rest stays as meta-trained."
+                       if card["algorithm"] == "anil" else "") + "\n")  # fmt: skip
     every_stage = ""
     if suite.get("reproduce_all") and len(stages) > 1 and card.get("command") != suite["reproduce_all"]:
         every_stage = f" Every stage from nothing, each recording its data: `{suite['reproduce_all']}`."
