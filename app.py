@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-# The pages' heavy libraries are imported by `lab`, here, before any page: one session imports them while the
-# others wait. Sessions whose first pages imported pandas at the same moment met a half-imported module.
-import lab  # noqa: F401
+# The pages' heavy libraries (pandas, plotly, torch, metacore) are imported here, once, before any page: sessions
+# whose first pages imported pandas at the same moment met a half-imported module (see lab/__init__.py).
+import lab.sidebar  # noqa: F401
 
 st.set_page_config(page_title="Few-shot lab", page_icon="🧪", layout="wide")
 

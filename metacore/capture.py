@@ -3,7 +3,7 @@
 A second-order MAML step on small tasks launches thousands of small kernels, and on a GPU the
 launch overhead, not the arithmetic, sets the pace. Replaying a recorded graph skips it. The
 replay runs the very kernels of the eager `vmap` step on the same memory, so it computes the
-same meta-gradient (scripts/device_check.py compares the two on a GPU).
+same meta-gradient (scripts/bench/device_check.py compares the two on a GPU).
 """
 
 from __future__ import annotations

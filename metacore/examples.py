@@ -46,7 +46,7 @@ def sample_characters_task(way: int = 5, shot: int = 1, query: int = 5, seed: in
     return dataset_task(SAMPLE_ROOT, "omniglot_sample", None, way, shot, query, seed)
 
 
-BUNDLED_BACKGROUND = SAMPLE_ROOT / "omniglot_background_300.npz"  # scripts/make_bundled_background.py
+BUNDLED_BACKGROUND = SAMPLE_ROOT / "omniglot_background_300.npz"  # scripts/models/make_bundled_background.py
 
 
 def bundled_background_root() -> Path:

@@ -1,26 +1,31 @@
 import numpy as np
 import streamlit as st
 
-import charts
-import lab
+from lab import charts
+from lab.examples import example_mismatch
+from lab.models import INITS, learner_for, shared_model
+from lab.runs import adaptation_records, advance_run, lr_key, new_run, session_runs
+from lab.sidebar import sidebar
+from lab.task import require_task
+from lab.text import plural
 
 MAX_STEPS = 200
 
-lab.sidebar()
+sidebar()
 st.title("📉 Adapt step by step")
 
-classes, tensors = lab.require_task()
-if mismatch := lab.example_mismatch():
+classes, tensors = require_task()
+if mismatch := example_mismatch():
     st.warning(mismatch, icon="⚠️")
-shipped, _ = lab.shared_model()
+shipped, _ = shared_model()
 controls = st.columns([3, 2, 2])
-init = controls[0].selectbox("Starting point", list(lab.INITS), format_func=lab.INITS.get, key="init")
+init = controls[0].selectbox("Starting point", list(INITS), format_func=INITS.get, key="init")
 learned_rates = init == "maml" and shipped.learns_rates  # Meta-SGD: one meta-learned rate per weight
 own_rates = learned_rates and controls[0].toggle(
     "Use its learned per-parameter rates", True, key="own_rates", help="off: one rate for every weight, from the box"
 )
 LOWEST_LR = 1e-5
-LR_KEY = lab.lr_key()  # one box per model: a newly picked model's box starts at its own default
+LR_KEY = lr_key()  # one box per model: a newly picked model's box starts at its own default
 lr = controls[1].number_input(
     "Inner learning rate", LOWEST_LR, 10.0, float(shipped.inner_lr), float(shipped.inner_lr), format="%.4g",
     key=LR_KEY, disabled=own_rates,
@@ -43,7 +48,7 @@ for column, (label, factor) in zip(presets, (("÷10", 0.1), ("default", 1.0), ("
         + ("" if factor == 1 else f" (the default {shipped.inner_lr:g} {label})"),
     )
 run_steps = controls[2].slider("Steps per Run", 1, 50, 5, key="run_steps")
-learner = lab.learner_for(init)
+learner = learner_for(init)
 if learned_rates:
     in_force = shipped.lr_in_force(None if own_rates else lr)
     way = len(tensors.names)
@@ -71,26 +76,26 @@ def explain_init(init: str) -> None:
         body = " (only the head adapts)" if shipped.adapted_keys is not None else " and move the body a little"
         body = " and tune the body at its learned rates" if learned_rates else body
         st.caption(
-            f"This model was meta-trained to adapt in {lab.plural(shipped.inner_steps, 'step')} at {rate}. Its head "
+            f"This model was meta-trained to adapt in {plural(shipped.inner_steps, 'step')} at {rate}. Its head "
             "starts at zero, so step 0 is chance; the first step writes each class's mean feature into the head "
             f"(see Learn), the next ones sharpen it{body}."
         )
     elif init == "maml":
         rate = shipped.rates_in_words()
-        st.caption(f"This model was meta-trained to adapt in {lab.plural(shipped.inner_steps, 'step')} at {rate}.")
+        st.caption(f"This model was meta-trained to adapt in {plural(shipped.inner_steps, 'step')} at {rate}.")
 
 
 @st.fragment  # Step, Run and the step slider redraw this part only, not the page
 def stepping_area(init: str, lr: float | None, run_steps: int) -> None:
-    runs = lab.session_runs()
+    runs = session_runs()
     run = runs.get(init)
     if run is None or run["lr"] != lr:
-        run = runs[init] = lab.new_run(learner, tensors, MAX_STEPS, lr)
+        run = runs[init] = new_run(learner, tensors, MAX_STEPS, lr)
     records: list[dict] = run["records"]
 
     def advance(count: int) -> None:
         for _ in range(count):
-            if not lab.advance_run(run):
+            if not advance_run(run):
                 break
 
     buttons = st.columns([1, 1, 1, 4])
@@ -165,9 +170,9 @@ st.subheader("Side by side: meta-learned init vs random init vs ProtoNet")
 if st.button(f"Compare ({run_steps} steps each)", icon="⚖️"):
     comparison = {}
     with st.status("Adapting from each starting point ...") as status:
-        for key, title in lab.INITS.items():
+        for key, title in INITS.items():
             status.update(label=f"{title} ...")
-            comparison[key] = list(lab.adaptation_records(lab.learner_for(key), tensors, run_steps, lr))
+            comparison[key] = list(adaptation_records(learner_for(key), tensors, run_steps, lr))
         status.update(label="Done", state="complete")
     st.session_state.comparison = comparison
 comparison = st.session_state.get("comparison")
@@ -177,7 +182,7 @@ if comparison:
     curves = {}
     for key, recs in comparison.items():
         values = [r[metric] for r in recs] if key != "protonet" else [recs[0][metric]] * steps
-        curves[lab.INITS[key]] = [100 * v for v in values] if metric == "query_acc" else values
+        curves[INITS[key]] = [100 * v for v in values] if metric == "query_acc" else values
     st.plotly_chart(charts.comparison(curves, "query accuracy %" if has_query else "support loss"), key="compare")
     names, overlaps = list(curves), []
     for i, a in enumerate(names):
@@ -190,7 +195,7 @@ if comparison:
     if overlaps:
         st.caption("Lines on top of each other, told apart by dash style: " + "; ".join(overlaps) + ".")
     if has_query:
-        meta, scratch = curves[lab.INITS["maml"]][-1], curves[lab.INITS["random"]][-1]
+        meta, scratch = curves[INITS["maml"]][-1], curves[INITS["random"]][-1]
         if meta - scratch >= 10:
             st.caption(f"Meta-learning's point: from the meta-learned initialisation these steps reach {meta:.0f}%, "
                        f"from a random one only {scratch:.0f}%. That gap is what meta-training bought.")  # fmt: skip

@@ -1,7 +1,11 @@
 import streamlit as st
 
-import lab
-from canvas import drawing_canvas
+from lab.canvas import drawing_canvas
+from lab.examples import data_root, example_mismatch, listed_classes, load_example
+from lab.models import takes_drawings
+from lab.runs import reset_runs
+from lab.sidebar import sidebar
+from lab.task import MAX_TASK_IMAGES, TaskClass, add_uploads, session_classes, task_problems, task_size
 from metacore.errors import MetacoreError
 from metacore.examples import (
     OMNIGLOT_EXAMPLES,
@@ -15,15 +19,15 @@ from metacore.examples import (
     sample_characters_task,
 )
 
-lab.sidebar()
+sidebar()
 st.title("🧩 Build a task")
 st.write(
     "A task is 2 to 20 classes, each with a few **support** images the model adapts to, and optionally "
     "**query** images held out to measure accuracy."
 )
 
-classes = lab.session_classes()
-drawable = lab.takes_drawings()
+classes = session_classes()
+drawable = takes_drawings()
 messages: dict = st.session_state.setdefault("upload_messages", {})
 
 with st.expander("Start from an example", expanded=not any(c.support for c in classes)):
@@ -38,7 +42,7 @@ with st.expander("Start from an example", expanded=not any(c.support for c in cl
         disabled=way > 10 or shot + query > 6,
         help="10 characters from alphabets the model never saw, 6 drawings each, bundled with the lab",
     ):
-        lab.load_example(
+        load_example(
             sample_characters_task(way, shot, query, seed=st.session_state.get("ex_seed", 0)),
             f"Omniglot characters {way}-way {shot}-shot",
         )
@@ -50,19 +54,19 @@ with st.expander("Start from an example", expanded=not any(c.support for c in cl
         disabled=way > 10,
         help="scikit-learn's bundled 8x8 digits: 10 classes, no download",
     ):
-        lab.load_example(
+        load_example(
             digits_task(way, shot, query, seed=st.session_state.get("ex_seed", 0)), f"digits {way}-way {shot}-shot"
         )
         st.session_state.ex_seed = st.session_state.get("ex_seed", 0) + 1
         st.rerun()
-    root = lab.data_root()
+    root = data_root()
     if omniglot_available(root):
         if right.button("Omniglot characters (all evaluation alphabets)", icon="🔣"):
             seed = st.session_state.get("ex_seed", 0)
             try:
-                listing = lab.listed_classes(str(root), *OMNIGLOT_EXAMPLES)
+                listing = listed_classes(str(root), *OMNIGLOT_EXAMPLES)
                 task = omniglot_task(root, way, shot, query, seed, listing)
-                lab.load_example(task, f"Omniglot {way}-way {shot}-shot")
+                load_example(task, f"Omniglot {way}-way {shot}-shot")
             except MetacoreError as exc:
                 st.error(str(exc))
             else:
@@ -85,28 +89,28 @@ with st.expander("Start from an example", expanded=not any(c.support for c in cl
             if column.button(label, icon="📷", help=PHOTO_EXAMPLE_NOTES.get(label)):
                 seed = st.session_state.get("ex_seed", 0)
                 try:
-                    listing = lab.listed_classes(str(root), dataset, split)
+                    listing = listed_classes(str(root), dataset, split)
                     task = dataset_task(root, dataset, split, way, shot, query, seed, listing)
                 except MetacoreError as exc:
                     st.error(str(exc))
                 else:
-                    lab.load_example(task, f"{label} {way}-way {shot}-shot", photos=True)
+                    load_example(task, f"{label} {way}-way {shot}-shot", photos=True)
                     st.session_state.ex_seed = seed + 1
                     st.rerun()
 
-if mismatch := lab.example_mismatch():
+if mismatch := example_mismatch():
     st.warning(mismatch, icon="⚠️")
 
 top = st.columns([1, 1, 4])
 if top[0].button("Add a class", icon="➕", disabled=len(classes) >= 20):
-    classes.append(lab.TaskClass(f"class {len(classes) + 1}"))
-    lab.reset_runs()
+    classes.append(TaskClass(f"class {len(classes) + 1}"))
+    reset_runs()
     st.rerun()
 if top[1].button("Clear all", icon="🗑️"):
-    st.session_state.classes = [lab.TaskClass("class 1"), lab.TaskClass("class 2")]
+    st.session_state.classes = [TaskClass("class 1"), TaskClass("class 2")]
     st.session_state.pop("example", None)
     st.session_state.pop("example_photos", None)
-    lab.reset_runs()
+    reset_runs()
     st.rerun()
 
 for index, cls in enumerate(list(classes)):
@@ -117,7 +121,7 @@ for index, cls in enumerate(list(classes)):
             cls.name = new_name
         if head[1].button("Remove class", key=f"remove_{cls.uid}", disabled=len(classes) <= 2):
             classes.pop(index)
-            lab.reset_runs()
+            reset_runs()
             st.rerun()
         for part in ("support", "query"):
             items = getattr(cls, part)
@@ -142,9 +146,9 @@ for index, cls in enumerate(list(classes)):
                 st.session_state[f"cam_last_{part}_{cls.uid}"] = photo.file_id
                 new.append((f"photo {len(items) + 1}", photo.getvalue()))
             if new:
-                messages[(cls.uid, part)] = lab.add_uploads(items, new, lab.MAX_TASK_IMAGES - lab.task_size(classes))
+                messages[(cls.uid, part)] = add_uploads(items, new, MAX_TASK_IMAGES - task_size(classes))
                 st.session_state[counter] += 1  # a fresh, empty uploader: files are added once
-                lab.reset_runs()
+                reset_runs()
                 st.rerun()
             for problem in messages.get((cls.uid, part), []):
                 st.error(problem, icon="🚫")
@@ -155,10 +159,10 @@ for index, cls in enumerate(list(classes)):
                         st.image(item.thumbnail(), caption=item.name[:14], width=64)
                         if st.button("✕", key=f"del_{part}_{cls.uid}_{i}", help=f"remove {item.name}"):
                             items.pop(i)
-                            lab.reset_runs()
+                            reset_runs()
                             st.rerun()
 
-problems = lab.task_problems(classes)
+problems = task_problems(classes)
 for problem in problems:
     st.warning(problem)
 if not problems:

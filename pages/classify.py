@@ -2,18 +2,21 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-import lab
-from canvas import drawing_canvas
+from lab.canvas import drawing_canvas
+from lab.models import shared_model, takes_drawings, unsure_threshold
+from lab.runs import chosen_adaptation
+from lab.sidebar import sidebar
+from lab.task import MAX_TASK_IMAGES, add_uploads, item_inputs, require_task
 from metacore.features import predict_proba
 from metacore.isolation import compute_slot
 from metacore.openset import novelty
 
-lab.sidebar()
+sidebar()
 st.title("🔎 Classify new images")
 
-_, tensors = lab.require_task()
-shipped, _ = lab.shared_model()
-learner, params, caption = lab.chosen_adaptation(tensors)
+_, tensors = require_task()
+shipped, _ = shared_model()
+learner, params, caption = chosen_adaptation(tensors)
 st.caption(f"Using {caption}.")
 
 counter = st.session_state.setdefault("classify_upload", 0)
@@ -21,14 +24,14 @@ left, right = st.columns(2)
 files = left.file_uploader("Images to classify", accept_multiple_files=True, key=f"classify_{counter}")
 photo = right.camera_input("…or take a photo", key="classify_cam") if right.toggle("Camera") else None
 drawing = None
-if lab.takes_drawings() and right.toggle("Draw"):
+if takes_drawings() and right.toggle("Draw"):
     with right:
         drawing = drawing_canvas(key="classify_draw")
 new = [(f.name, f.getvalue()) for f in files or []] + ([("photo", photo.getvalue())] if photo is not None else [])
 new += [("drawing", drawing)] if drawing else []
 pending: list = st.session_state.setdefault("to_classify", [])
 if new:
-    st.session_state.classify_problems = lab.add_uploads(pending, new, lab.MAX_TASK_IMAGES - len(pending))
+    st.session_state.classify_problems = add_uploads(pending, new, MAX_TASK_IMAGES - len(pending))
     st.session_state.classify_upload += 1
     st.rerun()
 for problem in st.session_state.get("classify_problems", []):
@@ -40,8 +43,8 @@ if not pending:
     st.info("Upload or photograph images: each gets the adapted model's prediction.")
     st.stop()
 
-batch = lab.item_inputs(pending, shipped.backbone.input_spec)
-unsure = lab.unsure_threshold() if learner is shipped else None  # chosen for the meta-trained model only
+batch = item_inputs(pending, shipped.backbone.input_spec)
+unsure = unsure_threshold() if learner is shipped else None  # chosen for the meta-trained model only
 with compute_slot():
     probs = predict_proba(learner, params, batch).numpy()
     if unsure:

@@ -7,20 +7,25 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-import lab
-from charts import PALETTE
+from lab.charts import PALETTE
+from lab.memo import remembered
+from lab.models import shared_model
+from lab.runs import chosen_adaptation
+from lab.sidebar import sidebar
+from lab.task import Item, require_task, task_signature
+from lab.text import plural
 from metacore.checkpoint import adapted_checkpoint
 from metacore.errors import MetacoreError
 from metacore.features import embed, predict_proba
 from metacore.isolation import compute_slot, run_isolated
 from metacore.projection import distinct_points, project, separation_scores, valid_perplexity
 
-lab.sidebar()
+sidebar()
 st.title("🗺️ What the features learned")
 
-_, tensors = lab.require_task()
-shipped, _ = lab.shared_model()
-learner, adapted, caption = lab.chosen_adaptation(tensors)
+_, tensors = require_task()
+shipped, _ = shared_model()
+learner, adapted, caption = chosen_adaptation(tensors)
 st.caption(f"After adaptation = {caption}. ProtoNet takes no steps, so its 'after' equals 'before'.")
 
 images = [tensors.support_x] + ([tensors.query_x] if tensors.query_x is not None else [])
@@ -44,8 +49,8 @@ def features_and_predictions() -> tuple[np.ndarray, ...]:
 
 
 # a click on a map reruns the page: the same task and adaptation are not computed again
-before, after, first, last = lab.remembered(
-    "features", (lab.task_signature(tensors), caption, id(adapted)), features_and_predictions, keep=adapted
+before, after, first, last = remembered(
+    "features", (task_signature(tensors), caption, id(adapted)), features_and_predictions, keep=adapted
 )
 
 controls = st.columns([2, 3, 2])
@@ -80,7 +85,7 @@ def overlapping(features: np.ndarray) -> int:
         return 0
 
 
-def png_uri(item: lab.Item) -> str:
+def png_uri(item: Item) -> str:
     buffer = io.BytesIO()
     item.thumbnail(48).save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -232,7 +237,7 @@ for column, feats, title, key in (
             selection_mode=("points", "box", "lasso"),
         )
         if same := overlapping(feats):
-            st.caption(f"{lab.plural(same, 'image')} share their features with another image and sit on top of it.")
+            st.caption(f"{plural(same, 'image')} share their features with another image and sit on top of it.")
         picked = [i for i in map(item_index, event.selection.points) if i is not None] if event else []
         if picked:  # clicked or lassoed points: their images, larger
             st.image(

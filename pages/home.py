@@ -1,10 +1,14 @@
 import streamlit as st
 
-import lab
+from lab.examples import load_example
+from lab.models import shared_model
+from lab.sidebar import sidebar
+from lab.task import session_classes
+from lab.text import plural
 from metacore.errors import MetacoreError
 from metacore.examples import sample_characters_task
 
-lab.sidebar()
+sidebar()
 st.title("🧪 Few-shot learning lab")
 st.markdown(
     "Give a **meta-trained** network a handful of images per class and watch it **adapt step by step** "
@@ -12,15 +16,15 @@ st.markdown(
 )
 
 try:
-    learner, meta = lab.shared_model()
+    learner, meta = shared_model()
 except MetacoreError as exc:
     st.error(f"The shipped model could not be loaded: {exc}")
     st.stop()
 
 if "classes" not in st.session_state or not any(c.support for c in st.session_state.classes):
-    lab.load_example(sample_characters_task(way=5, shot=1, query=5, seed=0), "Omniglot characters 5-way 1-shot")
+    load_example(sample_characters_task(way=5, shot=1, query=5, seed=0), "Omniglot characters 5-way 1-shot")
 
-classes = lab.session_classes()
+classes = session_classes()
 left, right = st.columns([3, 2])
 with left:
     st.subheader("1 · Your task")
@@ -38,7 +42,7 @@ with right:
     st.subheader("2 · Adapt")
     st.write(
         f"The shipped model ({learner.name}, {learner.head} head) adapts with {learner.rates_in_words()} "
-        f"for {lab.plural(learner.inner_steps, 'step')} by default."
+        f"for {plural(learner.inner_steps, 'step')} by default."
         + (" Its head starts at zero: step 0 is chance, and what it gets right after the steps, it learned in them."
            if learner.head == "zero" else "")
     )  # fmt: skip

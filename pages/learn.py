@@ -1,8 +1,8 @@
 import streamlit as st
 
-import lab
+from lab.sidebar import sidebar
 
-lab.sidebar()
+sidebar()
 st.title("📚 How MAML learns to learn")
 
 st.markdown(

@@ -5,15 +5,16 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-import charts
-import lab
-import live_training
+from lab import charts, live_training
+from lab.examples import data_root
+from lab.sidebar import sidebar
+from lab.text import plural
 from metacore.errors import MetacoreError
 from metacore.examples import meta_training_data
 from metacore.images import InputSpec
 from metacore.train import inner_loop_problem, quick_recipe
 
-lab.sidebar()
+sidebar()
 st.title("🏋️ Meta-train")
 st.write(
     "Watch an initialisation **learn to learn**. Each outer step adapts a copy of the network to a few small tasks "
@@ -31,8 +32,8 @@ ALGORITHMS = {
     "protonet": "ProtoNet (no inner loop)",
 }
 
-data_root, dataset, split, data_note = meta_training_data(lab.data_root())
-default = quick_recipe(data_root, dataset, split)
+train_root, dataset, split, data_note = meta_training_data(data_root())
+default = quick_recipe(train_root, dataset, split)
 
 run: live_training.LiveRun | None = st.session_state.get("live_run")
 busy = run is not None and run.active
@@ -66,7 +67,7 @@ with st.container(border=True):
 buttons = st.columns([1, 1, 1, 4])
 if buttons[0].button("Start", icon="▶️", type="primary", disabled=busy or (problem or ("",))[0] == "error"):
     cfg = quick_recipe(
-        data_root, dataset, split, algorithm=algorithm, way=str(way), shot=str(shot), meta_batch=meta_batch,
+        train_root, dataset, split, algorithm=algorithm, way=str(way), shot=str(shot), meta_batch=meta_batch,
         inner_lr=inner_lr, inner_steps=steps, meta_lr=meta_lr, iterations=int(outer_steps),
         body_rates_only=body_rates_only,
     )  # fmt: skip
@@ -172,7 +173,7 @@ def live_view() -> None:
         st.plotly_chart(curves_chart(run), key="mt_curves")
         k = run.cfg.inner_steps
         st.caption(
-            f"Darker lines: later starting points. The dotted line marks the {lab.plural(k, 'inner step')} the model "
+            f"Darker lines: later starting points. The dotted line marks the {plural(k, 'inner step')} the model "
             f"is meta-trained to take: at first {'it barely helps' if k == 1 else 'they barely help'}; as "
             "meta-training goes on, the same step reaches high accuracy on classes it never trained on. Past the "
             "line the steps are the same, just more of them: MAML optimises the starting point for exactly that "

@@ -161,11 +161,11 @@ def test_switching_model_keeps_the_task_and_clears_the_runs() -> None:
 
 
 def test_a_missing_model_file_gives_a_message_not_a_traceback(monkeypatch, tmp_path) -> None:
-    import lab
+    from lab.models import MODELS
 
     at = start()
     photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
-    monkeypatch.setitem(lab.MODELS, photos_label, tmp_path / "gone.pt")
+    monkeypatch.setitem(MODELS, photos_label, tmp_path / "gone.pt")
     at.sidebar.radio[0].set_value(photos_label).run()
     for name in ("adapt", "features", "classify"):
         at = page(at, name)
@@ -215,26 +215,28 @@ def test_two_sessions_adapting_at_once_match_each_alone() -> None:
 
     import torch
 
-    import lab
+    from lab.models import DEFAULT_MODEL
+    from lab.runs import adaptation_records
+    from lab.task import TaskClass, make_item, task_tensors
     from metacore.checkpoint import load_checkpoint
     from metacore.examples import digits_task
 
-    shared, _ = load_checkpoint(lab.DEFAULT_MODEL)
+    shared, _ = load_checkpoint(DEFAULT_MODEL)
     before = {k: v.clone() for k, v in shared.params.items()}
     tasks = []
     for seed in (0, 1):
         classes = [
-            lab.TaskClass(
+            TaskClass(
                 name,
-                [lab.make_item(name, im) for im in parts["support"]],
-                [lab.make_item(name, im) for im in parts["query"]],
+                [make_item(name, im) for im in parts["support"]],
+                [make_item(name, im) for im in parts["query"]],
             )
             for name, parts in digits_task(4, 2, 3, seed).items()
         ]
-        tasks.append(lab.task_tensors(classes, shared.backbone.input_spec, torch.device("cpu")))
+        tasks.append(task_tensors(classes, shared.backbone.input_spec, torch.device("cpu")))
 
     def losses(tensors) -> list[float]:
-        return [r["support_loss"] for r in lab.adaptation_records(shared, tensors, 4, 0.05)]
+        return [r["support_loss"] for r in adaptation_records(shared, tensors, 4, 0.05)]
 
     alone = [losses(t) for t in tasks]
     together: list = [None, None]
@@ -254,22 +256,24 @@ def test_a_new_click_waits_for_the_step_a_previous_script_run_is_still_taking() 
 
     import torch
 
-    import lab
+    from lab.models import DEFAULT_MODEL
+    from lab.runs import advance_run, new_run
+    from lab.task import TaskClass, make_item, task_tensors
     from metacore.checkpoint import load_checkpoint
     from metacore.examples import digits_task
     from metacore.isolation import compute_slot
 
-    shared, _ = load_checkpoint(lab.DEFAULT_MODEL)
+    shared, _ = load_checkpoint(DEFAULT_MODEL)
     classes = [
-        lab.TaskClass(name, [lab.make_item(name, im) for im in parts["support"]])
+        TaskClass(name, [make_item(name, im) for im in parts["support"]])
         for name, parts in digits_task(3, 1, 0, 0).items()
     ]
-    run = lab.new_run(shared, lab.task_tensors(classes, shared.backbone.input_spec, torch.device("cpu")), 5, 0.05)
+    run = new_run(shared, task_tensors(classes, shared.backbone.input_spec, torch.device("cpu")), 5, 0.05)
     errors: list = []
 
     def click() -> None:
         try:
-            lab.advance_run(run)
+            advance_run(run)
         except Exception as exc:
             errors.append(exc)
 
@@ -310,18 +314,18 @@ def test_step_charts_show_whole_steps_full_accuracy_range_and_a_log_loss_when_it
 
 
 def test_the_learning_rate_follows_the_model_and_reset_restores_it() -> None:
-    import lab
+    from lab.models import MODELS
     from metacore.checkpoint import read_checkpoint
 
     at = page(start(), "adapt")
     photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
-    characters = read_checkpoint(lab.MODELS[next(iter(lab.MODELS))])["learner"]["inner_lr"]
-    photo_lr = read_checkpoint(lab.MODELS[photos_label])["learner"]["inner_lr"]
+    characters = read_checkpoint(MODELS[next(iter(MODELS))])["learner"]["inner_lr"]
+    photo_lr = read_checkpoint(MODELS[photos_label])["learner"]["inner_lr"]
     at.sidebar.radio[0].set_value(photos_label).run()
     at = page(at, "adapt")
     assert lr_box(at).value == photo_lr != characters
     lr_box(at).set_value(5.0).run()
-    at.sidebar.radio[0].set_value(next(iter(lab.MODELS))).run()  # back to the characters
+    at.sidebar.radio[0].set_value(next(iter(MODELS))).run()  # back to the characters
     at = page(at, "adapt")
     assert lr_box(at).value == characters
     one_rate_for_every_weight(at)
@@ -417,10 +421,10 @@ def test_an_example_that_does_not_suit_the_model_gets_a_warning() -> None:
 
 
 def test_lr_presets_set_the_models_default_divided_or_multiplied_by_ten() -> None:
-    import lab
+    from lab.models import MODELS
     from metacore.checkpoint import read_checkpoint
 
-    default = read_checkpoint(lab.MODELS[next(iter(lab.MODELS))])["learner"]["inner_lr"]
+    default = read_checkpoint(MODELS[next(iter(MODELS))])["learner"]["inner_lr"]
     at = one_rate_for_every_weight(page(start(), "adapt"))
     for key, expected in (("lr_×10", 10 * default), ("lr_÷10", default / 10), ("lr_default", default)):
         at.button(key=key).click().run()
@@ -458,7 +462,7 @@ def test_features_maps_have_one_legend_entry_per_class_and_distinct_colours() ->
 def test_classify_says_none_of_these_exactly_when_an_image_is_far_from_every_class() -> None:
     import torch
 
-    import lab
+    from lab.task import image_to_png
     from metacore.checkpoint import load_checkpoint
     from metacore.examples import SAMPLE_ROOT
     from metacore.images import decode, preprocess
@@ -469,7 +473,7 @@ def test_classify_says_none_of_these_exactly_when_an_image_is_far_from_every_cla
     outsiders = [d for d in sorted((SAMPLE_ROOT / "omniglot_sample").iterdir()) if d.is_dir()]
     outsiders = [d for d in outsiders if d.name not in {c.name for c in classes}]
     files = [classes[0].query[0].name] + [d.name for d in outsiders]
-    uploads = [lab.image_to_png(classes[0].query[0].image)] + [(d / sorted(p.name for p in d.iterdir())[0]).read_bytes()
+    uploads = [image_to_png(classes[0].query[0].image)] + [(d / sorted(p.name for p in d.iterdir())[0]).read_bytes()
                                                      for d in outsiders]  # fmt: skip
     at = page(at, "classify")
     at.file_uploader[0].set_value([(f"{name}.png", data, "image/png") for name, data in zip(files, uploads)])
@@ -510,7 +514,7 @@ def test_features_shows_predictions_before_and_after_when_only_the_head_adapts()
 @pytest.fixture
 def metasgd_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A Meta-SGD character model trained for 2 iterations on random class folders, offered in the sidebar."""
-    import lab
+    import lab.models
     from metacore.__main__ import main
     from test_data import make_class_folders
 
@@ -520,7 +524,7 @@ def metasgd_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "--query", "2", "--iterations", "2", "--meta-batch", "2", "--val-every", "2", "--val-episodes", "2",
             "--steps", "1", "--inner-lr", "0.05", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
-    monkeypatch.setattr(lab, "MODELS", {"Meta-SGD (test)": out})
+    monkeypatch.setattr(lab.models, "MODELS", {"Meta-SGD (test)": out})
     return out
 
 
@@ -602,10 +606,10 @@ def test_the_head_only_comparison_steps_its_head_as_the_model_does() -> None:
     head rate, so at 10 ways its first head step equals the full model's."""
     import torch
 
-    import lab
+    from lab.models import learner_for, shared_model
 
-    shipped, _ = lab.shared_model()
-    anil = lab.learner_for("anil")
+    shipped, _ = shared_model()
+    anil = learner_for("anil")
     assert anil.way_scaled_head == shipped.way_scaled_head
     spec = shipped.backbone.input_spec
     x, y = torch.randn(20, spec.channels, spec.size, spec.size), torch.arange(10).repeat(2)

@@ -99,11 +99,11 @@ SMALL_KINDS: dict[str, tuple[bytes, str | None]] = {
 
 @pytest.mark.parametrize("name", list(SMALL_KINDS))
 def test_each_kind_gets_one_answer_from_the_api_and_the_app(name: str) -> None:
-    import lab
+    from lab.task import add_uploads
 
     data, refusal = SMALL_KINDS[name]
     target: list = []
-    problems = lab.add_uploads(target, [(name, data)])  # the uploader's path
+    problems = add_uploads(target, [(name, data)])  # the uploader's path
     if refusal is None:
         assert problems == [] and len(target) == 1
         assert torch.equal(preprocess(target[0].image, PHOTO_SPEC), load_image(data, PHOTO_SPEC, name))
@@ -134,7 +134,7 @@ import sys, time
 sys.path.insert(0, {root!r})
 from metacore.errors import MetacoreError
 from metacore.images import PHOTO_SPEC, load_image
-import lab
+from lab.task import make_item
 
 def status(field):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":")) / 1024
@@ -144,7 +144,7 @@ base = status("VmRSS")
 started = time.perf_counter()
 try:
     x = load_image({path!r}, PHOTO_SPEC)
-    y = lab.make_item("upload", open({path!r}, "rb").read()).image
+    y = make_item("upload", open({path!r}, "rb").read()).image
     outcome = "ok"
 except MetacoreError as exc:
     outcome = str(exc)
@@ -194,12 +194,12 @@ def test_large_images_are_read_within_the_memory_bound(name: str, large_files: d
 
 def test_one_file_gives_the_same_features_in_the_app_and_the_api(tmp_path: Path) -> None:
     """A 4032x3024 phone-sized JPEG: one preprocessing, whichever way it comes in."""
-    import lab
+    from lab.task import make_item
 
     path = tmp_path / "phone.jpg"
     photo_like((4032, 3024)).resize((4032, 3024)).save(path, quality=92)
     api = load_image(path, PHOTO_SPEC)
-    app = preprocess(lab.make_item("phone.jpg", path.read_bytes()).image, PHOTO_SPEC)
+    app = preprocess(make_item("phone.jpg", path.read_bytes()).image, PHOTO_SPEC)
     assert torch.equal(api, app)
 
 
@@ -227,14 +227,14 @@ def cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
 def test_the_cli_gives_each_kind_the_apps_answer(name: str, good_support: Path, tmp_path: Path, capsys) -> None:
     import shutil
 
-    import lab
+    from lab.task import add_uploads
 
     data, refusal = SMALL_KINDS[name]
     support = tmp_path / "support"
     shutil.copytree(good_support, support)
     (support / "a" / name).write_bytes(data)
     query = support / "b" / "0.png"
-    app = lab.add_uploads([], [(name, data)])
+    app = add_uploads([], [(name, data)])
     capsys.readouterr()  # what importing the app printed
     code, out, err = cli(["classify", "--support", str(support), str(query), "--json"], capsys)
     if refusal is None:
@@ -258,13 +258,13 @@ def test_an_unreadable_query_is_reported_and_the_others_are_classified(good_supp
 
 
 def test_the_app_stops_adding_at_its_task_limit_with_one_message() -> None:
-    import lab
+    from lab.task import MAX_TASK_IMAGES, add_uploads
 
     target: list = []
     tiny = saved(Image.new("L", (28, 28), 255), "PNG")
-    problems = lab.add_uploads(target, [(f"{i}.png", tiny) for i in range(10_000)], room=5)
+    problems = add_uploads(target, [(f"{i}.png", tiny) for i in range(10_000)], room=5)
     assert len(target) == 5
     assert problems == [
-        f"9,995 files not added (5.png, ...): a task holds at most {lab.MAX_TASK_IMAGES} images, so that every "
+        f"9,995 files not added (5.png, ...): a task holds at most {MAX_TASK_IMAGES} images, so that every "
         "session's task fits in the server's memory"
     ]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-import live_training
+from lab import live_training
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 

@@ -19,7 +19,8 @@ from metacore.evaluate import step_curve
 from metacore.images import InputSpec
 from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # model_card, quick_check, results
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path[:0] = [str(SCRIPTS), str(SCRIPTS / "models"), str(SCRIPTS / "bench")]  # kept_results, model_card, results
 
 MODELS = {"characters": SHIPPED_MODEL, "photos": PHOTO_MODEL}
 IMAGENET = SHARED_DATA / "imagenet-mini18"
@@ -165,7 +166,7 @@ def test_a_kept_evaluation_is_reused_only_for_the_same_file_and_arguments(tmp_pa
     """The scripts keep each `evaluate` result (hours of CPU for a card): the same file and arguments reuse it
     wherever the data root lies and whatever file a cut curve keeps its episodes in; a changed file or other
     arguments measure again."""
-    from quick_check import cached
+    from kept_results import cached
 
     model = tmp_path / "model.pt"
     model.write_bytes(b"weights, version 1")
@@ -190,7 +191,7 @@ def test_a_cards_evaluations_are_keyed_by_the_models_path_inside_the_repository(
     """A card's evaluations measured in another checkout (a GPU machine's copy of the repository) are reused here:
     the kept result's key names the model by its path inside the repository, not where the checkout lies."""
     import model_card
-    from quick_check import kept_result
+    from kept_results import kept_result
 
     keys: list[list[str]] = []
     monkeypatch.setattr(model_card, "cached", lambda args, run: keys.append(args) or {"accuracy": 0.0})

@@ -1,6 +1,6 @@
 """How live the Adapt page feels in a real browser: Step latency and Run's animation rate, one session.
 
-    python scripts/live_bench.py [--clicks 20]
+    python scripts/bench/live_bench.py [--clicks 20]
 
 Starts `streamlit run app.py`, opens it in headless Chromium (1400x1000) and, with the character model on
 the built-in 5-way 1-shot Omniglot example (what Home loads), times in the page: each Step from the click to

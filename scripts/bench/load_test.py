@@ -1,6 +1,6 @@
 """Many sessions on one lab server: how long a Step click waits while the others step and draw maps.
 
-    python scripts/load_test.py --sessions 20 --browsers 1 --rounds 2
+    python scripts/bench/load_test.py --sessions 20 --browsers 1 --rounds 2
 
 Starts `streamlit run app.py` on a free local port and drives N sessions at once. Every session, per round:
 Adapt -> Step x5 -> Features (t-SNE maps). `--browsers B` of them are headless Chromium (one context each);
@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IDLE = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
 
 

@@ -1,12 +1,12 @@
 """The shipped models against their baselines, under one protocol, written to docs/results.md.
 
-    python scripts/results.py [--data-root ../shared/data] [--episodes 600] [--out docs/results.md]
-    python scripts/results.py --cards-only    # after a new card: its rows and curves, the baselines kept
+    python scripts/bench/results.py [--data-root ../shared/data] [--episodes 600] [--out docs/results.md]
+    python scripts/bench/results.py --cards-only    # after a new card: its rows and curves, the baselines kept
 
 Every accuracy is `python -m metacore evaluate ... --episodes N --json` on a checkpoint (15 queries per
 class, seed 0), on the same backbone and the same test data as the shipped model:
-- Omniglot: the shipped model's row is its model card (measured by scripts/model_card.py with that same
-  command); the baselines are the 300-iteration runs of scripts/quick_check.py (trained here with the CLI
+- Omniglot: the shipped model's row is its model card (measured by scripts/models/model_card.py with that same
+  command); the baselines are the 300-iteration runs of scripts/bench/quick_check.py (trained here with the CLI
   when runs/quick_<algo>.pt is missing); "random init" is the untrained Conv-4 with a zero head, fine-tuned
   on each support set with the inner lr picked on the training alphabets.
 - Photos: the shipped photo model's card, ProtoNet on the same frozen features (no meta-learning), and
@@ -14,7 +14,7 @@ class, seed 0), on the same backbone and the same test data as the shipped model
 - Each evaluation is kept under runs/card_results/ (keyed by the checkpoint's sha256 and the command), so an
   interrupted run resumes, and a rerun measures only what changed.
 - Each shipped model's inner-loop curves (query accuracy and support loss after steps 0..50, and the same from a
-  random initialisation), copied from its card: they are hours of CPU, measured once by scripts/model_card.py.
+  random initialisation), copied from its card: they are hours of CPU, measured once by scripts/models/model_card.py.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts" / "models"))  # model_card: the cards this page reads
 
 from model_card import SUITES, curve_tables  # noqa: E402
 from quick_check import RECIPES, cli, write_page  # noqa: E402
@@ -94,7 +95,7 @@ def read_card(model: Path) -> dict:
 
 
 def shipped_row(model: Path, settings: list, suite_card: dict) -> Row:
-    """The shipped model's row, from its model card (measured by scripts/model_card.py with the same command)."""
+    """The shipped model's row, from its model card (measured by scripts/models/model_card.py with the same command)."""
     cells = [cell(suite_card["accuracy"][label]) for label, *_ in settings]
     return f"**shipped** (`models/{model.name}`, card)", cells, str(suite_card["default_inner_steps"])
 
@@ -168,7 +169,8 @@ def omniglot_section(table: Table, runs: Path) -> list[str]:
         "",
         "Test data: the 659 characters of `images_evaluation` (20 alphabets never seen in training). The baselines "
         "use the same Conv-4 (GroupNorm), the same training alphabets and the same evaluation command; they were "
-        "meta-trained for 300 iterations (5-way 1-shot, meta-batch 8; `scripts/quick_check.py`), the shipped model "
+        "meta-trained for 300 iterations (5-way 1-shot, meta-batch 8; `scripts/bench/quick_check.py`), the shipped "
+        "model "
         f"for {shipped_budget(card)} (see its card), so the comparison of methods is at a short, equal budget."
         + ("" if table.twenty_way else " 20-way baselines: `--twenty-way` (about an hour more on 2 CPU cores)."),
         "",
@@ -251,7 +253,7 @@ def main() -> None:
     lines = [
         "# Results: the shipped models against their baselines",
         "",
-        f"Produced by `python scripts/results.py --episodes {args.episodes}"
+        f"Produced by `python scripts/bench/results.py --episodes {args.episodes}"
         + (" --twenty-way" if args.twenty_way else "")
         + f"` on {torch.get_num_threads()} CPU "
         f"threads, torch {torch.__version__}. Accuracy % with 95% confidence intervals over {args.episodes} test "

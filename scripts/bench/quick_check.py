@@ -1,6 +1,6 @@
 """Short CPU meta-training of every algorithm on Omniglot background, scored on the evaluation alphabets.
 
-    python scripts/quick_check.py [--data-root ../shared/data] [--iterations 300] [--out docs/quick_check.md]
+    python scripts/bench/quick_check.py [--data-root ../shared/data] [--iterations 300] [--out docs/quick_check.md]
 
 Each run is exactly the documented CLI: `python -m metacore train ...` then `python -m metacore evaluate ...`.
 """
@@ -8,16 +8,17 @@ Each run is exactly the documented CLI: `python -m metacore train ...` then `pyt
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from kept_results import cached  # noqa: E402
 
 # Per-algorithm settings: a sensible short-run recipe for each method.
 RECIPES = {
@@ -42,35 +43,6 @@ def cli(*args: str) -> dict:
         return result.stdout
 
     return cached([*args[1:], "--json"], run) if args[0] == "evaluate" else json.loads(run())
-
-
-def cached(evaluate_args: list[str], run: Callable[[], str], folder: Path = ROOT / "runs" / "card_results") -> dict:
-    """An `evaluate`'s JSON result, kept under runs/card_results/ keyed by the checkpoint file's sha256 and the
-    arguments, so that a page or card whose evaluations take longer than one sitting (on CPU: hours) resumes where
-    it stopped, and a result is never reused for a changed model."""
-    saved = kept_result(evaluate_args, folder)
-    if saved.is_file():
-        return json.loads(saved.read_text())
-    stdout = run()
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_text(stdout)
-    return json.loads(stdout)
-
-
-def kept_result(evaluate_args: list[str], folder: Path = ROOT / "runs" / "card_results") -> Path:
-    """Where `cached` keeps an `evaluate`'s result. Where the data root lies is not part of the key (a GPU
-    machine's `data` holds the same data sets as `../shared/data` here), so results measured there are reused here;
-    nor is `--partial` (where a cut curve keeps its episodes: beside the result, named from its key)."""
-    from metacore.checkpoint import sha256
-
-    checkpoint = evaluate_args[evaluate_args.index("--checkpoint") + 1]
-    keyed = list(evaluate_args)
-    for option in ("--data-root", "--partial"):
-        if option in keyed:
-            where = keyed.index(option)
-            del keyed[where : where + 2]
-    key = hashlib.sha256(json.dumps([sha256(ROOT / checkpoint), keyed]).encode()).hexdigest()[:24]
-    return folder / f"{key}.json"
 
 
 def write_page(path: str, lines: list[str]) -> None:
@@ -149,7 +121,8 @@ def main() -> None:
     lines = [
         f"# Quick check: {args.iterations} meta-training iterations per algorithm on CPU",
         "",
-        f"Produced by `python scripts/quick_check.py --iterations {args.iterations}` (meta-batch {args.meta_batch}, "
+        f"Produced by `python scripts/bench/quick_check.py --iterations {args.iterations}` "
+        f"(meta-batch {args.meta_batch}, "
         "5-way 1-shot 15-query training tasks from Omniglot `images_background`; scored on 5-way 1-shot tasks "
         f"from `images_evaluation`, {args.episodes} episodes, seed 0). Chance is 20%.",
         "",

@@ -1,7 +1,8 @@
 """Write the model card (JSON + Markdown) of a checkpoint: its recipe, its accuracy table and step curves, its sha256.
 
-    python scripts/model_card.py runs/omniglot_metasgd.pt --out models/omniglot_metasgd.pt --steps 5 --inner-lr 0.001
-    python scripts/model_card.py runs/photo_lite2.pt --suite photo --out models/photo_lite2.pt --steps 5 \\
+    python scripts/models/model_card.py runs/omniglot_metasgd.pt --out models/omniglot_metasgd.pt --steps 5 \\
+        --inner-lr 0.001
+    python scripts/models/model_card.py runs/photo_lite2.pt --suite photo --out models/photo_lite2.pt --steps 5 \\
         --inner-lr 0.5 --head zero --contrast
 
 Copies the checkpoint to --out with the given default inner steps / lr (and head), then measures it with exactly
@@ -24,10 +25,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-from quick_check import cached, kept_result  # noqa: E402
+from kept_results import cached, kept_result  # noqa: E402
 
 from metacore.checkpoint import load_checkpoint, read_checkpoint, sha256  # noqa: E402
 from metacore.device import describe  # noqa: E402
@@ -55,7 +57,7 @@ SUITES = {
         "tuning": ["--split", "background"],
         "random_note": "Random init: the same architecture (centred, normalised features), seed 0, not meta-trained.",
         "lr_grid": [0.0001, 0.0003, 0.001, 0.003],  # features of length 100: the head's step is lr * 100^2
-        "reproduce_all": "bash scripts/reproduce_character_models.sh",
+        "reproduce_all": "bash scripts/models/reproduce_character_models.sh",
     },
     "photo": {
         "benchmark": "Accuracy on images unseen in meta-training",
@@ -327,7 +329,7 @@ def body_package_version(package: str) -> str:
 
 def card_command(args: argparse.Namespace) -> str:
     return (
-        f"python scripts/model_card.py {args.checkpoint} --suite {args.suite} --out {args.out} "
+        f"python scripts/models/model_card.py {args.checkpoint} --suite {args.suite} --out {args.out} "
         f"--steps {args.steps} --inner-lr {args.inner_lr} --curve-steps {args.curve_steps}"
         + (f" --episodes {args.episodes}" if args.episodes != 600 else "")
         + (" --dense" if args.dense else "")

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Card the character models that scripts/reproduce_character_models.sh trains (stage 4, the default, then stage 3;
+# Card the character models that scripts/models/reproduce_character_models.sh trains (stage 4, the default, then stage 3;
 # stage 2 with WITH_PROTOMAML=1): accuracy,
 # curves to step 50 and the random-init contrast (model_card.py), then the "none of these" threshold (unsure).
 # Writes models/<name>.pt/.json/.md (and copies them to COPY_TO as each is done, if set). Every evaluation is kept
 # under runs/card_results/ as it finishes, and a curve cut short goes on from its last 20 episodes: commit
 # runs/card_results and a run cut short (a session's end) goes on from a fresh clone with the same command.
 #
-#   bash scripts/card_character_models.sh                              # CPU: hours (the 20-way 5-shot curves)
-#   DATA_ROOT=data DEVICE=cuda JOBS=4 bash scripts/card_character_models.sh
+#   bash scripts/models/card_character_models.sh                              # CPU: hours (the 20-way 5-shot curves)
+#   DATA_ROOT=data DEVICE=cuda JOBS=4 bash scripts/models/card_character_models.sh
 #   EPISODES=4 CURVE_STEPS=5 UNSURE_EPISODES=10 CONTRAST= ...           # a dry run (minutes); not a card to ship
 set -euo pipefail
 DATA_ROOT=${DATA_ROOT:-../shared/data}
@@ -18,16 +18,16 @@ JOBS=${JOBS:-2}
 card() {  # stage file, model name, default steps, default lr
     local stage=$1 name=$2 steps=$3 lr=$4
     echo "card $name ($(date +%T))"
-    python scripts/model_card.py "$RUNS/$stage.pt" --suite omniglot --out "models/$name.pt" --data-root "$DATA_ROOT" \
+    python scripts/models/model_card.py "$RUNS/$stage.pt" --suite omniglot --out "models/$name.pt" --data-root "$DATA_ROOT" \
         --steps "$steps" --inner-lr "$lr" --jobs "$JOBS" --episodes "${EPISODES:-600}" \
-        --curve-steps "${CURVE_STEPS:-50}" ${CONTRAST---contrast} --command "bash scripts/reproduce_character_models.sh" &&
+        --curve-steps "${CURVE_STEPS:-50}" ${CONTRAST---contrast} --command "bash scripts/models/reproduce_character_models.sh" &&
         copy "$name"  # && throughout: set -e is off inside a function called before ||
 }
 unsure() {  # model name, steps, lr: the threshold classify reads from the card
     python -m metacore unsure --checkpoint "models/$1.pt" --data-root "$DATA_ROOT" --dataset omniglot \
         --split evaluation --way 5 --shot 1 --query 5 --episodes "${UNSURE_EPISODES:-300}" --keep 0.97 --seed 0 \
         --device "$DEVICE" --card "models/$1.json" &&
-        python scripts/model_card.py "models/$1.pt" --suite omniglot --out "models/$1.pt" --steps "$2" \
+        python scripts/models/model_card.py "models/$1.pt" --suite omniglot --out "models/$1.pt" --steps "$2" \
             --inner-lr "$3" --data-root "$DATA_ROOT" --rerender &&
         copy "$1"
 }

@@ -8,7 +8,7 @@
 # four settings (images_evaluation, 600 episodes, 15 queries, seed 0) are scored at steps CURVE (default 0-5).
 #
 #   On a GPU machine, with Omniglot copied into the git-ignored data/ folder (and carried there):
-#   DATA_ROOT=data RUNS=runs/inner TRAIN_SECONDS=230 bash scripts/train_character_model.sh
+#   DATA_ROOT=data RUNS=runs/inner TRAIN_SECONDS=230 bash scripts/models/train_character_model.sh
 #   On CPU: 300 iterations of 4 tasks took 20 min on one core; one GPU iteration here is 16 tasks.
 #
 # Measured on CPU (2026-11-28, 300 iterations of 4 tasks, scored at step 5 on the card protocol):

@@ -2,7 +2,7 @@
 equals the per-task loop's and both match central finite differences; a CUDA-graph outer step
 trains exactly like the eager vmap step. Prints one JSON line.
 
-    python scripts/device_check.py [--device cuda]
+    python scripts/bench/device_check.py [--device cuda]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from metacore.algorithms import MAML  # noqa: E402
 from metacore.bench import synthetic_tasks  # noqa: E402

@@ -1,6 +1,6 @@
 """Rebuild metacore/sample_data/omniglot_background_300.npz: a small meta-training set bundled with the lab.
 
-    python scripts/make_bundled_background.py [--data-root ../shared/data]
+    python scripts/models/make_bundled_background.py [--data-root ../shared/data]
 
 The first 10 characters (in sorted order) of each of Omniglot's 30 background alphabets, all 20 drawings each,
 at the 28x28 the character model reads (the same bilinear resize `metacore.images.preprocess` applies to the
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from metacore.examples import BUNDLED_BACKGROUND  # noqa: E402

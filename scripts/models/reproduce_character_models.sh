@@ -2,7 +2,7 @@
 # Train the three character models from nothing, every stage recording its data (issue 13, point 7):
 #   stage 1  ProtoNet body: 60-way episodes, rotations as extra classes, distorted images  -> $RUNS/stage1_protonet.pt
 #   stage 2  ProtoMAML: second-order MAML, prototype head, 1 step at lr 0.01              -> $RUNS/stage2_protomaml.pt
-#            (a starting point; carded only with WITH_PROTOMAML=1 bash scripts/card_character_models.sh)
+#            (a starting point; carded only with WITH_PROTOMAML=1 bash scripts/models/card_character_models.sh)
 #   stage 3  zero head, normalised features: second-order MAML, 5 steps at lr 0.001        -> $RUNS/stage3_zero.pt
 #            (models/omniglot_conv4.pt)
 #   stage 4  Meta-SGD: learned rates for the body, the head at lr 0.001 x way/5            -> $RUNS/stage4_metasgd.pt
@@ -13,16 +13,16 @@
 # runs/reproduce/*.pt and runs/card_results/ (the cards' evaluations) are tracked by git: commit them when a stage
 # saves, and a run cut short (a session's end, a lost machine) goes on from a fresh clone with the same command.
 #
-#   bash scripts/reproduce_character_models.sh                              # CPU: 3-6 h on 2 cores (below)
-#   DATA_ROOT=data DEVICE=cuda bash scripts/reproduce_character_models.sh   # one GPU: ~10 min (estimated)
-#   bash scripts/device_reproduce.sh                                        # on a lent GPU, with the cards
+#   bash scripts/models/reproduce_character_models.sh                              # CPU: 3-6 h on 2 cores (below)
+#   DATA_ROOT=data DEVICE=cuda bash scripts/models/reproduce_character_models.sh   # one GPU: ~10 min (estimated)
+#   bash scripts/models/device_reproduce.sh                                        # on a lent GPU, with the cards
 #
 # Measured on 2 CPU cores (AMD EPYC, torch 2.14.1): stage 1 1.36 iterations/s on one VM (10000: ~2 h 3 min), 0.52-0.57
 # on another (the run in runs/reproduce, 2026-12-02: 17677 s, ~4.9 h, over several sessions); stage 2 100
 # iterations in 101 s; stage 3 150 iterations in 454 s; stage 4 300 iterations of 4 tasks in 821 s. Stage 1 took
 # 6 min on an H100 shared with two other runs.
 # Then the cards (CPU: hours, the 20-way 5-shot curves to step 50; every evaluation kept under runs/card_results):
-#   bash scripts/card_character_models.sh
+#   bash scripts/models/card_character_models.sh
 set -euo pipefail
 DATA_ROOT=${DATA_ROOT:-../shared/data}
 RUNS=${RUNS:-runs/reproduce}

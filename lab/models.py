@@ -1,0 +1,121 @@
+"""The models the sidebar's picker offers, each loaded once per server and shared, never mutated, by every session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import streamlit as st
+import torch
+from PIL import Image
+
+from metacore.algorithms import ANIL, MAML, ProtoNet
+from metacore.bodies import model_inputs
+from metacore.checkpoint import load_checkpoint
+from metacore.device import resolve_device
+from metacore.images import preprocess
+from metacore.models import Backbone
+from metacore.openset import card_entry
+from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL
+
+DEFAULT_MODEL = SHIPPED_MODEL
+MODELS = {  # what the sidebar's picker offers: label -> checkpoint
+    "Characters (Conv-4, Omniglot)": SHIPPED_MODEL,
+    "Photos (EfficientNet-Lite2 + meta-learned adapter)": PHOTO_MODEL,
+}
+INITS = {  # where an adaptation starts: the Adapt page's choices
+    "maml": "Meta-trained init (the picked model)",
+    "anil": "Meta-trained init, head only (ANIL)",
+    "random": "Random init (no meta-learning)",
+    "protonet": "ProtoNet (the model's features, no steps)",
+}
+
+
+def available_models() -> dict[str, Path]:
+    """The shipped models, then those meta-trained and saved in this session (the Meta-train page)."""
+    return MODELS | st.session_state.get("trained_models", {})
+
+
+def model_label() -> str:
+    """The model this session picked in the sidebar (characters by default)."""
+    label = st.session_state.get("model_label")
+    return label if label in available_models() else next(iter(MODELS))
+
+
+def model_path() -> str:
+    return str(available_models()[model_label()])
+
+
+@st.cache_resource(show_spinner="Loading the meta-trained model ...")
+def _load_model(path: str) -> tuple[MAML, dict]:
+    learner, meta = load_checkpoint(path, resolve_device("auto"))
+    warm_up(learner)
+    return learner, meta
+
+
+def warm_up(learner: MAML) -> None:
+    """One step on a blank two-image task: torch's first calls cost ~1 s (kernel choice, vmap set-up), paid
+    here once per server instead of by the first Step someone presses."""
+    spec = learner.backbone.input_spec
+    blank = preprocess(Image.new("L", (spec.size, spec.size)), spec)
+    x = model_inputs(torch.stack([blank, blank]), spec).to(learner.backbone.device)
+    y = torch.tensor([0, 1], device=x.device)
+    for _ in learner.adapt(x, y, x, y, steps=1, way=2):
+        pass
+
+
+def shared_model() -> tuple[MAML, dict]:
+    """The picked model, loaded once per process and shared (never mutated) by every session."""
+    return _load_model(model_path())
+
+
+@st.cache_resource
+def _random_init(path: str) -> MAML:
+    shipped, _ = _load_model(path)
+    torch.manual_seed(0)
+    backbone = Backbone(shipped.backbone.name, input_spec=shipped.backbone.input_spec, **shipped.backbone.kwargs)
+    return MAML(backbone.to(shipped.backbone.device), shipped.inner_lr, shipped.inner_steps, "zero")
+
+
+def random_init_model() -> MAML:
+    """The same architecture, not meta-trained, with a zero head: fine-tuning from scratch."""
+    return _random_init(model_path())
+
+
+def learner_for(init: str) -> MAML:
+    """The learner an adaptation from `init` (a key of INITS) runs with; all share the picked model's backbone."""
+    shipped, _ = shared_model()
+    if init == "random":
+        return random_init_model()
+    if init == "protonet":
+        return ProtoNet(shipped.backbone)
+    if init == "anil":
+        return ANIL(
+            shipped.backbone, shipped.inner_lr, shipped.inner_steps, shipped.head,
+            way_scaled_head=shipped.way_scaled_head,
+        )  # fmt: skip
+    return shipped
+
+
+@st.cache_data
+def model_card(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def picked_card() -> dict:
+    """The picked model's card (its .json beside the checkpoint), or {} when it has none."""
+    return model_card(str(Path(model_path()).with_suffix(".json")))
+
+
+def unsure_threshold() -> dict | None:
+    """The picked model's "none of these" threshold and its measured rates (`python -m metacore unsure`), if any."""
+    return card_entry(picked_card())
+
+
+def takes_drawings() -> bool:
+    """Whether the picked model reads characters (drawings make sense) rather than photos."""
+    shipped, _ = shared_model()
+    return not shipped.backbone.input_spec.body
