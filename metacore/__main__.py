@@ -1,4 +1,4 @@
-"""Command line: python -m metacore {train,evaluate,classify,embed,unsure,bench} --help"""
+"""Command line: python -m metacore {train,evaluate,classify,embed,unsure,check,export,bench} --help"""
 
 from __future__ import annotations
 
@@ -181,6 +181,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", type=float, default=0.97, help="in-task fraction kept on the first half (default: %(default)s)"
     )
     p.add_argument("--card", default=None, help="model card (JSON) to write the threshold and rates into")
+
+    p = sub.add_parser(
+        "check",
+        help="few-shot sanity check of any image network's features",
+        description="Check a network's features on a folder of class folders: 5-way 1-shot and 5-shot accuracy "
+        "(nearest class mean and a zero head's inner loop), a linear probe, silhouette, k-NN precision, per-class "
+        "recall and the most confused pairs, each next to baselines on the same images and episodes (raw pixels, "
+        "the same architecture at random initialisation when known, the shipped photo model). MODEL: a "
+        "torch.export .pt2, an .onnx, a TorchScript file, a state dict (.pt, .safetensors) with --arch, or a "
+        "metacore checkpoint; or --features instead of a model.",
+    )
+    p.add_argument("model", nargs="?", help="the model file (not with --features)")
+    p.add_argument("--data", help="folder of class folders (images of classes the model should tell apart)")
+    p.add_argument("--arch", help="torchvision architecture of a state dict, e.g. resnet18")
+    p.add_argument("--features", help="precomputed features instead of a model: .csv (a 'label' column), .npz, .npy")
+    p.add_argument("--labels", help="labels of a .npy features file (.npy or .txt, one per line)")
+    p.add_argument("--size", type=int, help="input size in pixels (default: read from the file, else 224)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 (grey) or 3 (RGB); default: from the file, else 3")
+    p.add_argument("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406 (default: ImageNet's)")
+    p.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225 (default: ImageNet's)")
+    p.add_argument("--episodes", type=int, default=600, help="test episodes per setting (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-baselines", action="store_true", help="skip the random-init and photo-model baselines")
+    p.add_argument("--max-mb", type=float, default=500, help="refuse model files larger than this (default: 500)")
+    p.add_argument("--report", help="write a self-contained HTML report here")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+
+    p = sub.add_parser(
+        "export",
+        help="a metacore model's feature extractor as .pt2 or ONNX",
+        description="Write a metacore checkpoint's feature extractor (its frozen body, if any, and its backbone) "
+        "as one network taking preprocessed pixels: .pt2 (torch.export) or .onnx. Its preprocessing goes into "
+        "the file.",
+    )
+    p.add_argument("checkpoint", help="a metacore checkpoint, e.g. models/photo_lite2.pt")
+    p.add_argument("--out", required=True, help="output file: .pt2 or .onnx")
 
     p = sub.add_parser(
         "bench",
@@ -553,12 +589,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from metacore.check_cli import run
+
+    return run(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from metacore.export import export
+
+    out = export(args.checkpoint, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB)")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "classify": cmd_classify,
     "embed": cmd_embed,
     "unsure": cmd_unsure,
+    "check": cmd_check,
+    "export": cmd_export,
     "bench": cmd_bench,
 }
 
