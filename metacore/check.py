@@ -30,7 +30,7 @@ from metacore.yours import FeatureModel
 
 SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5)}
 QUERIES = 15
-EPISODE_CHUNK = 100  # episodes per batched computation: memory is bounded by the features, not the episodes
+CHUNK_NUMBERS = 4_000_000  # episodes are batched up to this many feature numbers: memory never grows with episodes
 HEAD_STEPS, HEAD_LR, FEATURE_SCALE = 10, 0.1, 10.0  # the zero head's inner loop on CL2N features x 10
 RAW_SPEC = InputSpec(size=32, channels=3, invert="never", mean=(0.5,) * 3, std=(0.5,) * 3)  # the pixels baseline
 MAX_MAP_POINTS = 1000
@@ -160,11 +160,17 @@ def normalised(features: Tensor) -> Tensor:
     return F.normalize(features.double(), dim=-1)
 
 
-def episode_features(features: Tensor, episodes: Episodes, start: int) -> tuple[Tensor, Tensor]:
-    """Support and query features of EPISODE_CHUNK episodes, centred on each episode's support mean and
-    L2-normalised ("CL2N", SimpleShot): features that all point one way (ReLU outputs) still differ by class."""
-    s = features[episodes.support[start : start + EPISODE_CHUNK]].double()  # (e, way*shot, d)
-    q = features[episodes.query[start : start + EPISODE_CHUNK]].double()
+def chunks(features: Tensor, episodes: Episodes) -> range:
+    """Where each batch of episodes starts: as many episodes at once as fit in CHUNK_NUMBERS feature numbers."""
+    per_episode = (episodes.support.shape[1] + episodes.query.shape[1]) * features.shape[1]
+    return range(0, len(episodes.support), max(1, CHUNK_NUMBERS // per_episode))
+
+
+def episode_features(features: Tensor, episodes: Episodes, at: slice) -> tuple[Tensor, Tensor]:
+    """Support and query features of the episodes `at`, centred on each episode's support mean and L2-normalised
+    ("CL2N", SimpleShot): features that all point one way (ReLU outputs) still differ by class."""
+    s = features[episodes.support[at]].double()  # (e, way*shot, d)
+    q = features[episodes.query[at]].double()
     centre = s.mean(1, keepdim=True)
     return normalised(s - centre), normalised(q - centre)
 
@@ -173,8 +179,9 @@ def nearest_mean(features: Tensor, episodes: Episodes) -> list[float]:
     """Each episode's query accuracy (%) by the nearest class mean of the support features (CL2N)."""
     accuracies = []
     query_y = torch.arange(episodes.way).repeat_interleave(episodes.queries)
-    for start in range(0, len(episodes.support), EPISODE_CHUNK):
-        s, q = episode_features(features, episodes, start)
+    starts = chunks(features, episodes)
+    for start in starts:
+        s, q = episode_features(features, episodes, slice(start, start + starts.step))
         means = s.view(len(s), episodes.way, episodes.shot, -1).mean(2)
         predicted = torch.cdist(q, means).argmin(-1)
         accuracies += (100 * (predicted == query_y).double().mean(1)).tolist()
@@ -187,8 +194,9 @@ def zero_head_curve(features: Tensor, episodes: Episodes, steps: int = HEAD_STEP
     support_y = torch.arange(episodes.way).repeat_interleave(episodes.shot)
     query_y = torch.arange(episodes.way).repeat_interleave(episodes.queries)
     curves = []
-    for start in range(0, len(episodes.support), EPISODE_CHUNK):
-        s, q = (FEATURE_SCALE * x for x in episode_features(features, episodes, start))
+    starts = chunks(features, episodes)
+    for start in starts:
+        s, q = (FEATURE_SCALE * x for x in episode_features(features, episodes, slice(start, start + starts.step)))
         weight = s.new_zeros(len(s), episodes.way, s.shape[-1])
         bias = s.new_zeros(len(s), 1, episodes.way)
         onehot = F.one_hot(support_y, episodes.way).to(s)

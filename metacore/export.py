@@ -77,7 +77,8 @@ def _onnx(model: nn.Module, example: tuple[Tensor], out: Path, record: str) -> N
             dynamo=True,
             verbose=False,
         )
-    proto = onnx.load(str(out))
+    proto = onnx.load(str(out))  # with the weights the exporter wrote beside it
     entry = proto.metadata_props.add()
     entry.key, entry.value = SPEC_KEY, record
-    onnx.save(proto, str(out))
+    onnx.save(proto, str(out))  # one file, weights inside: easy to mail, to upload, to check
+    Path(f"{out}.data").unlink(missing_ok=True)
