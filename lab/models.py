@@ -9,6 +9,8 @@ import streamlit as st
 import torch
 from PIL import Image
 
+from lab.yours import YourModel, loaded, your_models
+from lab.yours import learner as your_learner
 from metacore.algorithms import ANIL, MAML, ProtoNet
 from metacore.bodies import model_inputs
 from metacore.checkpoint import load_checkpoint
@@ -29,11 +31,26 @@ INITS = {  # where an adaptation starts: the Adapt page's choices
     "random": "Random init (no meta-learning)",
     "protonet": "ProtoNet (the model's features, no steps)",
 }
+YOUR_INITS = {  # your model: its frozen features, nothing meta-trained to compare with
+    "maml": "Your model's features (frozen), a zero head adapting",
+    "protonet": "ProtoNet (your model's features, no steps)",
+}
 
 
 def available_models() -> dict[str, Path]:
-    """The shipped models, then those meta-trained and saved in this session (the Meta-train page)."""
-    return MODELS | st.session_state.get("trained_models", {})
+    """The shipped models, those meta-trained and saved in this session (the Meta-train page), and its uploads."""
+    yours = {label: Path(entry.path) for label, entry in your_models().items()}
+    return MODELS | st.session_state.get("trained_models", {}) | yours
+
+
+def picked_yours() -> YourModel | None:
+    """The picked model's entry when it is one the session uploaded, else None."""
+    return your_models().get(model_label())
+
+
+def inits() -> dict[str, str]:
+    """The Adapt page's starting points for the picked model."""
+    return YOUR_INITS if picked_yours() else INITS
 
 
 def model_label() -> str:
@@ -66,6 +83,16 @@ def warm_up(learner: MAML) -> None:
 
 def shared_model() -> tuple[MAML, dict]:
     """The picked model, loaded once per process and shared (never mutated) by every session."""
+    entry = picked_yours()
+    if entry is not None:
+        model = loaded(entry)
+        return your_learner(entry), {
+            "your_model": model.name,
+            "kind": model.kind,
+            "sha256": model.sha256,
+            "input_spec": model.spec.to_dict(),
+            "preprocessing": model.spec_source,
+        }
     return _load_model(model_path())
 
 

@@ -9,7 +9,7 @@ import streamlit as st
 import torch
 
 from lab.memo import remembered
-from lab.models import INITS, learner_for, model_label, shared_model
+from lab.models import inits, learner_for, model_label, shared_model
 from lab.task import TaskTensors, task_signature
 from lab.text import plural
 from metacore.algorithms import MAML
@@ -22,7 +22,7 @@ def reset_runs() -> None:
 
 
 def session_runs() -> dict[str, dict]:
-    """This session's runs, one per starting point (a key of INITS)."""
+    """This session's runs, one per starting point (a key of lab.models.inits())."""
     if "runs" not in st.session_state:
         reset_runs()
     return st.session_state.runs
@@ -120,7 +120,7 @@ def chosen_adaptation(tensors: TaskTensors) -> tuple[MAML, dict[str, torch.Tenso
     if init in runs and runs[init]["records"]:
         records = runs[init]["records"]
         record = records[min(chosen.get("step", len(records) - 1), len(records) - 1)]
-        caption = f"{INITS[init]}, adapted for {record['step']} steps (chosen on the Adapt page)"
+        caption = f"{inits()[init]}, adapted for {record['step']} steps (chosen on the Adapt page)"
         return learner_for(init), record["params"], caption
     shipped, _ = shared_model()
     params = remembered(
@@ -130,7 +130,7 @@ def chosen_adaptation(tensors: TaskTensors) -> tuple[MAML, dict[str, torch.Tenso
         keep=(tensors.support_items, tensors.query_items),
     )
     steps = plural(shipped.inner_steps, "step")
-    caption = f"{INITS['maml']}, adapted for its default {steps} (pick another on the Adapt page)"
+    caption = f"{inits()['maml']}, adapted for its default {steps} (pick another on the Adapt page)"
     return shipped, params, caption
 
 

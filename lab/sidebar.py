@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import streamlit as st
 
-from lab.models import available_models, model_label, model_path, picked_card, shared_model
+from lab.models import available_models, model_label, model_path, picked_card, picked_yours, shared_model
 from lab.runs import reset_runs
 from lab.text import plural
+from lab.yours import MAX_MB, YourModel, add, describe, loaded, save_upload, your_models
 from metacore.errors import MetacoreError
+from metacore.images import InputSpec
+from metacore.yours import torchvision_names
 
 
 def sidebar() -> None:
@@ -18,11 +22,12 @@ def sidebar() -> None:
         if run := st.session_state.get("live_run"):
             run.seen()  # a meta-training run stops once its session has been gone for a while
         models = list(available_models())
+        if st.session_state.pop("new_pick", False):  # a model just uploaded: the radio starts again, at it
+            st.session_state.pop("model_picker", None)
         label = st.radio("Model", models, index=models.index(model_label()), key="model_picker")
         if label != model_label():
-            st.session_state.model_label = label
-            reset_runs()  # runs were made with the other model
-            st.rerun()
+            pick(label)
+        your_model_upload()
         try:
             learner, meta = shared_model()
         except MetacoreError as exc:
@@ -39,3 +44,71 @@ def sidebar() -> None:
         st.caption(f"Adapts with {learner.rates_in_words()}, {plural(learner.inner_steps, 'step')}")
         with st.expander("Model card"):
             st.json({k: v for k, v in meta.items() if k not in ("training",)}, expanded=False)
+
+
+def pick(label: str) -> None:
+    st.session_state.model_label = label
+    reset_runs()  # runs were made with the other model
+    st.rerun()
+
+
+def your_model_upload() -> None:
+    """The "Your model" expander: upload a network (a state dict with its architecture) and use it everywhere."""
+    entry = picked_yours()
+    with st.expander("Your model", icon="📦", expanded=entry is not None or bool(st.session_state.get("your_error"))):
+        counter = st.session_state.setdefault("your_upload", 0)
+        upload = st.file_uploader(
+            "Model file", key=f"your_upload_{counter}", max_upload_size=MAX_MB,
+            help=".pt2 (torch.export), .onnx, TorchScript, a state dict (.pt / .safetensors) with its architecture, "
+            "or a metacore checkpoint. Never unpickled.",
+        )  # fmt: skip
+        arch = st.selectbox(
+            "torchvision architecture (for a state dict)", ["(from the file)", *torchvision_names()], key="your_arch"
+        )
+        if upload is not None:
+            st.session_state.your_upload += 1
+            try:
+                path = save_upload(upload.name, upload.getvalue())
+                label = add(YourModel(str(path), None if arch.startswith("(") else arch))
+                st.session_state.your_error = None
+            except MetacoreError as exc:
+                st.session_state.your_error = str(exc)
+                st.rerun()
+            st.session_state.new_pick = True
+            pick(label)
+        if st.session_state.get("your_error"):
+            st.error(st.session_state.your_error, icon="🚫")
+        if entry is not None:
+            preprocessing(entry)
+
+
+def preprocessing(entry: YourModel) -> None:
+    """The picked upload's preprocessing, stated, and changeable (a new spec is a new model: it is checked again)."""
+    model = loaded(entry)
+    st.caption(describe(model))
+    with st.form("your_spec", border=False):
+        spec = model.spec
+        size = st.number_input("Input size (px)", 8, 1024, spec.size)
+        channels = st.radio("Channels", [3, 1], index=0 if spec.channels == 3 else 1, horizontal=True,
+                            format_func={3: "RGB", 1: "grey"}.get)  # fmt: skip
+        mean = st.text_input("Mean", ", ".join(f"{v:g}" for v in spec.mean))
+        std = st.text_input("Std", ", ".join(f"{v:g}" for v in spec.std))
+        if st.form_submit_button("Apply"):
+            try:
+                means, stds = (tuple(float(v) for v in text.split(",")) for text in (mean, std))
+                means, stds = (v * channels if len(v) == 1 else v for v in (means, stds))
+                if len(means) != channels or len(stds) != channels or min(stds) <= 0:
+                    raise ValueError
+            except ValueError:
+                st.error(f"Mean and std: {channels} numbers each, separated by commas (std above 0).")
+                return
+            new = InputSpec(size=int(size), channels=channels, invert="never", mean=means, std=stds, crop=spec.crop)
+            changed = YourModel(entry.path, entry.arch, json.dumps(new.to_dict()))
+            try:
+                loaded(changed)
+            except MetacoreError as exc:
+                st.error(str(exc), icon="🚫")
+                return
+            your_models()[entry.label] = changed
+            reset_runs()  # made with the old preprocessing
+            st.rerun()

@@ -99,6 +99,19 @@ class FeatureAdapter(nn.Module):
         return self.scale * F.normalize(h, dim=-1)
 
 
+class CentredNorm(nn.Module):
+    """A frozen network's features, centred and L2-normalised times a fixed scale (CL2N): what a zero head reads
+    when your own model is in the lab. The centre is the task's support mean (set by `FrozenFeatures`)."""
+
+    def __init__(self, in_dim: int = 512, scale: float = 10.0) -> None:
+        super().__init__()
+        self.center = nn.Parameter(torch.zeros(in_dim))
+        self.scale = nn.Parameter(torch.full((), float(scale)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * F.normalize(x - self.center, dim=-1)
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """A registry entry: how to build the architecture, what input it takes, its feature size."""
@@ -121,6 +134,12 @@ BACKBONES: dict[str, BackboneSpec] = {
         input_spec=PHOTO_SPEC,
         feature_dim=lambda kw: kw.get("in_dim", 1280),
         defaults={"in_dim": 1280, "rank": 64, "scale": 4.0},
+    ),
+    "centred_norm": BackboneSpec(
+        build=CentredNorm,
+        input_spec=PHOTO_SPEC,  # replaced by your model's own, with its body
+        feature_dim=lambda kw: kw.get("in_dim", 512),
+        defaults={"in_dim": 512, "scale": 10.0},
     ),
 }
 

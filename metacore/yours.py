@@ -492,3 +492,35 @@ def random_init(arch: str, spec: InputSpec) -> FeatureModel:
             module=model,
         )
     )
+
+
+class _Body(nn.Module):
+    """`metacore.bodies`' view of a FeatureModel: `features(pixels)`; the model itself is not a submodule, so moving
+    this wrapper (to channels-last) never changes it."""
+
+    def __init__(self, model: FeatureModel) -> None:
+        super().__init__()
+        self.model = [model]
+
+    def features(self, pixels: Tensor) -> Tensor:
+        return self.model[0].features(pixels)
+
+
+def register_body(model: FeatureModel) -> str:
+    """Make `model` a frozen body (metacore.bodies) named by its content; returns the name."""
+    from metacore.bodies import BODIES, BodySpec
+
+    name = f"yours-{model.sha256[:12]}-{hashlib.sha256(json.dumps(model.spec.to_dict()).encode()).hexdigest()[:6]}"
+    if name not in BODIES:
+        BODIES[name] = BodySpec(lambda: _Body(model), model.feature_dim, "", f"{model.name} ({model.kind})")
+    return name
+
+
+def feature_learner(model: FeatureModel, steps: int = 10, lr: float = 0.1):
+    """Your model as a lab learner: its frozen features, CL2N, and a zero head adapting `steps` steps at `lr`."""
+    from metacore.algorithms.frozen import FrozenFeatures
+    from metacore.models import Backbone
+
+    spec = replace(model.spec, body=register_body(model))
+    backbone = Backbone("centred_norm", input_spec=spec, in_dim=model.feature_dim, scale=10.0)
+    return FrozenFeatures(backbone, lr, steps, "zero")

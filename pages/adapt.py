@@ -3,7 +3,7 @@ import streamlit as st
 
 from lab import charts
 from lab.examples import example_mismatch
-from lab.models import INITS, learner_for, shared_model
+from lab.models import inits, learner_for, shared_model
 from lab.runs import adaptation_records, advance_run, lr_key, new_run, session_runs
 from lab.sidebar import sidebar
 from lab.task import require_task
@@ -19,6 +19,7 @@ if mismatch := example_mismatch():
     st.warning(mismatch, icon="⚠️")
 shipped, _ = shared_model()
 controls = st.columns([3, 2, 2])
+INITS = inits()  # the picked model's starting points (your own model: its frozen features)
 init = controls[0].selectbox("Starting point", list(INITS), format_func=INITS.get, key="init")
 learned_rates = init == "maml" and shipped.learns_rates  # Meta-SGD: one meta-learned rate per weight
 own_rates = learned_rates and controls[0].toggle(
@@ -61,6 +62,12 @@ has_query = tensors.query_x is not None
 def explain_init(init: str) -> None:
     if init == "protonet":
         st.info("ProtoNet does not take gradient steps: it classifies by distance to each class's mean feature.")
+    elif init == "maml" and shipped.name == "frozen":
+        st.caption(
+            "Your model's features stay frozen; a linear head starts at zero (step 0 is chance) and adapts at lr "
+            f"{shipped.inner_lr:g} on them, centred on the support images' mean and L2-normalised: the first step "
+            "writes each class's mean feature into the head, the next ones sharpen it. Only the head moves."
+        )
     elif init == "maml" and shipped.head == "proto":
         body = shipped.backbone.input_spec.body
         features = "a frozen ImageNet network's features" if body else "its meta-learned features"
@@ -194,7 +201,7 @@ if comparison:
                 overlaps.append(f"**{a}** and **{b}** at steps {', '.join(map(str, np.flatnonzero(same)))}")
     if overlaps:
         st.caption("Lines on top of each other, told apart by dash style: " + "; ".join(overlaps) + ".")
-    if has_query:
+    if has_query and "random" in INITS:  # your own model has no meta-learned init to compare
         meta, scratch = curves[INITS["maml"]][-1], curves[INITS["random"]][-1]
         if meta - scratch >= 10:
             st.caption(f"Meta-learning's point: from the meta-learned initialisation these steps reach {meta:.0f}%, "
