@@ -14,6 +14,7 @@ pages = [
     st.Page("pages/adapt.py", title="Adapt step by step", icon="📉"),
     st.Page("pages/features.py", title="Features", icon="🗺️"),
     st.Page("pages/classify.py", title="Classify", icon="🔎"),
+    st.Page("pages/check.py", title="Check a model", icon="🩺"),
     st.Page("pages/metatrain.py", title="Meta-train", icon="🏋️"),
     st.Page("pages/learn.py", title="Learn", icon="📚"),
 ]

@@ -81,3 +81,23 @@ def describe(model: FeatureModel) -> str:
         f"{', '.join(f'{m:.3g}' for m in spec.mean)}, std {', '.join(f'{s:.3g}' for s in spec.std)}{crop} "
         f"({model.spec_source})"
     )
+
+
+@st.cache_resource(show_spinner="Loading the model ...", max_entries=4)
+def checkpoint_model(path: str) -> FeatureModel:
+    """A metacore checkpoint (shipped, or meta-trained here) as a FeatureModel, for the Check page."""
+    with compute_slot():
+        return load_model(path)
+
+
+@st.cache_resource(show_spinner="Loading the baselines ...", max_entries=4)
+def _baselines(key: str, _model: FeatureModel) -> dict[str, FeatureModel]:
+    from metacore.check_cli import baselines_for
+
+    with compute_slot():
+        return baselines_for(_model)
+
+
+def baselines(model: FeatureModel) -> dict[str, FeatureModel]:
+    """The check's baselines for `model` (random init of its architecture, the shipped photo model), once per server."""
+    return _baselines(f"{model.sha256}:{json.dumps(model.spec.to_dict())}", model)

@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406 (default: ImageNet's)")
     p.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225 (default: ImageNet's)")
     p.add_argument("--episodes", type=int, default=600, help="test episodes per setting (default: %(default)s)")
+    p.add_argument("--per-class", type=int, help="use the first N images of each class (sorted; default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baselines", action="store_true", help="skip the random-init and photo-model baselines")
     p.add_argument("--max-mb", type=float, default=500, help="refuse model files larger than this (default: 500)")

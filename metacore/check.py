@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,13 +46,13 @@ class Images:
     classes: list[str]
 
 
-def class_folder_images(folder: str | Path) -> Images:
-    """Every image file of a folder of class folders, with its class index."""
+def class_folder_images(folder: str | Path, per_class: int | None = None) -> Images:
+    """The image files of a folder of class folders (the first `per_class` of each, sorted), with class indices."""
     classes = folder_classes(Path(folder))
     if len(classes) < 2:
         raise MetacoreError(f"{folder} must hold at least 2 class folders, found {len(classes)}")
-    files = [f for c in classes for f in c.files]
-    labels = torch.tensor([i for i, c in enumerate(classes) for _ in c.files])
+    files = [f for c in classes for f in c.files[:per_class]]
+    labels = torch.tensor([i for i, c in enumerate(classes) for _ in c.files[:per_class]])
     return Images(files, labels, [c.name for c in classes])
 
 
@@ -63,11 +64,11 @@ _memory: dict[str, dict[str, Tensor]] = {}  # the cache of one process (the app)
 
 
 def image_features(
-    model: FeatureModel, files: list[Path], progress: Progress | None = None, batch: int = 32
+    model: FeatureModel, files: list[Path], progress: Progress | None = None, batch: int = 32, slot=nullcontext
 ) -> tuple[Tensor, list[int]]:
     """Features of image files under `model` (at its stated preprocessing), and the indices of the files that could
     not be read. Each (model, preprocessing, image content) is computed once: kept in memory and under
-    cache_dir()/check, so a second look costs nothing."""
+    cache_dir()/check, so a second look costs nothing. Each batch runs inside `slot()` (the lab's compute slot)."""
     key = f"{model.sha256[:16]}-{hashlib.sha256(json.dumps(model.spec.to_dict()).encode()).hexdigest()[:12]}"
     store = _memory.setdefault(key, _read_store(key))
     digests = [file_digest(f) for f in files]
@@ -79,7 +80,8 @@ def image_features(
         good = [(i, p) for i, p in zip(part, pixels) if not isinstance(p, MetacoreError)]
         bad += [i for i, p in zip(part, pixels) if isinstance(p, MetacoreError)]
         if good:
-            feats = model.features(torch.stack([p for _, p in good]), batch)
+            with slot():
+                feats = model.features(torch.stack([p for _, p in good]), batch)
             for (i, _), f in zip(good, feats):
                 store[digests[i]] = f.clone()
         if progress:
@@ -336,6 +338,8 @@ def run_check(
     episodes: int = 600,
     seed: int = 0,
     progress: Progress | None = None,
+    per_class: int | None = None,
+    slot=nullcontext,
 ) -> dict:
     """The whole check: `model` on the images of `data` (or precomputed `features` = (features, labels, classes)),
     and each baseline (raw pixels always, when there are images) on the same images and episodes."""
@@ -348,8 +352,8 @@ def run_check(
         files: list[Path] = []
         report["model"] = {"kind": "features"}
     else:
-        images = class_folder_images(data)
-        feats, bad = image_features(model, images.files, progress)
+        images = class_folder_images(data, per_class)
+        feats, bad = image_features(model, images.files, progress, slot=slot)
         keep = [i for i in range(len(images.files)) if i not in set(bad)]
         files = [images.files[i] for i in keep]
         labels, classes = images.labels[keep], images.classes
@@ -368,6 +372,8 @@ def run_check(
         "classes": len(classes),
         "class_names": classes,
     }
+    if progress:
+        progress("measuring: episodes, probe, k-NN, map", 0, 0)
     eps = {name: sample_episodes(labels, way, shot, episodes, seed) for name, (way, shot) in SETTINGS.items()}
     if all(isinstance(e, str) for e in eps.values()):
         raise MetacoreError(f"the data cannot make 5-way episodes: {eps['5w1s']}")
@@ -377,7 +383,7 @@ def run_check(
     if files:
         report["baselines"]["raw_pixels"] = evaluate_features(raw_pixels(files), labels, classes, eps, seed, False)
         for name, baseline in (baselines or {}).items():
-            base_feats, base_bad = image_features(baseline, files, progress)
+            base_feats, base_bad = image_features(baseline, files, progress, slot=slot)
             if base_bad:
                 continue  # the same files read for the model: cannot happen unless a file changed meanwhile
             report["baselines"][name] = evaluate_features(base_feats, labels, classes, eps, seed, False)

@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     check_number(args.episodes, "--episodes", 1, 100_000, integer=True)
     check_number(args.seed, "--seed", 0, 2**32 - 1, integer=True)
     check_number(args.max_mb, "--max-mb", 1, 100_000)
+    if args.per_class is not None:
+        check_number(args.per_class, "--per-class", 2, 10**7, integer=True)
     max_bytes = int(args.max_mb * 2**20)
     if args.features:
         if args.model:

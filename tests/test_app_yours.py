@@ -1,0 +1,88 @@
+"""Your own model in the lab (AppTest): uploaded in the sidebar, used by every page, checked on the Check page."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from test_check import Body, Boom, coloured_folders, small_resnet
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> bytes:
+    """A feature extractor exported with torch.export at a fixed 64 px input (the lab reads that size)."""
+    path = tmp_path_factory.mktemp("yours") / "mine.pt2"
+    body = Body(small_resnet()).eval()
+    batch = torch.export.Dim("batch", min=1, max=256)
+    program = torch.export.export(body, (torch.randn(2, 3, 64, 64),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    return path.read_bytes()
+
+
+def upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    return at.sidebar.file_uploader[0].set_value((name, data, "application/octet-stream")).run()
+
+
+def test_an_uploaded_model_is_picked_and_every_page_uses_it(exported: bytes) -> None:
+    at = upload(AppTest.from_file(APP, default_timeout=180).run(), "mine.pt2", exported)
+    assert not at.exception
+    assert at.session_state["model_label"] == "Your model: mine.pt2"
+    assert any("input 64 px RGB" in c.value and "read from the file" in c.value for c in at.sidebar.caption)
+    for name in ("build", "adapt", "features", "classify"):
+        at.switch_page(f"pages/{name}.py").run()
+        assert not at.exception, name
+        assert at.session_state["model_label"] == "Your model: mine.pt2", name
+        if name == "adapt":
+            assert [o for o in at.selectbox(key="init").options] == [
+                "Your model's features (frozen), a zero head adapting", "ProtoNet (your model's features, no steps)"
+            ]  # fmt: skip
+            next(b for b in at.button if b.label == "Step").click().run()
+            records = at.session_state["runs"]["maml"]["records"]
+            assert [r["step"] for r in records] == [0, 1]
+            assert records[0]["support_acc"] == pytest.approx(1 / len(at.session_state["classes"]))  # zero head
+            assert records[1]["support_loss"] < records[0]["support_loss"]  # the head learned in its step
+            shift = records[1]["shift"]
+            assert shift["head"] > 0 and shift["center"] == 0 and shift["scale"] == 0  # only the head moves
+
+
+def test_a_bad_upload_says_why_and_keeps_the_task_and_the_model(tmp_path: Path) -> None:
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    before = [(c.name, len(c.support)) for c in at.session_state["classes"]]
+    at = upload(at, "evil.pkl", pickle.dumps(Boom()))
+    assert not at.exception
+    assert any("Python pickle" in e.value for e in at.sidebar.error)
+    assert at.sidebar.radio[0].value.startswith("Characters")
+    assert [(c.name, len(c.support)) for c in at.session_state["classes"]] == before
+    assert not Path("/tmp/metacore-pickle-ran").exists()
+
+
+def test_the_check_page_runs_on_a_zip_of_class_folders(exported: bytes, tmp_path: Path) -> None:
+    folders = coloured_folders(tmp_path / "set", classes=5, per_class=8)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for f in sorted(folders.rglob("*.png")):
+            archive.write(f, f"set/{f.relative_to(folders)}")
+    at = upload(AppTest.from_file(APP, default_timeout=180).run(), "mine.pt2", exported)
+    at.switch_page("pages/check.py").run()
+    at.radio(key="ck_src").set_value("Upload a .zip of class folders").run()
+    at.file_uploader(key="ck_zip").set_value(("set.zip", buffer.getvalue(), "application/zip")).run()
+    at.select_slider(key="ck_episodes").set_value(100).run()
+    at.toggle(key="ck_baselines").set_value(False).run()
+    next(b for b in at.button if b.label == "Run the check").click().run()
+    started = time.monotonic()
+    while at.session_state["check_run"].running and time.monotonic() - started < 120:
+        time.sleep(0.5)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("40 images" in m.value and "5 classes" in m.value for m in at.markdown)
+    table = at.dataframe[0].value
+    assert list(table["features"]) == ["mine.pt2", "raw pixels (32x32)"]
+    assert len(at.get("plotly_chart")) == 3 and len(at.get("download_button")) == 2
