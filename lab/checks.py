@@ -65,6 +65,7 @@ class CheckRun:
     baselines: dict[str, FeatureModel]
     episodes: int
     per_class: int | None
+    label: str = ""  # what the page calls the data (a zip's name, not its temp folder)
     stage: str = "starting"
     done: int = 0
     total: int = 0

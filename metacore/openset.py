@@ -25,13 +25,50 @@ from metacore.models import Params
 
 def novelty(learner: MAML, params: Params, support_x: Tensor, support_y: Tensor, images: Tensor, way: int) -> Tensor:
     """Per image: its cosine distance to the nearest class mean over the median distance between class means."""
+    support = embed(learner, support_x, params)
+    return feature_novelty(support, support_y.cpu(), embed(learner, images, params))
+
+
+def feature_novelty(support: Tensor, support_y: Tensor, images: Tensor) -> Tensor:
+    """`novelty` on features: the classes are those present in `support_y`."""
     normalize = torch.nn.functional.normalize
-    support = normalize(embed(learner, support_x, params), dim=1)
-    means = normalize(torch.stack([support[support_y.cpu() == k].mean(0) for k in range(way)]), dim=1)
-    nearest = 1 - (normalize(embed(learner, images, params), dim=1) @ means.T).max(1).values
+    support = normalize(support, dim=1)
+    classes = support_y.unique()
+    means = normalize(torch.stack([support[support_y == k].mean(0) for k in classes]), dim=1)
+    nearest = 1 - (normalize(images, dim=1) @ means.T).max(1).values
     between = 1 - means @ means.T
-    spacing = between[~torch.eye(way, dtype=torch.bool)].median().clamp_min(1e-6)  # identical classes: no scale
+    spacing = between[~torch.eye(len(classes), dtype=torch.bool)].median().clamp_min(1e-6)  # identical classes
     return nearest / spacing
+
+
+def task_threshold(
+    learner: MAML, params: Params, support_x: Tensor, support_y: Tensor, keep: float = 0.95
+) -> dict | None:
+    """A "none of these" threshold from the task itself, for a model without one on its card: each support image
+    scored against the task without it (in-task), each class's images against the task without that class
+    (out-of-task); the threshold keeps `keep` of the in-task scores. None when the task is too small for that
+    (it needs a class with 2 support images and 3 classes)."""
+    features, labels = embed(learner, support_x, params), support_y.cpu()
+    classes = labels.unique()
+    inside, outside = [], []
+    for i in range(len(labels)):
+        rest = torch.arange(len(labels)) != i
+        if (labels[rest] == labels[i]).any() and len(labels[rest].unique()) >= 2:
+            inside.append(feature_novelty(features[rest], labels[rest], features[i : i + 1]))
+    if len(classes) >= 3:
+        for k in classes:
+            out = labels == k
+            outside.append(feature_novelty(features[~out], labels[~out], features[out]))
+    if not inside or not outside:
+        return None
+    inside_scores, outside_scores = torch.cat(inside).numpy(), torch.cat(outside).numpy()
+    threshold = calibrate(inside_scores, keep)
+    return {
+        "threshold": threshold,
+        **rates(inside_scores, outside_scores, threshold),
+        "task": f"measured on this task: each of its {len(inside_scores)} support images left out in turn, and each "
+        f"of its {len(classes)} classes",
+    }
 
 
 def episode_scores(

@@ -32,11 +32,11 @@ st.caption(f"Model: **{model_label()}** — {describe(model)}.")
 sets = class_folder_sets(data_root())
 left, right = st.columns(2)
 source = left.radio("Images", ["From the data root", "Upload a .zip of class folders"], horizontal=True, key="ck_src")
-folder = None
+folder, label = None, ""
 if source == "From the data root":
     if sets:
         name = left.selectbox("Folder of class folders", list(sets), key="ck_set")
-        folder = sets[name]
+        folder, label = sets[name], f"{name} (data root)"
     else:
         left.info(f"No folder of class folders under the data root ({data_root()}). Upload a .zip instead.")
 else:
@@ -48,6 +48,7 @@ else:
             folder = st.session_state.setdefault("ck_unpacked", {}).get(upload.file_id)
             folder = folder or unpack_zip(upload.name, upload.getvalue())
             st.session_state.ck_unpacked[upload.file_id] = folder
+            label = upload.name
         except MetacoreError as exc:
             left.error(str(exc), icon="🚫")
 per_class = right.select_slider(
@@ -65,7 +66,7 @@ if st.button("Run the check", icon="🩺", type="primary", disabled=busy or fold
         st.error(f"Baselines could not be loaded: {exc}", icon="🚫")
         chosen = {}
     limit = None if per_class == "all" else int(per_class)
-    run = st.session_state.check_run = CheckRun(model, folder, chosen, int(episodes), limit).start()
+    run = st.session_state.check_run = CheckRun(model, folder, chosen, int(episodes), limit, label).start()
     st.rerun()
 
 
@@ -92,7 +93,7 @@ report = run.report
 data = report["data"]
 st.subheader("Result")
 st.write(
-    f"**{data['images']:,} images** of {data['classes']} classes from `{data['folder']}`, {report['episodes']} "
+    f"**{data['images']:,} images** of {data['classes']} classes from **{run.label}**, {report['episodes']} "
     f"episodes per setting, in {report['seconds']:.0f} s."
     + (f" {len(report['skipped_files'])} unreadable files were left out." if report["skipped_files"] else "")
 )

@@ -3,13 +3,13 @@ import plotly.express as px
 import streamlit as st
 
 from lab.canvas import drawing_canvas
-from lab.models import shared_model, takes_drawings, unsure_threshold
+from lab.models import picked_yours, shared_model, takes_drawings, unsure_threshold
 from lab.runs import chosen_adaptation
 from lab.sidebar import sidebar
 from lab.task import MAX_TASK_IMAGES, add_uploads, item_inputs, require_task
 from metacore.features import predict_proba
 from metacore.isolation import compute_slot
-from metacore.openset import novelty
+from metacore.openset import novelty, task_threshold
 
 sidebar()
 st.title("🔎 Classify new images")
@@ -47,16 +47,22 @@ batch = item_inputs(pending, shipped.backbone.input_spec)
 unsure = unsure_threshold() if learner is shipped else None  # chosen for the meta-trained model only
 with compute_slot():
     probs = predict_proba(learner, params, batch).numpy()
+    if unsure is None and picked_yours() and learner is shipped:  # your model: no card, so from the task itself
+        unsure = task_threshold(learner, params, tensors.support_x, tensors.support_y)
     if unsure:
         way = len(tensors.names)
         scores = novelty(learner, params, tensors.support_x, tensors.support_y, batch, way)
 if unsure:
     st.caption(
         f"An image much farther from its nearest class than the task's classes are from each other (over "
-        f"{unsure['threshold']:.2f} times, in feature space) is marked **none of these?**. That threshold was "
-        f"chosen on held-out classes; on other classes it kept {unsure['in_task_kept']:.0f}% of the images of a "
-        f"task's own classes and flagged {unsure['out_of_task_flagged']:.0f}% of images from outside the task "
-        f"({unsure['task']})."
+        f"{unsure['threshold']:.2f} times, in feature space) is marked **none of these?**. "
+        + (
+            "That threshold was chosen on held-out classes; on other classes it"
+            if "measured on this task" not in unsure["task"]
+            else "That threshold keeps 95% of this task's own support images when each is left out in turn; here it"
+        )
+        + f" kept {unsure['in_task_kept']:.0f}% of the images of a task's own classes and flagged "
+        f"{unsure['out_of_task_flagged']:.0f}% of images from outside the task ({unsure['task']})."
     )
 for index, (item, p) in enumerate(zip(pending, probs)):
     with st.container(border=True):

@@ -136,8 +136,8 @@ def test_the_default_example_adapt_features_classify_and_every_page(server: str,
 
     go(page, "Classify")  # one of the task's own drawings, and one of a character outside the task
     samples = ROOT / "metacore" / "sample_data" / "omniglot_sample"
-    page.locator("input[type=file]").first.set_input_files([samples / "Aurek-Besh 03" / "1039_01.png",
-                                                            samples / "Tengwar 09" / "1539_01.png"])  # fmt: skip
+    uploader = page.locator('[data-testid="stMain"] input[type=file]').first  # the sidebar has one too
+    uploader.set_input_files([samples / "Aurek-Besh 03" / "1039_01.png", samples / "Tengwar 09" / "1539_01.png"])
     wait_idle(page, 60)
     page.get_by_text("None of these?").first.wait_for(timeout=30_000)
     page.screenshot(path=SHOTS / "classify.png", full_page=True)
@@ -268,3 +268,46 @@ def test_meta_train_start_watch_and_stop(server: str, browser_page) -> None:
     page.get_by_role("button", name="Stop").click()
     page.get_by_text("Stopped", exact=False).first.wait_for(timeout=60_000)
     page.get_by_role("button", name="Use it in the lab").wait_for(timeout=60_000)
+
+
+def test_upload_your_model_and_check_it(server: str, browser_page, tmp_path: Path) -> None:
+    """A practitioner's path: upload a .pt2 in the sidebar, adapt on its features, run the check on a zip."""
+    import zipfile
+
+    import torch
+    from test_check import Body, coloured_folders, small_resnet
+
+    model = tmp_path / "mine.pt2"
+    batch = torch.export.Dim("batch", min=1, max=256)
+    program = torch.export.export(
+        Body(small_resnet()).eval(), (torch.randn(2, 3, 64, 64),), dynamic_shapes=({0: batch},)
+    )
+    torch.export.save(program, str(model))
+    folders = coloured_folders(tmp_path / "set", classes=5, per_class=8)
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for f in sorted(folders.rglob("*.png")):
+            out.write(f, f"set/{f.relative_to(folders)}")
+    page = browser_page
+    page.goto(server)  # a new session
+    page.get_by_text("Few-shot learning lab").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    page.get_by_text("Your model").first.click()
+    page.locator('[data-testid="stSidebar"] input[type=file]').first.set_input_files(model)
+    page.get_by_text("read from the file").first.wait_for(timeout=120_000)
+    wait_idle(page, 120)
+    go(page, "Adapt step by step")
+    page.get_by_role("button", name="Run").first.click()
+    wait_idle(page, 120)
+    page.get_by_text("query accuracy").first.wait_for(timeout=60_000)
+    page.screenshot(path=SHOTS / "adapt_yours.png", full_page=True)
+    go(page, "Check a model")
+    page.get_by_text("Upload a .zip of class folders").click()
+    wait_idle(page)
+    page.locator('[data-testid="stMain"] input[type=file]').first.set_input_files(archive)
+    wait_idle(page, 60)
+    page.get_by_role("button", name="Run the check").click()
+    page.get_by_text("Download the report").wait_for(timeout=180_000)
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
+    assert page.get_by_text("raw pixels (32x32)").count() > 0 or page.locator("canvas").count() > 0
+    page.screenshot(path=SHOTS / "check.png", full_page=True)

@@ -269,3 +269,24 @@ def test_the_photo_model_exported_checks_the_same_as_itself(tmp_path: Path) -> N
             assert report["fewshot"][setting]["accuracy"] == pytest.approx(
                 reports[".pt"]["fewshot"][setting]["accuracy"], abs=0.1
             ), suffix
+
+
+def test_none_of_these_is_calibrated_from_the_task_itself() -> None:
+    """Your model has no card: the threshold comes from leaving each support image, and each class, out."""
+    from metacore.algorithms.frozen import FrozenFeatures
+    from metacore.models import Backbone
+    from metacore.openset import novelty, task_threshold
+
+    g = torch.Generator().manual_seed(0)
+    centres = 5 * torch.randn(6, 32, generator=g)
+    features = centres.repeat_interleave(5, 0) + torch.randn(30, 32, generator=g)
+    labels = torch.arange(6).repeat_interleave(5)
+    in_task = labels < 4
+    learner = FrozenFeatures(Backbone("centred_norm", in_dim=32), 0.1, 5, "zero")
+    *_, last = learner.adapt(features[in_task], labels[in_task], way=4)
+    unsure = task_threshold(learner, last.params, features[in_task], labels[in_task])
+    assert unsure is not None and "20 support images" in unsure["task"]
+    assert unsure["in_task_kept"] >= 90 and unsure["out_of_task_flagged"] >= 90  # well-separated classes
+    scores = novelty(learner, last.params, features[in_task], labels[in_task], features[~in_task], 4)
+    assert (scores > unsure["threshold"]).float().mean() > 0.8  # images of the two classes outside the task
+    assert task_threshold(learner, last.params, features[:2], torch.tensor([0, 1])) is None  # too small to tell
