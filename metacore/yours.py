@@ -57,8 +57,15 @@ class FeatureModel:
         """Features of preprocessed pixels, `batch` images at a time (the fixed batch of an ONNX file, if any)."""
         step = self.fixed_batch or batch
         with torch.inference_mode():
-            parts = [self._checked(self.run(pixels[i : i + step])) for i in range(0, len(pixels), step)]
+            parts = [self._run(pixels[i : i + step]) for i in range(0, len(pixels), step)]
         return torch.cat(parts) if parts else torch.zeros(0, self.feature_dim)
+
+    def _run(self, pixels: Tensor) -> Tensor:
+        """One batch; a file exported with a fixed batch size gets its last batch padded to that size."""
+        n = len(pixels)
+        if self.fixed_batch and n < self.fixed_batch:
+            pixels = torch.cat([pixels, pixels.new_zeros(self.fixed_batch - n, *pixels.shape[1:])])
+        return self._checked(self.run(pixels))[:n]
 
     def _checked(self, out: Tensor) -> Tensor:
         if out.dim() != 2:
@@ -205,8 +212,10 @@ def _load_export(path: Path, digest: str) -> FeatureModel:
     except Exception as exc:  # noqa: BLE001
         raise MetacoreError(f"{path.name} is not a loadable torch.export program ({str(exc)[:160]})") from None
     recorded = spec_from_record(extra.get(SPEC_KEY))
-    spec, source = _spec_and_source(recorded, _export_input_shape(program))
-    return FeatureModel(path.name, "torch.export", digest, spec, source, module, module=module)
+    shape = _export_input_shape(program)
+    spec, source = _spec_and_source(recorded, shape)
+    fixed = shape[0] if shape and isinstance(shape[0], int) else None  # exported without a dynamic batch
+    return FeatureModel(path.name, "torch.export", digest, spec, source, module, fixed_batch=fixed, module=module)
 
 
 def _export_input_shape(program) -> tuple | None:
