@@ -255,6 +255,11 @@ def _load_onnx(path: Path, digest: str) -> FeatureModel:
         options.log_severity_level = 3
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # noqa: BLE001
+        if "external data" in str(exc).lower():
+            raise MetacoreError(
+                f"{path.name} keeps its weights in a separate file ({path.name}.data) that is not beside it: export "
+                "with torch.onnx.export(..., external_data=False) for one file, or put both files together"
+            ) from None
         raise MetacoreError(f"{path.name} is not a loadable ONNX model ({str(exc).splitlines()[0][:160]})") from None
     inputs = session.get_inputs()
     if len(inputs) != 1:

@@ -207,6 +207,10 @@ def test_bad_files_are_refused_in_one_sentence(tmp_path: Path, formats, capsys) 
         formats["state dict"]: "--arch",
         tmp_path / "missing.onnx": "not found",
     }
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "model.onnx").write_bytes(formats["onnx"].read_bytes())  # its weights' .data file left behind
+    cases[alone / "model.onnx"] = "separate file"
     (tmp_path / "junk.onnx").write_bytes(b"\x08junk" * 10)
     cases[tmp_path / "junk.onnx"] = "not a loadable ONNX model"
     for path, words in cases.items():
