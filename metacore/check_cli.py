@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             baselines=baselines,
             episodes=args.episodes,
             seed=args.seed,
+            per_class=args.per_class,
             progress=None if args.json else progress_bar(),
         )
     if args.report:

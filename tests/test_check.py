@@ -294,3 +294,12 @@ def test_none_of_these_is_calibrated_from_the_task_itself() -> None:
     scores = novelty(learner, last.params, features[in_task], labels[in_task], features[~in_task], 4)
     assert (scores > unsure["threshold"]).float().mean() > 0.8  # images of the two classes outside the task
     assert task_threshold(learner, last.params, features[:2], torch.tensor([0, 1])) is None  # too small to tell
+
+
+def test_per_class_takes_the_first_images_of_each_class(formats, tmp_path: Path, capsys) -> None:
+    data = coloured_folders(tmp_path / "data", classes=5, per_class=9)
+    args = ["check", str(formats["pt2"]), "--data", str(data), "--size", str(SIZE), "--episodes", "20", "--json",
+            "--no-baselines", "--per-class", "6"]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["data"]["images"] == 30 and result["fewshot"]["5w5s"]["queries_per_class"] == 1
