@@ -153,8 +153,9 @@ def render(report: dict) -> str:
         spec = model["preprocessing"]
         parts.append(
             f"<p>Preprocessing: {spec['size']} px, {'RGB' if spec['channels'] == 3 else 'grey'}, mean "
-            f"{spec['mean']}, std {spec['std']}, centre crop {spec['crop'] or 'none'} "
-            f"({html.escape(model.get('preprocessing_source', ''))}). sha256 {model.get('sha256', '')[:16]}…</p>"
+            f"{', '.join(f'{v:.3g}' for v in spec['mean'])}, std {', '.join(f'{v:.3g}' for v in spec['std'])}, "
+            f"centre crop {spec['crop'] or 'none'} ({html.escape(model.get('preprocessing_source', ''))}). "
+            f"sha256 {model.get('sha256', '')[:16]}…</p>"
         )
     parts.append(summary_table(report))
     parts.append(
