@@ -61,7 +61,7 @@ class CheckRun:
     """One check in a background thread: what it is doing, how far it is, and its report or its error."""
 
     model: FeatureModel
-    data: Path
+    data: Path | tuple  # a folder of class folders, or precomputed (features, labels, classes)
     baselines: dict[str, FeatureModel]
     episodes: int
     per_class: int | None
@@ -97,10 +97,14 @@ class CheckRun:
 
     def _main(self) -> None:
         try:
-            self.report = run_check(
-                self.model, self.data, baselines=self.baselines, episodes=self.episodes, per_class=self.per_class,
-                progress=self._progress, slot=compute_slot,
-            )  # fmt: skip
+            if isinstance(self.data, tuple):  # a features file: no model, no images
+                self.report = run_check(None, features=self.data, episodes=self.episodes)
+                self.report["model"] = {"name": self.label, "kind": "features"}
+            else:
+                self.report = run_check(
+                    self.model, self.data, baselines=self.baselines, episodes=self.episodes, per_class=self.per_class,
+                    progress=self._progress, slot=compute_slot,
+                )  # fmt: skip
         except MetacoreError as exc:
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001 (a bug reaches the page as a sentence; the thread must not die silently)

@@ -7,9 +7,10 @@ from lab.checks import CheckRun, class_folder_sets, unpack_zip
 from lab.examples import data_root
 from lab.models import model_label, model_path, picked_yours
 from lab.sidebar import sidebar
-from lab.yours import baselines, checkpoint_model, describe, loaded
+from lab.yours import MAX_MB, baselines, checkpoint_model, describe, loaded, save_upload
 from metacore.errors import MetacoreError
 from metacore.report import accuracy_figure, curve_figure, map_figure, render, rows
+from metacore.yours import load_features
 
 sidebar()
 st.title("🩺 Check a model")
@@ -27,18 +28,36 @@ try:
 except MetacoreError as exc:
     st.error(str(exc), icon="🚫")
     st.stop()
-st.caption(f"Model: **{model_label()}** — {describe(model)}.")
+if st.session_state.get("ck_src") != "A features file (no model)":
+    st.caption(f"Model: **{model_label()}** — {describe(model)}.")
 
 sets = class_folder_sets(data_root())
 left, right = st.columns(2)
-source = left.radio("Images", ["From the data root", "Upload a .zip of class folders"], horizontal=True, key="ck_src")
-folder, label = None, ""
-if source == "From the data root":
+SOURCES = ["From the data root", "Upload a .zip of class folders", "A features file (no model)"]
+source = left.radio("Images", SOURCES, horizontal=True, key="ck_src")
+folder, label, table = None, "", None
+if source == SOURCES[0]:
     if sets:
         name = left.selectbox("Folder of class folders", list(sets), key="ck_set")
         folder, label = sets[name], f"{name} (data root)"
     else:
         left.info(f"No folder of class folders under the data root ({data_root()}). Upload a .zip instead.")
+elif source == SOURCES[2]:
+    upload = left.file_uploader(
+        "Features with their labels: .csv (a 'label' column, the rest numbers) or .npz ('features', 'labels')",
+        type=["csv", "npz"],
+        key="ck_features",
+        max_upload_size=MAX_MB,
+    )
+    if upload is not None:
+        try:
+            table = load_features(save_upload(upload.name, upload.getvalue()))
+            label = upload.name
+            left.caption(
+                f"{len(table.labels):,} rows of {table.features.shape[1]} features, {len(table.classes)} classes."
+            )
+        except MetacoreError as exc:
+            left.error(str(exc), icon="🚫")
 else:
     upload = left.file_uploader(
         "A .zip with one folder of images per class", type=["zip"], key="ck_zip", max_upload_size=2048
@@ -59,14 +78,15 @@ with_baselines = right.toggle("Baselines (random init, the photo model)", True, 
 
 run: CheckRun | None = st.session_state.get("check_run")
 busy = run is not None and run.running
-if st.button("Run the check", icon="🩺", type="primary", disabled=busy or folder is None):
+if st.button("Run the check", icon="🩺", type="primary", disabled=busy or (folder is None and table is None)):
     try:
-        chosen = baselines(model) if with_baselines else {}
+        chosen = baselines(model) if with_baselines and table is None else {}
     except MetacoreError as exc:
         st.error(f"Baselines could not be loaded: {exc}", icon="🚫")
         chosen = {}
     limit = None if per_class == "all" else int(per_class)
-    run = st.session_state.check_run = CheckRun(model, folder, chosen, int(episodes), limit, label).start()
+    data = (table.features, table.labels, table.classes) if table is not None else folder
+    run = st.session_state.check_run = CheckRun(model, data, chosen, int(episodes), limit, label).start()
     st.rerun()
 
 
@@ -93,9 +113,10 @@ report = run.report
 data = report["data"]
 st.subheader("Result")
 st.write(
-    f"**{data['images']:,} images** of {data['classes']} classes from **{run.label}**, {report['episodes']} "
+    f"**{data['images']:,} {'rows' if report['model'].get('kind') == 'features' else 'images'}** of "
+    f"{data['classes']} classes from **{run.label}**, {report['episodes']} "
     f"episodes per setting, in {report['seconds']:.0f} s."
-    + (f" {len(report['skipped_files'])} unreadable files were left out." if report["skipped_files"] else "")
+    + (f" {len(report['skipped_files'])} unreadable files were left out." if report.get("skipped_files") else "")
 )
 table = []
 for label, result in rows(report):

@@ -86,3 +86,25 @@ def test_the_check_page_runs_on_a_zip_of_class_folders(exported: bytes, tmp_path
     table = at.dataframe[0].value
     assert list(table["features"]) == ["mine.pt2", "raw pixels (32x32)"]
     assert len(at.get("plotly_chart")) == 3 and len(at.get("download_button")) == 2
+
+
+def test_the_check_page_takes_a_features_file_without_a_model(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = 3 * torch.randn(5, 8, generator=g)
+    rows = [f"c{k}," + ",".join(f"{v:.4f}" for v in (centres[k] + torch.randn(8, generator=g)).tolist())
+            for k in range(5) for _ in range(7)]  # fmt: skip
+    csv = ("label," + ",".join(f"f{i}" for i in range(8)) + "\n" + "\n".join(rows)).encode()
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    at.switch_page("pages/check.py").run()
+    at.radio(key="ck_src").set_value("A features file (no model)").run()
+    at.file_uploader(key="ck_features").set_value(("mine.csv", csv, "text/csv")).run()
+    assert any("35 rows of 8 features, 5 classes" in c.value for c in at.caption)
+    at.select_slider(key="ck_episodes").set_value(100).run()
+    next(b for b in at.button if b.label == "Run the check").click().run()
+    started = time.monotonic()
+    while at.session_state["check_run"].running and time.monotonic() - started < 60:
+        time.sleep(0.5)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert list(at.dataframe[0].value["features"]) == ["mine.csv"]  # no images: no baselines
+    assert len(at.get("plotly_chart")) == 3  # accuracy, the zero head's curve, the map
