@@ -9,7 +9,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from lab.yours import YourModel, loaded, your_models
+from lab.yours import YourModel, loaded, whole_learner, your_models
 from lab.yours import learner as your_learner
 from metacore.algorithms import ANIL, MAML, ProtoNet
 from metacore.bodies import model_inputs
@@ -33,6 +33,7 @@ INITS = {  # where an adaptation starts: the Adapt page's choices
 }
 YOUR_INITS = {  # your model: its frozen features, nothing meta-trained to compare with
     "maml": "Your model's features (frozen), a zero head adapting",
+    "whole": "Your whole network: every layer adapting (slower)",
     "protonet": "ProtoNet (your model's features, no steps)",
 }
 
@@ -49,8 +50,11 @@ def picked_yours() -> YourModel | None:
 
 
 def inits() -> dict[str, str]:
-    """The Adapt page's starting points for the picked model."""
-    return YOUR_INITS if picked_yours() else INITS
+    """The Adapt page's starting points for the picked model (your whole network when it is a torch module)."""
+    entry = picked_yours()
+    if entry is None:
+        return INITS
+    return {k: v for k, v in YOUR_INITS.items() if k != "whole" or whole_learner(entry) is not None}
 
 
 def model_label() -> str:
@@ -112,6 +116,8 @@ def random_init_model() -> MAML:
 def learner_for(init: str) -> MAML:
     """The learner an adaptation from `init` (a key of INITS) runs with; all share the picked model's backbone."""
     shipped, _ = shared_model()
+    if init == "whole":
+        return whole_learner(picked_yours())
     if init == "random":
         return random_init_model()
     if init == "protonet":

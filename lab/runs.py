@@ -117,7 +117,7 @@ def chosen_adaptation(tensors: TaskTensors) -> tuple[MAML, dict[str, torch.Tenso
     runs = session_runs()
     chosen = st.session_state.get("chosen_step", {})
     init = chosen.get("init")
-    if init in runs and runs[init]["records"]:
+    if init in runs and runs[init]["records"] and init != "whole":  # the whole network's run: the Adapt page only
         records = runs[init]["records"]
         record = records[min(chosen.get("step", len(records) - 1), len(records) - 1)]
         caption = f"{inits()[init]}, adapted for {record['step']} steps (chosen on the Adapt page)"

@@ -14,7 +14,7 @@ import streamlit as st
 from metacore.errors import MetacoreError
 from metacore.images import InputSpec
 from metacore.isolation import compute_slot
-from metacore.yours import MAX_MODEL_BYTES, FeatureModel, feature_learner, load_model
+from metacore.yours import MAX_MODEL_BYTES, FeatureModel, feature_learner, load_model, whole_network_learner
 
 MAX_MB = int(os.environ.get("METACORE_MAX_MODEL_MB", MAX_MODEL_BYTES // 2**20))
 FOLDER = Path(tempfile.gettempdir()) / "metacore-yours"
@@ -58,6 +58,12 @@ def loaded(entry: YourModel) -> FeatureModel:
 def learner(entry: YourModel):
     """Your model as the lab's learner: a zero head adapting on its frozen features (`FrozenFeatures`)."""
     return feature_learner(loaded(entry))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def whole_learner(entry: YourModel):
+    """Your whole network adapting (every layer), or None when the file is not a torch module with parameters."""
+    return whole_network_learner(loaded(entry))
 
 
 def your_models() -> dict[str, YourModel]:

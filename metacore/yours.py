@@ -8,9 +8,11 @@ batch. Preprocessing is stated (`InputSpec`), read from the file where the forma
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metacore.checkpoint import FORMAT as METACORE_FORMAT
@@ -538,3 +541,47 @@ def feature_learner(model: FeatureModel, steps: int = 10, lr: float = 0.1):
     spec = replace(model.spec, body=register_body(model))
     backbone = Backbone("centred_norm", input_spec=spec, in_dim=model.feature_dim, scale=10.0)
     return FrozenFeatures(backbone, lr, steps, "zero")
+
+
+class ModuleBackbone:
+    """Your torch network as a metacore backbone: explicit parameters and a functional forward (features centred and
+    L2-normalised times `scale`, as `CentredNorm`). Each thread calls its own copy of the module, since
+    `functional_call` swaps parameters into the module it is given."""
+
+    name = "your network"
+
+    def __init__(self, module: nn.Module, spec: InputSpec, feature_dim: int, scale: float = 10.0) -> None:
+        self.module, self.input_spec, self.feature_dim = module, spec, feature_dim
+        self.kwargs: dict = {}
+        like = next(module.parameters())
+        self.params = {k: v.detach() for k, v in module.named_parameters()}
+        self.params |= {"center": like.new_zeros(feature_dim), "scale": like.new_tensor(scale)}
+        self._local = threading.local()
+
+    def _template(self) -> nn.Module:
+        module = getattr(self._local, "module", None)
+        if module is None:
+            module = self._local.module = copy.deepcopy(self.module).eval()
+        return module
+
+    def raw_features(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        weights = {k: v for k, v in params.items() if k not in ("center", "scale") and not k.startswith("head.")}
+        return torch.func.functional_call(self._template(), weights, (x,))
+
+    def features(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        return params["scale"] * F.normalize(self.raw_features(params, x) - params["center"], dim=-1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+
+def whole_network_learner(model: FeatureModel, steps: int = 5, lr: float = 0.1):
+    """Your whole network adapting (`WholeNetwork`), when it is a torch module with parameters that
+    `functional_call` can drive (not TorchScript, not ONNX); else None."""
+    from metacore.algorithms.whole import WholeNetwork
+
+    module = model.module
+    if module is None or isinstance(module, torch.jit.ScriptModule) or not any(True for _ in module.parameters()):
+        return None
+    return WholeNetwork(ModuleBackbone(module, model.spec, model.feature_dim), lr, steps)

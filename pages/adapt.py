@@ -6,7 +6,7 @@ from lab.examples import example_mismatch
 from lab.models import inits, learner_for, shared_model
 from lab.runs import adaptation_records, advance_run, lr_key, new_run, session_runs
 from lab.sidebar import sidebar
-from lab.task import require_task
+from lab.task import require_task, task_tensors
 from lab.text import plural
 
 MAX_STEPS = 200
@@ -50,6 +50,8 @@ for column, (label, factor) in zip(presets, (("÷10", 0.1), ("default", 1.0), ("
     )
 run_steps = controls[2].slider("Steps per Run", 1, 50, 5, key="run_steps")
 learner = learner_for(init)
+if learner.backbone.input_spec != shipped.backbone.input_spec:  # your whole network takes pixels, not features
+    tensors = task_tensors(classes, learner.backbone.input_spec, learner.backbone.device)
 if learned_rates:
     in_force = shipped.lr_in_force(None if own_rates else lr)
     way = len(tensors.names)
@@ -62,6 +64,13 @@ has_query = tensors.query_x is not None
 def explain_init(init: str) -> None:
     if init == "protonet":
         st.info("ProtoNet does not take gradient steps: it classifies by distance to each class's mean feature.")
+    elif init == "whole":
+        st.caption(
+            f"Every layer of your network adapts: {learner.rates_in_words()}, from a zero head on its features "
+            "(centred on the support mean, L2-normalised). Each step is a forward and backward pass through the "
+            "whole network on the support images, so it takes longer than the frozen view's. The Features and "
+            "Classify pages use the frozen view's adaptation."
+        )
     elif init == "maml" and shipped.name == "frozen":
         st.caption(
             "Your model's features stay frozen; a linear head starts at zero (step 0 is chance) and adapts at lr "
@@ -179,7 +188,9 @@ if st.button(f"Compare ({run_steps} steps each)", icon="⚖️"):
     with st.status("Adapting from each starting point ...") as status:
         for key, title in INITS.items():
             status.update(label=f"{title} ...")
-            comparison[key] = list(adaptation_records(learner_for(key), tensors, run_steps, lr))
+            other = learner_for(key)  # each with its own inputs (your whole network: pixels)
+            own = task_tensors(classes, other.backbone.input_spec, other.backbone.device)
+            comparison[key] = list(adaptation_records(other, own, run_steps, lr))
         status.update(label="Done", state="complete")
     st.session_state.comparison = comparison
 comparison = st.session_state.get("comparison")

@@ -108,3 +108,20 @@ def test_the_check_page_takes_a_features_file_without_a_model(tmp_path: Path) ->
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert list(at.dataframe[0].value["features"]) == ["mine.csv"]  # no images: no baselines
     assert len(at.get("plotly_chart")) == 3  # accuracy, the zero head's curve, the map
+
+
+def test_your_whole_network_adapts_step_by_step_on_the_adapt_page(exported: bytes) -> None:
+    at = upload(AppTest.from_file(APP, default_timeout=300).run(), "mine.pt2", exported)
+    at.switch_page("pages/adapt.py").run()
+    at.selectbox(key="init").set_value("whole").run()
+    assert any("Every layer of your network adapts" in c.value for c in at.caption)
+    for _ in range(2):
+        next(b for b in at.button if b.label == "Step").click().run()
+    assert not at.exception
+    records = at.session_state["runs"]["whole"]["records"]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert records[2]["support_loss"] < records[1]["support_loss"] < records[0]["support_loss"]
+    assert records[1]["shift"]["net"] == 0  # a zero head passes no gradient back: step 1 moves the head only
+    assert records[2]["shift"]["net"] > 0 and records[2]["shift"]["center"] == 0  # then every layer moves
+    at.switch_page("pages/features.py").run()
+    assert not at.exception and any("frozen" in c.value for c in at.caption)  # the frozen view's adaptation

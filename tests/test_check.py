@@ -303,3 +303,28 @@ def test_per_class_takes_the_first_images_of_each_class(formats, tmp_path: Path,
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["data"]["images"] == 30 and result["fewshot"]["5w5s"]["queries_per_class"] == 1
+
+
+def test_the_whole_network_adapts_without_touching_the_loaded_model(formats) -> None:
+    """`WholeNetwork` on your torch module: the same zero-head start as the frozen view, every layer moving from
+    step 2 (a zero head passes no gradient back at step 1), and the shared module never changed."""
+    from metacore.yours import feature_learner, whole_network_learner
+
+    model = loaded(formats["pt2"])
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    whole, frozen = whole_network_learner(model), feature_learner(model)
+    assert whole_network_learner(loaded(formats["torchscript"])) is None  # TorchScript: frozen view only
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 3, SIZE, SIZE, generator=g), torch.arange(3).repeat(2)
+    snaps = list(whole.adapt(x, y, steps=3, way=3))
+    assert [round(float(s.support_loss), 4) for s in snaps[:1]] == [round(float(torch.log(torch.tensor(3.0))), 4)]
+    body = [k for k in whole.backbone.params if k not in ("center", "scale")]
+    assert all(torch.equal(snaps[1].params[k], snaps[0].params[k]) for k in body)  # step 1: the head only
+    assert any(not torch.equal(snaps[2].params[k], snaps[1].params[k]) for k in body)  # then the network too
+    assert all(torch.equal(v, model.module.state_dict()[k]) for k, v in before.items())
+    inputs = frozen.backbone.input_spec  # the frozen view reads the same features through its body
+    from metacore.bodies import model_inputs
+
+    start = next(frozen.adapt(model_inputs(x, inputs), y, steps=0, way=3)).params
+    features = frozen.backbone.features(start, model_inputs(x, inputs))
+    assert torch.allclose(features, whole.backbone.features(snaps[0].params, x), atol=1e-4)

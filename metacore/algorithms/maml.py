@@ -59,6 +59,10 @@ class MAML:
     def inner_lrs(self, params: Params) -> float | Params:
         return self.inner_lr
 
+    def rates_for(self, lr: float) -> float | Params:
+        """The inner rates when one `lr` is asked for (the Adapt page's box): that lr for every parameter."""
+        return lr
+
     @property
     def learns_rates(self) -> bool:
         """Whether its own inner rates are meta-learned per parameter (Meta-SGD) rather than one number."""
@@ -120,7 +124,7 @@ class MAML:
         if lr is not None:
             check_number(lr, "the inner learning rate", 0, 1000.0, above=True)
         logits_fn, start, support_in, query_in = self.prepare(_without_lrs(params), support_x, support_y, query_x, way)
-        rates = self.inner_lrs(params) if lr is None else lr
+        rates = self.inner_lrs(params) if lr is None else self.rates_for(lr)
         if self.way_scaled_head:
             rates = scale_head_rates(rates, start, way)
         return inner_loop(
