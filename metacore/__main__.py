@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406 (default: ImageNet's)")
     p.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225 (default: ImageNet's)")
     p.add_argument("--episodes", type=int, default=600, help="test episodes per setting (default: %(default)s)")
-    p.add_argument("--per-class", type=int, help="use the first N images of each class (sorted; default: all)")
+    p.add_argument("--images", help="a slice of each class's sorted images, e.g. 500:600 (default: all)")
+    p.add_argument("--per-class", type=int, help="use the first N images of each class (of --images; default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baselines", action="store_true", help="skip the random-init and photo-model baselines")
     p.add_argument("--max-mb", type=float, default=500, help="refuse model files larger than this (default: 500)")
@@ -370,9 +371,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     world, device = distributed.setup(resolve_device(args.device))  # under torchrun: the episodes are shared out
     if partial and world.size > 1:
         raise MetacoreError("--partial works in one process, not under torchrun (its processes would share FILE)")
-    learner, _, device = load_model(args, device)  # built on this process's device (cuda:LOCAL_RANK)
+    learner, meta, device = load_model(args, device)  # built on this process's device (cuda:LOCAL_RANK)
     split = args.split or ("evaluation" if args.dataset == "omniglot" else None)
     dataset = open_dataset(args.data_root, args.dataset, split, learner.backbone.input_spec, images=args.images)
+    from metacore.provenance import overlap
+
+    seen = overlap(meta, dataset, args.data_root)  # novel classes, or new images of trained ones?
+    if seen["warning"] and world.main:
+        print(f"warning: {seen['warning']}", file=sys.stderr)
     sampler = EpisodeSampler(dataset, args.way, args.shot, args.query, args.seed)
     dataset.preload(progress=not args.json)
     if curve and world.size == 1 and not args.every_step and learner.name != "protonet":
@@ -391,6 +397,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
     result |= {
         "dataset": args.dataset, "split": split, "images": args.images, "algorithm": learner.name, "seed": args.seed,
+        "trained_classes_scored": seen["trained_classes_scored"], "classes_scored": seen["classes_scored"],
     }  # fmt: skip
     if not world.main:
         return 0

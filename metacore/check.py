@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metacore.bodies import cache_dir
-from metacore.data import folder_classes
+from metacore.data import folder_classes, parse_slice
 from metacore.errors import MetacoreError
 from metacore.evaluate import mean_ci95
 from metacore.images import InputSpec, try_load_pixels
@@ -46,13 +46,19 @@ class Images:
     classes: list[str]
 
 
-def class_folder_images(folder: str | Path, per_class: int | None = None) -> Images:
-    """The image files of a folder of class folders (the first `per_class` of each, sorted), with class indices."""
+def class_folder_images(folder: str | Path, per_class: int | None = None, images: str | None = None) -> Images:
+    """The image files of a folder of class folders, with class indices: of each class's sorted files, the slice
+    `images` ("start:stop", as `evaluate --images`), then the first `per_class` of it."""
     classes = folder_classes(Path(folder))
     if len(classes) < 2:
         raise MetacoreError(f"{folder} must hold at least 2 class folders, found {len(classes)}")
-    files = [f for c in classes for f in c.files[:per_class]]
-    labels = torch.tensor([i for i, c in enumerate(classes) for _ in c.files[:per_class]])
+    keep = parse_slice(images) if images else slice(None)
+    chosen = [list(c.files[keep])[:per_class] for c in classes]
+    if any(not files for files in chosen):
+        empty = classes[[bool(part) for part in chosen].index(False)].name
+        raise MetacoreError(f"--images {images} leaves no images in class '{empty}'")
+    files = [f for part in chosen for f in part]
+    labels = torch.tensor([i for i, part in enumerate(chosen) for _ in part])
     return Images(files, labels, [c.name for c in classes])
 
 
@@ -339,6 +345,7 @@ def run_check(
     seed: int = 0,
     progress: Progress | None = None,
     per_class: int | None = None,
+    images: str | None = None,
     slot=nullcontext,
 ) -> dict:
     """The whole check: `model` on the images of `data` (or precomputed `features` = (features, labels, classes)),
@@ -352,12 +359,12 @@ def run_check(
         files: list[Path] = []
         report["model"] = {"kind": "features"}
     else:
-        images = class_folder_images(data, per_class)
-        feats, bad = image_features(model, images.files, progress, slot=slot)
-        keep = [i for i in range(len(images.files)) if i not in set(bad)]
-        files = [images.files[i] for i in keep]
-        labels, classes = images.labels[keep], images.classes
-        report["skipped_files"] = [str(images.files[i]) for i in bad][:20]
+        chosen = class_folder_images(data, per_class, images)
+        feats, bad = image_features(model, chosen.files, progress, slot=slot)
+        keep = [i for i in range(len(chosen.files)) if i not in set(bad)]
+        files = [chosen.files[i] for i in keep]
+        labels, classes = chosen.labels[keep], chosen.classes
+        report["skipped_files"] = [str(chosen.files[i]) for i in bad][:20]
         report["model"] = {
             "name": model.name,
             "kind": model.kind,
@@ -371,6 +378,7 @@ def run_check(
         "images": len(labels),
         "classes": len(classes),
         "class_names": classes,
+        "slice": images,
     }
     if progress:
         progress("measuring: episodes, probe, k-NN, map", 0, 0)
@@ -388,10 +396,24 @@ def run_check(
                 continue  # the same files read for the model: cannot happen unless a file changed meanwhile
             report["baselines"][name] = evaluate_features(base_feats, labels, classes, eps, seed, False)
             report["baselines"][name]["model"] = {"name": baseline.name, "kind": baseline.kind}
+    if model is not None and model.kind == "metacore":
+        report["meta_training"] = trained_overlap(model.path, classes)
     report["files"] = [str(f) for f in files]
     report["labels"] = labels.tolist()
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def trained_overlap(checkpoint: str, classes: list[str]) -> dict:
+    """For a metacore checkpoint: how many of the checked classes it meta-trained on (`metacore.provenance`)."""
+    from metacore.checkpoint import read_checkpoint
+    from metacore.data import ImageClass, ImageClasses
+    from metacore.paths import default_data_root
+    from metacore.provenance import overlap
+
+    meta = {k: v for k, v in read_checkpoint(checkpoint).items() if k != "state_dict"}
+    scored = ImageClasses([ImageClass(name, ()) for name in classes], InputSpec())
+    return overlap(meta, scored, default_data_root())
 
 
 def summary_lines(report: dict) -> list[str]:

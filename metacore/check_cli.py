@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -103,8 +104,11 @@ def run(args: argparse.Namespace) -> int:
             episodes=args.episodes,
             seed=args.seed,
             per_class=args.per_class,
+            images=args.images,
             progress=None if args.json else progress_bar(),
         )
+    if report.get("meta_training", {}).get("warning"):
+        print(f"warning: {report['meta_training']['warning']}", file=sys.stderr)
     if args.report:
         from metacore.report import write_report
 

@@ -157,6 +157,8 @@ def render(report: dict) -> str:
             f"centre crop {spec['crop'] or 'none'} ({html.escape(model.get('preprocessing_source', ''))}). "
             f"sha256 {model.get('sha256', '')[:16]}…</p>"
         )
+    if (report.get("meta_training") or {}).get("warning"):
+        parts.append(f"<p><b>Note:</b> {html.escape(report['meta_training']['warning'])}.</p>")
     parts.append(summary_table(report))
     parts.append(
         "<p>Features are centred on each episode's support mean and L2-normalised (CL2N). Mean: nearest class "

@@ -51,6 +51,7 @@ class FeatureModel:
     architecture: str | None = None  # a torchvision name: the random-init baseline is known
     module: nn.Module | None = None  # a torch module with parameters (None for ONNX and feature files)
     feature_dim: int = 0
+    path: str = ""  # the file it was loaded from
 
     @property
     def params(self) -> int:
@@ -180,7 +181,7 @@ def load_model(
             model = _load_state_dict(path, digest, arch, payload)
     if spec is not None:
         model = model.with_spec(spec)
-    return validate(model)
+    return validate(replace(model, path=str(path)))
 
 
 def _read_weights_only(path: Path) -> object:

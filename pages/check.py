@@ -118,6 +118,8 @@ st.write(
     f"episodes per setting, in {report['seconds']:.0f} s."
     + (f" {len(report['skipped_files'])} unreadable files were left out." if report.get("skipped_files") else "")
 )
+if (report.get("meta_training") or {}).get("warning"):
+    st.warning(report["meta_training"]["warning"][0].upper() + report["meta_training"]["warning"][1:] + ".", icon="⚠️")
 table = []
 for label, result in rows(report):
     row = {"features": label}

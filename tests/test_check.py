@@ -328,3 +328,21 @@ def test_the_whole_network_adapts_without_touching_the_loaded_model(formats) -> 
     start = next(frozen.adapt(model_inputs(x, inputs), y, steps=0, way=3)).params
     features = frozen.backbone.features(start, model_inputs(x, inputs))
     assert torch.allclose(features, whole.backbone.features(snaps[0].params, x), atol=1e-4)
+
+
+def test_checking_a_metacore_model_says_when_its_classes_were_meta_trained_on(tmp_path: Path) -> None:
+    """The photo model meta-trained on CIFAR-10's classes: a check on folders named like them says so."""
+    from metacore.paths import PHOTO_MODEL, default_data_root
+
+    if not (default_data_root() / "cifar10-test").is_dir():
+        pytest.skip(f"cifar10-test not found under {default_data_root()}: the photo model's records cannot be listed")
+    novel = coloured_folders(tmp_path / "novel", classes=5, per_class=6)
+    named = tmp_path / "named"
+    for old, new in zip(sorted(novel.iterdir()), ["cat", "dog", "ship", "frog", "truck"]):
+        (named / new).mkdir(parents=True)
+        for f in old.iterdir():
+            (named / new / f.name).write_bytes(f.read_bytes())
+    photo = load_model(PHOTO_MODEL)
+    assert run_check(photo, novel, episodes=5)["meta_training"]["trained_classes_scored"] == 0
+    seen = run_check(photo, named, episodes=5)["meta_training"]
+    assert seen["trained_classes_scored"] == 5 and "new images of trained classes" in seen["warning"]
