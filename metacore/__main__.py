@@ -376,9 +376,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.data_root, args.dataset, split, learner.backbone.input_spec, images=args.images)
     from metacore.provenance import overlap
 
-    seen = overlap(meta, dataset, args.data_root)  # novel classes, or new images of trained ones?
-    if seen["warning"] and world.main:
-        print(f"warning: {seen['warning']}", file=sys.stderr)
+    seen = overlap(meta, dataset, args.data_root)  # novel classes, or new images of trained ones? (said at the end)
     sampler = EpisodeSampler(dataset, args.way, args.shot, args.query, args.seed)
     dataset.preload(progress=not args.json)
     if curve and world.size == 1 and not args.every_step and learner.name != "protonet":
@@ -401,6 +399,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     }  # fmt: skip
     if not world.main:
         return 0
+    if seen["warning"]:
+        print(f"warning: {seen['warning']}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:

@@ -37,8 +37,8 @@ def trained_classes(training: dict, data_root: str | Path) -> tuple[set[str], li
 
 
 def overlap(meta: dict, scored: ImageClasses, data_root: str | Path) -> dict:
-    """How many of the scored classes the checkpoint meta-trained on, and a sentence when any (or when its records
-    cannot be checked here)."""
+    """How many of the scored classes the checkpoint meta-trained on, a sentence when any, and the recorded stages
+    whose data set is not under this data root (so could not be checked)."""
     training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
     names = {n.split("@")[0] for n in scored.names}
     trained, unknown = trained_classes(training, data_root)
@@ -50,6 +50,9 @@ def overlap(meta: dict, scored: ImageClasses, data_root: str | Path) -> dict:
             f"{len(shared)} of the {len(names)} classes scored here were in this model's meta-training ({stages}; "
             f"e.g. {', '.join(shared[:3])}): these are new images of trained classes, not classes it never saw"
         )
-    elif unknown:
-        warning = f"could not check the scored classes against meta-training: {', '.join(unknown)} not found here"
-    return {"trained_classes_scored": len(shared), "classes_scored": len(names), "warning": warning}
+    return {
+        "trained_classes_scored": len(shared),
+        "classes_scored": len(names),
+        "unchecked_stages": unknown,  # recorded stages whose data set is not under this data root
+        "warning": warning,
+    }

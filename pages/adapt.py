@@ -3,7 +3,7 @@ import streamlit as st
 
 from lab import charts
 from lab.examples import example_mismatch
-from lab.models import inits, learner_for, shared_model
+from lab.models import inits, learner_for, model_label, shared_model
 from lab.runs import adaptation_records, advance_run, lr_key, new_run, session_runs
 from lab.sidebar import sidebar
 from lab.task import require_task, task_tensors
@@ -48,7 +48,13 @@ for column, (label, factor) in zip(presets, (("÷10", 0.1), ("default", 1.0), ("
         help=f"lr {shipped.inner_lr * factor:g}"
         + ("" if factor == 1 else f" (the default {shipped.inner_lr:g} {label})"),
     )
-run_steps = controls[2].slider("Steps per Run", 1, 50, 5, key="run_steps")
+trained_steps = max(1, min(50, shipped.inner_steps))  # Run takes the steps the model was meta-trained for
+run_steps = controls[2].slider("Steps per Run", 1, 50, trained_steps, key=f"run_steps:{model_label()}")
+if run_steps > shipped.inner_steps and shipped.inner_steps > 0:
+    controls[2].caption(
+        f"Meta-trained for {plural(shipped.inner_steps, 'step')}: past that, the steps may overshoot and accuracy "
+        "can fall."
+    )
 learner = learner_for(init)
 if learner.backbone.input_spec != shipped.backbone.input_spec:  # your whole network takes pixels, not features
     tensors = task_tensors(classes, learner.backbone.input_spec, learner.backbone.device)
@@ -148,17 +154,18 @@ def stepping_area(init: str, lr: float | None, run_steps: int) -> None:
     chart.plotly_chart(charts.curves(records), key="curves")
     if run.get("diverged"):
         st.error(run["diverged"], icon="💥")
-    last = records[-1]
-    summary = (
-        f"Step {last['step']}: support loss {last['support_loss']:.3f}, "
-        f"support accuracy {100 * last['support_acc']:.0f}%"
-    )
-    if has_query:
-        summary += f", query accuracy **{100 * last['query_acc']:.1f}%**"
-    st.markdown(summary)
-
     shown = st.slider("Look at step", 0, len(records) - 1, len(records) - 1, key="scrub") if len(records) > 1 else 0
     st.session_state.chosen_step = {"init": init, "step": shown}
+    at = records[shown]  # the summary, the heat map and the other pages follow the step looked at
+    summary = (
+        f"Step {at['step']}: support loss {at['support_loss']:.3f}, "
+        f"support accuracy {100 * at['support_acc']:.0f}%"
+    )
+    if has_query:
+        summary += f", query accuracy **{100 * at['query_acc']:.1f}%**"
+    if shown != len(records) - 1:
+        summary += f" (the run is at step {records[-1]['step']})"
+    st.markdown(summary)
     left, right = st.columns(2)
     with left:
         st.subheader("Query predictions")

@@ -305,7 +305,7 @@ def test_step_charts_show_whole_steps_full_accuracy_range_and_a_log_loss_when_it
     button(at, "Reset").click().run()
     one_rate_for_every_weight(at)
     at.button(key="lr_×10").click().run()  # 10x the default: the support loss all but vanishes ...
-    at.slider(key="run_steps").set_value(20).run()
+    next(s for s in at.slider if s.label == "Steps per Run").set_value(20).run()
     button(at, "Run").click().run()
     records = at.session_state["runs"]["maml"]["records"]
     losses = [v for r in records for k in ("support_loss", "query_loss") if (v := r[k]) > 0]
@@ -339,7 +339,7 @@ def test_a_diverging_run_stops_at_that_step_and_says_why() -> None:
     at.selectbox(key="init").set_value("random").run()
     at.button(key="lr_×10").click().run()  # 10x the model's default: too large from a random init
     lr = lr_box(at).value
-    at.slider(key="run_steps").set_value(50).run()
+    next(s for s in at.slider if s.label == "Steps per Run").set_value(50).run()
     button(at, "Run").click().run()
     records = at.session_state["runs"]["random"]["records"]
     first, last = records[0]["support_loss"], records[-1]["support_loss"]

@@ -119,7 +119,7 @@ at = AppTest.from_file("app.py", default_timeout=120).run()
 at.switch_page("pages/adapt.py").run()
 at.selectbox(key="init").set_value("random").run()
 next(n for n in at.number_input if n.label == "Inner learning rate").set_value(10.0).run()
-at.slider(key="run_steps").set_value(50).run()
+next(s for s in at.slider if s.label == "Steps per Run").set_value(50).run()
 next(b for b in at.button if b.label.startswith("Run")).click().run()
 """
     shown = features_page_in_a_child_process(script)
