@@ -158,8 +158,7 @@ def stepping_area(init: str, lr: float | None, run_steps: int) -> None:
     st.session_state.chosen_step = {"init": init, "step": shown}
     at = records[shown]  # the summary, the heat map and the other pages follow the step looked at
     summary = (
-        f"Step {at['step']}: support loss {at['support_loss']:.3f}, "
-        f"support accuracy {100 * at['support_acc']:.0f}%"
+        f"Step {at['step']}: support loss {at['support_loss']:.3f}, support accuracy {100 * at['support_acc']:.0f}%"
     )
     if has_query:
         summary += f", query accuracy **{100 * at['query_acc']:.1f}%**"

@@ -78,5 +78,5 @@ for index, (item, p) in enumerate(zip(pending, probs)):
             b.markdown(f"**{tensors.names[best]}** — {100 * p[best]:.1f}% confident")
         frame = pd.DataFrame({"class": tensors.names, "probability": p})
         fig = px.bar(frame, x="probability", y="class", orientation="h", range_x=[0, 1], height=60 + 22 * len(p))
-        fig.update_layout(margin={"t": 5, "b": 5})
+        fig.update_layout(margin={"t": 5, "b": 5}, yaxis={"autorange": "reversed"})  # the task's order, top down
         b.plotly_chart(fig, key=f"bars_{id(item)}")

@@ -1,7 +1,7 @@
 import streamlit as st
 
 from lab.examples import load_example
-from lab.models import shared_model
+from lab.models import MODELS, model_path, shared_model
 from lab.sidebar import sidebar
 from lab.task import session_classes
 from lab.text import plural
@@ -9,6 +9,13 @@ from metacore.errors import MetacoreError
 from metacore.examples import sample_characters_task
 
 sidebar()
+
+
+def shipped_model_picked() -> bool:
+    """Whether the sidebar's model is one the lab ships (not meta-trained here, not uploaded)."""
+    return model_path() in {str(path) for path in MODELS.values()}
+
+
 st.title("🧪 Few-shot learning lab")
 st.markdown(
     "Give a **meta-trained** network a handful of images per class and watch it **adapt step by step** "
@@ -41,7 +48,8 @@ with left:
 with right:
     st.subheader("2 · Adapt")
     st.write(
-        f"The shipped model ({learner.name}, {learner.head} head) adapts with {learner.rates_in_words()} "
+        f"{'The shipped' if shipped_model_picked() else 'The picked'} model ({learner.name}, {learner.head} head) "
+        f"adapts with {learner.rates_in_words()} "
         f"for {plural(learner.inner_steps, 'step')} by default."
         + (" Its head starts at zero: step 0 is chance, and what it gets right after the steps, it learned in them."
            if learner.head == "zero" else "")

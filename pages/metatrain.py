@@ -102,7 +102,8 @@ def training_chart(run: live_training.LiveRun) -> go.Figure:
         "height": 300, "margin": {"t": 30, "b": 10}, "title": {"text": "Each outer step"},
         "xaxis": {"title": {"text": "outer step"}, "rangemode": "tozero"},
         "yaxis": {"title": {"text": "loss"}, "rangemode": "tozero"},
-        "yaxis2": {"title": {"text": "accuracy %"}, "range": [0, 100], "overlaying": "y", "side": "right"},
+        "yaxis2": {"title": {"text": "accuracy %"}, "range": [0, 100], "overlaying": "y", "side": "right",
+                   "tickmode": "linear", "tick0": 0, "dtick": 20, "showgrid": False},
         "legend": {"orientation": "h", "y": -0.25},
     }  # fmt: skip
     return go.Figure(traces, layout)
