@@ -27,8 +27,11 @@ own_rates = learned_rates and controls[0].toggle(
 )
 LOWEST_LR = 1e-5
 LR_KEY = lr_key()  # one box per model: a newly picked model's box starts at its own default
+# The box's value lives in the session (the presets set it), so the widget gets no default of its own: Streamlit's
+# "default value + Session State" warning never fires.
+st.session_state.setdefault(LR_KEY, float(shipped.inner_lr))
 lr = controls[1].number_input(
-    "Inner learning rate", LOWEST_LR, 10.0, float(shipped.inner_lr), float(shipped.inner_lr), format="%.4g",
+    "Inner learning rate", min_value=LOWEST_LR, max_value=10.0, step=float(shipped.inner_lr), format="%.4g",
     key=LR_KEY, disabled=own_rates,
 )  # fmt: skip
 
