@@ -172,4 +172,9 @@ def require_task() -> tuple[list[TaskClass], TaskTensors]:
         st.page_link("pages/build.py", label="Build a task first", icon="🧩")
         st.stop()
     shipped, _ = shared_model()
-    return classes, task_tensors(classes, shipped.backbone.input_spec, shipped.backbone.device)
+    spec = shipped.backbone.input_spec
+    new = sum(spec not in item.inputs for c in classes for item in c.support + c.query)
+    if spec.body and new:  # a photo body runs once per image: say so on a first visit instead of a blank page
+        with st.spinner(f"Computing the features of {plural(new, 'image')} (once per image) ..."):
+            return classes, task_tensors(classes, spec, shipped.backbone.device)
+    return classes, task_tensors(classes, spec, shipped.backbone.device)

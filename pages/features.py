@@ -258,6 +258,8 @@ for column, feats, title, key in (
             delta = None
             if key == "after" and value is not None and start is not None:
                 delta = f"{value - start:+.3f}" if field == "silhouette" else f"{100 * (value - start):+.0f} points"
+                if delta in ("+0.000", "-0.000", "+0 points", "-0 points"):
+                    delta = None  # nothing changed (a frozen body): no green arrow for a zero
             box.metric(name, "–" if value is None else show(value), delta=delta, help=help_text)
 
 st.subheader("Predictions before → after")
