@@ -2,8 +2,8 @@
 
 The training itself is `metacore.train.train`, the code the CLI runs; this module only runs it off the page's
 thread, records what the Meta-train page draws (every outer step's loss and accuracy, each validation, and the
-inner-loop curve on one fixed validation task from the initialisation as it was at outer steps 0, 10, 25, 50,
-100, 200, ...), and pauses or stops it between outer steps.
+inner-loop curve, averaged over 20 fixed held-out tasks, from the initialisation as it was at outer steps 0, 10, 25,
+50, 100, 200, ...), and pauses or stops it between outer steps.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from metacore.data import EpisodeSampler, Task, open_dataset
+from metacore.device import one_task_per_thread
 from metacore.errors import MetacoreError
 from metacore.images import InputSpec
 from metacore.train import StopTraining, TrainConfig, train
@@ -24,6 +25,8 @@ from metacore.train import StopTraining, TrainConfig, train
 MAX_RUNNING = 2  # server-wide: each run keeps a core busy; more queue
 IDLE_LIMIT_S = 15 * 60  # a run whose session has not been seen for this long stops (a closed tab)
 CURVE_STEPS = 10  # inner steps shown in the inner-loop curves (past the K the model trains with)
+PROBE_TASKS = 20  # the fixed held-out tasks the curves average over (one task zig-zags with its own luck)
+PROBE_QUERIES = 5  # query images a class in each: 20 tasks x 5-way x 5 = 500 images a step, in ~1.5 s on 2 cores
 
 _queue: list[LiveRun] = []  # runs waiting for a slot, first come first served
 _running: list[LiveRun] = []
@@ -44,11 +47,11 @@ class LiveRun:
     """One session's meta-training run: its settings, what it has recorded so far, and its state."""
 
     cfg: TrainConfig
-    probe: Task  # the fixed validation task of the inner-loop curves
+    probes: list[Task]  # the fixed held-out tasks of the inner-loop curves (the first is the single-task view)
     state: str = "queued"  # queued, running, paused, stopping, finished, stopped, failed
     steps: list[dict] = field(default_factory=list)  # per outer step: iteration, loss, accuracy
     validations: list[dict] = field(default_factory=list)
-    curves: dict[int, list[dict]] = field(default_factory=dict)  # outer step -> [{step, accuracy, loss}]
+    curves: dict[int, list[dict]] = field(default_factory=dict)  # outer step -> per inner step: mean accuracy, ...
     message: str = ""
     started_at: float | None = None
     summary: dict | None = None
@@ -151,32 +154,49 @@ class LiveRun:
         if report["validation"] is not None:
             self.validations.append(report["validation"])
         if iteration in snapshot_steps():
-            self.curves[iteration] = inner_curve(report["learner"], self.probe)
+            self.curves[iteration] = inner_curve(report["learner"], self.probes)
         while not self._resume.wait(0.5) and not self._gone(iteration):
             pass  # a pause holds the run here, between two outer steps (not past its session's end)
         if self._gone(iteration) or self._stop:
             raise StopTraining
 
 
-def inner_curve(learner, task: Task) -> list[dict]:
-    """Query accuracy (%) and loss after each inner step 0..CURVE_STEPS on `task`, from the learner's current
-    initialisation (its training parameters are read, not changed)."""
+def inner_curve(learner, tasks: list[Task]) -> list[dict]:
+    """Per inner step 0..CURVE_STEPS, from the learner's current initialisation (its training parameters are read,
+    not changed): the query accuracy (%) averaged over `tasks` with its 95% CI, the mean query loss, and the first
+    task's own accuracy (the single-task view)."""
+    from metacore.evaluate import mean_ci95
+
     device = next(iter(learner.params.values())).device
     dtype = next(iter(learner.params.values())).dtype
-    task = task.to(device, dtype)
     params = {k: v.detach() for k, v in learner.params.items()}
-    with torch.no_grad():
-        snapshots = learner.adapt(
-            task.support_x, task.support_y, task.query_x, task.query_y, steps=CURVE_STEPS, way=task.way, params=params
-        )
-        return [{"step": s.step, "accuracy": 100 * float(s.query_acc), "loss": float(s.query_loss)} for s in snapshots]
+
+    def one(task: Task) -> list[tuple[float, float]]:
+        task = task.to(device, dtype)
+        with torch.no_grad():
+            snapshots = learner.adapt(
+                task.support_x, task.support_y, task.query_x, task.query_y, steps=CURVE_STEPS, way=task.way,
+                params=params,
+            )  # fmt: skip
+            return [(100 * float(s.query_acc), float(s.query_loss)) for s in snapshots]
+
+    per_task = one_task_per_thread(one, tasks) if device.type == "cpu" else [one(task) for task in tasks]
+    accuracies = [[a for a, _ in rows] for rows in per_task]
+    losses = [[loss for _, loss in rows] for rows in per_task]
+    curve = []
+    for step in range(CURVE_STEPS + 1):
+        mean, ci = mean_ci95([task[step] for task in accuracies])
+        loss = sum(task[step] for task in losses) / len(losses)
+        curve.append({"step": step, "accuracy": mean, "ci95": 0.0 if ci != ci else ci, "loss": loss,
+                      "single_accuracy": accuracies[0][step]})  # fmt: skip
+    return curve
 
 
 def new_run(cfg: TrainConfig, spec: InputSpec) -> LiveRun:
-    """A run for `cfg` (its checkpoint in a fresh temporary folder), with the fixed task of its curves drawn from
+    """A run for `cfg` (its checkpoint in a fresh temporary folder), with the fixed tasks of its curves drawn from
     the same held-out classes its validation uses."""
     cfg.out = str(Path(tempfile.mkdtemp(prefix="metatrain-")) / "meta_trained.pt")
     held_out = open_dataset(cfg.data_root, cfg.dataset, cfg.split, spec).split_held_out(cfg.val_fraction)[1]
     way, shot = int(cfg.way), int(cfg.shot)
-    probe = EpisodeSampler(held_out, min(way, len(held_out)), shot, 15, seed=cfg.seed + 7).sample()  # 15 a class
-    return LiveRun(cfg, probe)
+    sampler = EpisodeSampler(held_out, min(way, len(held_out)), shot, PROBE_QUERIES, seed=cfg.seed + 7)
+    return LiveRun(cfg, [sampler.sample() for _ in range(PROBE_TASKS)])

@@ -47,8 +47,8 @@ st.markdown(
     "**Watch both levels on the *Meta-train* page.** Its *Each outer step* chart is the outer objective: the "
     "query loss after adaptation, averaged over the tasks of one outer step, falling as θ improves; its "
     "*Validation* chart is the same objective's accuracy on classes the outer loop never sees. Its first chart is "
-    "the inner loop, θ'ᵢ = θ − α∇L, on one fixed held-out task, taken from θ as it was after 0, 10, 50, 100 … "
-    "outer steps: the same few inner steps, useless from the first θ, decisive from the later ones."
+    "the inner loop, θ'ᵢ = θ − α∇L, averaged over 20 fixed held-out tasks, taken from θ as it was after 0, 10, 50, "
+    "100 … outer steps: the same few inner steps, useless from the first θ, decisive from the later ones."
 )
 st.subheader("First- vs second-order")
 st.latex(

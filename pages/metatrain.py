@@ -19,7 +19,7 @@ st.title("🏋️ Meta-train")
 st.write(
     "Watch an initialisation **learn to learn**. Each outer step adapts a copy of the network to a few small tasks "
     "(the inner loop) and moves the starting point so that those few inner steps work better next time. The first "
-    "chart is the point: on one fixed task the model never trains on, the same inner steps, taken from the "
+    "chart is the point: on 20 fixed tasks of classes the model never trains on, the same inner steps, taken from the "
     "starting point as it was after 0, 10, 50, 100 ... outer steps."
 )
 
@@ -124,17 +124,30 @@ def validation_chart(run: live_training.LiveRun) -> go.Figure:
     return go.Figure([trace], layout)
 
 
-def curves_chart(run: live_training.LiveRun) -> go.Figure:
+def curves_chart(run: live_training.LiveRun, single: bool = False) -> go.Figure:
+    """The inner loop from the starting point as it was after 0, 10, 25 ... outer steps: the mean over the fixed
+    held-out tasks with its 95% CI band, or (`single`) the first task alone."""
     snapshots, trained = sorted(run.curves), run.cfg.inner_steps
     traces = []
     for index, outer in enumerate(snapshots):
         shade = 0.25 + 0.75 * (index + 1) / len(snapshots)  # later snapshots darker
+        colour = f"rgba(31, 119, 180, {shade:.2f})"
         rows = run.curves[outer]
-        x, y = [r["step"] for r in rows], [r["accuracy"] for r in rows]
-        traces.append(charts.line(x, y, f"after {outer} outer steps", f"rgba(31, 119, 180, {shade:.2f})"))
+        x = [r["step"] for r in rows]
+        if single:
+            traces.append(charts.line(x, [r["single_accuracy"] for r in rows], f"after {outer} outer steps", colour))
+            continue
+        mean = [r["accuracy"] for r in rows]
+        upper = [r["accuracy"] + r["ci95"] for r in rows]
+        lower = [r["accuracy"] - r["ci95"] for r in rows]
+        band = {"type": "scatter", "x": x + x[::-1], "y": upper + lower[::-1], "fill": "toself", "mode": "lines",
+                "line": {"width": 0}, "fillcolor": f"rgba(31, 119, 180, {0.12 * shade:.2f})", "hoverinfo": "skip",
+                "showlegend": False, "legendgroup": str(outer)}  # fmt: skip
+        traces += [band, charts.line(x, mean, f"after {outer} outer steps", colour, legendgroup=str(outer))]
+    what = "one fixed held-out task" if single else f"{live_training.PROBE_TASKS} fixed held-out tasks (mean, 95% CI)"
     layout = {
         "height": 380, "margin": {"t": 30, "b": 10},
-        "title": {"text": "The inner loop on one fixed held-out task, from the starting point as it was"},
+        "title": {"text": f"The inner loop on {what}, from the starting point as it was"},
         "xaxis": charts.step_axis(live_training.CURVE_STEPS, title={"text": "inner step"}),
         "yaxis": {"title": {"text": "query accuracy %"}, "range": [-3, 103]},
         "shapes": [{"type": "line", "x0": trained, "x1": trained, "y0": 0, "y1": 100, "line": {"dash": "dot"}}],
@@ -171,7 +184,8 @@ def live_view() -> None:
             line += f"; validation {best['val_accuracy']:.1f}% ± {best['val_ci95']:.1f}"
         st.markdown(line + (f". {run.message}" if run.message else ""))
     if run.curves:
-        st.plotly_chart(curves_chart(run), key="mt_curves")
+        single = st.toggle("One task only", key="mt_single", help="the inner loop on the first held-out task alone")
+        st.plotly_chart(curves_chart(run, single), key="mt_curves")
         k = run.cfg.inner_steps
         st.caption(
             f"Darker lines: later starting points. The dotted line marks the {plural(k, 'inner step')} the model "
