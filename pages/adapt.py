@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import streamlit as st
 
@@ -31,9 +33,14 @@ LR_KEY = lr_key()  # one box per model: a newly picked model's box starts at its
 # "default value + Session State" warning never fires.
 st.session_state.setdefault(LR_KEY, float(shipped.inner_lr))
 lr = controls[1].number_input(
-    "Inner learning rate", min_value=LOWEST_LR, max_value=10.0, step=float(shipped.inner_lr), format="%.4g",
-    key=LR_KEY, disabled=own_rates,
-)  # fmt: skip
+    "Inner learning rate",
+    min_value=LOWEST_LR,
+    max_value=10.0,
+    step=float(shipped.inner_lr),
+    format="%.4g",
+    key=LR_KEY,
+    disabled=own_rates,
+)
 
 
 def set_lr(value: float) -> None:
@@ -127,9 +134,12 @@ def stepping_area(init: str, lr: float | None, run_steps: int) -> None:
     step_clicked = buttons[0].button("Step", icon="👣", help="one inner gradient step", type="primary")
     run_clicked = buttons[1].button(f"Run {run_steps}", icon="▶️")
     reset = buttons[2].button(
-        "Reset", icon="↩️", help="back to step 0 and the model's default learning rate",
-        on_click=set_lr, args=(shipped.inner_lr,),  # before the rerun: popping the widget's key would not reset it
-    )  # fmt: skip
+        "Reset",
+        icon="↩️",
+        help="back to step 0 and the model's default learning rate",
+        on_click=set_lr,
+        args=(shipped.inner_lr,),  # before the rerun: popping the widget's key would not reset it
+    )
     if reset:
         runs.pop(init, None)
         st.rerun()  # the whole page: the lr box outside this part shows the default again
@@ -188,6 +198,31 @@ def stepping_area(init: str, lr: float | None, run_steps: int) -> None:
         )
 
 
+def rates_in_words(losses: dict[str, list[float]], accuracies: dict[str, list[float]]) -> str:
+    """What the three rates' curves show, read off them: whether accuracy differs, how fast the loss falls, which
+    rate overshoots."""
+    labels = list(losses)
+    finite = {label: [v for v in values if math.isfinite(v)] for label, values in losses.items()}
+    overshoot = [
+        label
+        for label in labels
+        if len(finite[label]) < len(losses[label]) or max(finite[label]) > 1.5 * finite[label][0]
+    ]
+    parts = []
+    step1 = {label: values[1] for label, values in accuracies.items() if len(values) > 1}
+    if step1 and max(step1.values()) - min(step1.values()) < 2:
+        parts.append(
+            f"Accuracy is set by step 1 here ({min(step1.values()):.0f}% at every rate): a zero head's first step "
+            "writes each class's mean feature into the head, at any rate (see Learn); the rate sets how fast the "
+            "support loss falls"
+        )
+    ends = ", ".join(f"{finite[label][-1]:.3g} at {label.split(' (')[0]}" for label in labels if finite[label])
+    parts.append(f"support loss after the last step: {ends}")
+    if overshoot:
+        parts.append(f"{' and '.join(overshoot)} overshoots: its loss rises instead of falling")
+    return "; ".join(parts) + "."
+
+
 stepping_area(init, lr, run_steps)
 
 st.divider()
@@ -224,15 +259,43 @@ if comparison:
     if has_query and "random" in INITS:  # your own model has no meta-learned init to compare
         meta, scratch = curves[INITS["maml"]][-1], curves[INITS["random"]][-1]
         if meta - scratch >= 10:
-            st.caption(f"Meta-learning's point: from the meta-learned initialisation these steps reach {meta:.0f}%, "
-                       f"from a random one only {scratch:.0f}%. That gap is what meta-training bought.")  # fmt: skip
+            st.caption(
+                f"Meta-learning's point: from the meta-learned initialisation these steps reach {meta:.0f}%, "
+                f"from a random one only {scratch:.0f}%. That gap is what meta-training bought."
+            )
         else:
             frozen = shipped.backbone.input_spec.body is not None
             why = (
                 "the frozen ImageNet body already gives features that separate these classes, and only the small "
-                "adapter and head on top of it start at random" if frozen
+                "adapter and head on top of it start at random"
+                if frozen
                 else "these classes are easy to tell apart even for an untrained network"
-            )  # fmt: skip
+            )
             verdict = "does better than the meta-learned one" if scratch - meta >= 2 else "does about as well"
-            st.caption(f"On this task a random initialisation {verdict} ({scratch:.0f}% against {meta:.0f}% after "
-                       f"the same steps): {why}.")  # fmt: skip
+            st.caption(
+                f"On this task a random initialisation {verdict} ({scratch:.0f}% against {meta:.0f}% after "
+                f"the same steps): {why}."
+            )
+
+st.divider()
+st.subheader("The learning rate: ÷10, the default, ×10")
+base_lr = float(shipped.inner_lr)
+RATES = {
+    f"lr {base_lr * factor:g} ({name})": base_lr * factor
+    for name, factor in (("÷10", 0.1), ("default", 1.0), ("×10", 10.0))
+}
+if st.button(f"Compare the rates ({run_steps} steps each, from {INITS[init].lower()})", icon="🎚️"):
+    with st.status("Adapting at each rate ...") as status:
+        st.session_state.lr_comparison = {
+            label: list(adaptation_records(learner, tensors, run_steps, rate)) for label, rate in RATES.items()
+        }
+        status.update(label="Done", state="complete")
+rate_runs = st.session_state.get("lr_comparison")
+if rate_runs and set(rate_runs) == set(RATES):
+    metric = "query_acc" if has_query else "support_acc"
+    left, right = st.columns(2)
+    losses = {label: [r["support_loss"] for r in recs] for label, recs in rate_runs.items()}
+    accuracies = {label: [100 * r[metric] for r in recs] for label, recs in rate_runs.items()}
+    left.plotly_chart(charts.comparison(losses, "support loss"), key="rates_loss")
+    right.plotly_chart(charts.comparison(accuracies, f"{metric.split('_')[0]} accuracy %"), key="rates_acc")
+    st.caption(rates_in_words(losses, accuracies))

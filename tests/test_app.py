@@ -615,3 +615,18 @@ def test_the_head_only_comparison_steps_its_head_as_the_model_does() -> None:
     x, y = torch.randn(20, spec.channels, spec.size, spec.size), torch.arange(10).repeat(2)
     full, head_only = (list(m.adapt(x, y, steps=1))[1].params for m in (shipped, anil))
     assert torch.allclose(full["head.weight"], head_only["head.weight"], atol=1e-6)
+
+
+def test_the_lr_comparison_shows_three_rates_and_says_what_they_change() -> None:
+    """The lr lesson: ÷10, the default and ×10 side by side, and a caption read off their curves."""
+    at = page(start(), "adapt")
+    charts_before = len(at.get("plotly_chart"))
+    button(at, "Compare the rates").click().run()
+    assert not at.exception
+    runs = at.session_state["lr_comparison"]
+    assert len(runs) == 3 and all(len(records) == 6 for records in runs.values())  # steps 0..5 at each rate
+    slow, default, fast = (records[-1]["support_loss"] for records in runs.values())
+    assert slow > default > fast  # on the built-in task, a larger rate lowers the support loss faster
+    assert len(at.get("plotly_chart")) == charts_before + 2
+    caption = next(c.value for c in at.caption if "support loss after the last step" in c.value)
+    assert f"{slow:.3g} at lr" in caption and "Accuracy is set by step 1" in caption
