@@ -12,8 +12,7 @@ from lab.runs import reset_runs
 from lab.text import plural
 from lab.yours import MAX_MB, YourModel, add, describe, loaded, save_upload, your_models
 from metacore.errors import MetacoreError
-from metacore.images import InputSpec
-from metacore.yours import torchvision_names
+from metacore.yours import restated
 
 
 def sidebar() -> None:
@@ -62,14 +61,17 @@ def your_model_upload() -> None:
             help=".pt2 (torch.export), .onnx, TorchScript, a state dict (.pt / .safetensors) with its architecture, "
             "or a metacore checkpoint. Never unpickled.",
         )  # fmt: skip
-        arch = st.selectbox(
-            "torchvision architecture (for a state dict)", ["(from the file)", *torchvision_names()], key="your_arch"
-        )
+        arch = st.text_input(  # text, not a list: listing torchvision's models imports them (1.3 s of a first page)
+            "torchvision architecture, for a state dict",
+            key="your_arch",
+            placeholder="e.g. resnet18",
+            help="Needed only for weights saved with torch.save(model.state_dict()) or .safetensors",
+        ).strip()
         if upload is not None:
             st.session_state.your_upload += 1
             try:
                 path = save_upload(upload.name, upload.getvalue())
-                label = add(YourModel(str(path), None if arch.startswith("(") else arch))
+                label = add(YourModel(str(path), arch or None))
                 st.session_state.your_error = None
             except MetacoreError as exc:
                 st.session_state.your_error = str(exc)
@@ -95,14 +97,10 @@ def preprocessing(entry: YourModel) -> None:
         std = st.text_input("Std", ", ".join(f"{v:g}" for v in spec.std))
         if st.form_submit_button("Apply"):
             try:
-                means, stds = (tuple(float(v) for v in text.split(",")) for text in (mean, std))
-                means, stds = (v * channels if len(v) == 1 else v for v in (means, stds))
-                if len(means) != channels or len(stds) != channels or min(stds) <= 0:
-                    raise ValueError
-            except ValueError:
-                st.error(f"Mean and std: {channels} numbers each, separated by commas (std above 0).")
+                new = restated(spec, size, channels, mean, std)
+            except MetacoreError as exc:
+                st.error(str(exc)[0].upper() + str(exc)[1:] + ".", icon="🚫")
                 return
-            new = InputSpec(size=int(size), channels=channels, invert="never", mean=means, std=stds, crop=spec.crop)
             changed = YourModel(entry.path, entry.arch, json.dumps(new.to_dict()))
             try:
                 loaded(changed)

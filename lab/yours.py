@@ -98,7 +98,7 @@ def checkpoint_model(path: str) -> FeatureModel:
 
 @st.cache_resource(show_spinner="Loading the baselines ...", max_entries=4)
 def _baselines(key: str, _model: FeatureModel) -> dict[str, FeatureModel]:
-    from metacore.check_cli import baselines_for
+    from metacore.check import baselines_for
 
     with compute_slot():
         return baselines_for(_model)

@@ -67,6 +67,7 @@ def file_digest(path: Path) -> str:
 
 
 _memory: dict[str, dict[str, Tensor]] = {}  # the cache of one process (the app): model+spec -> image -> features
+MEMORY_MODELS = 4  # the in-process cache keeps the features of this many models (+ preprocessing); the disk keeps all
 
 
 def image_features(
@@ -76,7 +77,11 @@ def image_features(
     not be read. Each (model, preprocessing, image content) is computed once: kept in memory and under
     cache_dir()/check, so a second look costs nothing. Each batch runs inside `slot()` (the lab's compute slot)."""
     key = f"{model.sha256[:16]}-{hashlib.sha256(json.dumps(model.spec.to_dict()).encode()).hexdigest()[:12]}"
-    store = _memory.setdefault(key, _read_store(key))
+    if key not in _memory:
+        while len(_memory) >= MEMORY_MODELS:
+            _memory.pop(next(iter(_memory)))  # the oldest: a long-running server's memory stays bounded
+        _memory[key] = _read_store(key)
+    store = _memory[key]
     digests = [file_digest(f) for f in files]
     todo = [i for i, d in enumerate(digests) if d not in store]
     bad: list[int] = []
@@ -94,7 +99,8 @@ def image_features(
             progress(f"features of {model.name}", min(start + batch, len(todo)), len(todo))
     if todo:
         _write_store(key, store)
-    kept = [i for i in range(len(files)) if i not in set(bad)]
+    unreadable = set(bad)
+    kept = [i for i in range(len(files)) if i not in unreadable]
     if not kept:
         raise MetacoreError("none of the images could be read")
     return torch.stack([store[digests[i]] for i in kept]), bad
@@ -361,7 +367,8 @@ def run_check(
     else:
         chosen = class_folder_images(data, per_class, images)
         feats, bad = image_features(model, chosen.files, progress, slot=slot)
-        keep = [i for i in range(len(chosen.files)) if i not in set(bad)]
+        unreadable = set(bad)
+        keep = [i for i in range(len(chosen.files)) if i not in unreadable]
         files = [chosen.files[i] for i in keep]
         labels, classes = chosen.labels[keep], chosen.classes
         report["skipped_files"] = [str(chosen.files[i]) for i in bad][:20]
@@ -414,6 +421,21 @@ def trained_overlap(checkpoint: str, classes: list[str]) -> dict:
     meta = {k: v for k, v in read_checkpoint(checkpoint).items() if k != "state_dict"}
     scored = ImageClasses([ImageClass(name, ()) for name in classes], InputSpec())
     return overlap(meta, scored, default_data_root())
+
+
+def baselines_for(model: FeatureModel) -> dict[str, FeatureModel]:
+    """The same architecture at random initialisation (when known) and the shipped photo model (unless it is it)."""
+    from metacore.paths import PHOTO_MODEL
+    from metacore.yours import load_model, random_init
+
+    found = {}
+    if model.architecture:
+        found["random_init"] = random_init(model.architecture, model.spec)
+    if PHOTO_MODEL.is_file():
+        photo = load_model(PHOTO_MODEL)
+        if photo.sha256 != model.sha256:
+            found["photo_model"] = photo
+    return found
 
 
 def summary_lines(report: dict) -> list[str]:

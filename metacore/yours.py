@@ -83,6 +83,38 @@ class FeatureModel:
         return replace(self, spec=spec, spec_source=source)
 
 
+def restated(
+    spec: InputSpec,
+    size: int | None = None,
+    channels: int | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+) -> InputSpec:
+    """`spec` with what a person changed: the input size, 1 or 3 channels, and mean / std as text ("0.5" or
+    "0.485, 0.456, 0.406"); one sentence when a value does not fit."""
+    if size is not None and not 8 <= int(size) <= 1024:
+        raise MetacoreError(f"the input size must be from 8 to 1024 pixels, got {size}")
+    channels = channels or spec.channels
+    same = channels == spec.channels
+
+    def per_channel(text: str | None, name: str, kept: tuple[float, ...]) -> tuple[float, ...]:
+        if not text:
+            return kept if same else (0.5,) * channels
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise MetacoreError(f"{name} must be numbers separated by commas, e.g. 0.5,0.5,0.5") from None
+        values = values * channels if len(values) == 1 else values
+        if len(values) != channels:
+            raise MetacoreError(f"{name} needs one value per channel ({channels}), got {len(values)}")
+        return values
+
+    means, stds = per_channel(mean, "mean", spec.mean), per_channel(std, "std", spec.std)
+    if min(stds) <= 0:
+        raise MetacoreError("std values must be above 0")
+    return replace(spec, size=int(size or spec.size), channels=channels, mean=means, std=stds)
+
+
 def spec_from_record(record: str | dict | None) -> InputSpec | None:
     """The InputSpec a file records (metacore export writes it), or None."""
     if not record:
