@@ -403,12 +403,25 @@ def run_check(
                 continue  # the same files read for the model: cannot happen unless a file changed meanwhile
             report["baselines"][name] = evaluate_features(base_feats, labels, classes, eps, seed, False)
             report["baselines"][name]["model"] = {"name": baseline.name, "kind": baseline.kind}
+            if baseline.kind == "metacore":  # the photo model on its own meta-training classes is no novel-class row
+                report["baselines"][name]["meta_training"] = trained_overlap(baseline.path, classes)
     if model is not None and model.kind == "metacore":
         report["meta_training"] = trained_overlap(model.path, classes)
     report["files"] = [str(f) for f in files]
     report["labels"] = labels.tolist()
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def overlap_warnings(report: dict) -> list[str]:
+    """One sentence per row (the model, each baseline) whose classes were in its meta-training."""
+    rows = [(report.get("model", {}).get("name", "the model"), report)]
+    rows += [(result["model"]["name"], result) for result in report.get("baselines", {}).values() if "model" in result]
+    return [
+        f"{name}: {result['meta_training']['warning']}"
+        for name, result in rows
+        if (result.get("meta_training") or {}).get("warning")
+    ]
 
 
 def trained_overlap(checkpoint: str, classes: list[str]) -> dict:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from metacore.check import baselines_for, run_check, summary_lines
+from metacore.check import baselines_for, overlap_warnings, run_check, summary_lines
 from metacore.errors import MetacoreError, check_number
 from metacore.yours import load_features, load_model, restated, validate
 
@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
             images=args.images,
             progress=None if args.json else progress_bar(),
         )
-    if report.get("meta_training", {}).get("warning"):
-        print(f"warning: {report['meta_training']['warning']}", file=sys.stderr)
+    for warning in overlap_warnings(report):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.report:
         from metacore.report import write_report
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from metacore.check import FEATURE_SCALE, HEAD_LR, HEAD_STEPS, SETTINGS
+from metacore.check import FEATURE_SCALE, HEAD_LR, HEAD_STEPS, SETTINGS, overlap_warnings
 
 NAMES = {
     "raw_pixels": "raw pixels (32x32)",
@@ -157,8 +157,7 @@ def render(report: dict) -> str:
             f"centre crop {spec['crop'] or 'none'} ({html.escape(model.get('preprocessing_source', ''))}). "
             f"sha256 {model.get('sha256', '')[:16]}…</p>"
         )
-    if (report.get("meta_training") or {}).get("warning"):
-        parts.append(f"<p><b>Note:</b> {html.escape(report['meta_training']['warning'])}.</p>")
+    parts += [f"<p><b>Note:</b> {html.escape(warning)}.</p>" for warning in overlap_warnings(report)]
     parts.append(summary_table(report))
     parts.append(
         "<p>Features are centred on each episode's support mean and L2-normalised (CL2N). Mean: nearest class "

@@ -8,6 +8,7 @@ from lab.examples import data_root
 from lab.models import model_label, model_path, picked_yours
 from lab.sidebar import sidebar
 from lab.yours import MAX_MB, baselines, checkpoint_model, describe, loaded, save_upload
+from metacore.check import overlap_warnings
 from metacore.errors import MetacoreError
 from metacore.report import accuracy_figure, curve_figure, map_figure, render, rows
 from metacore.yours import load_features
@@ -118,8 +119,8 @@ st.write(
     f"episodes per setting, in {report['seconds']:.0f} s."
     + (f" {len(report['skipped_files'])} unreadable files were left out." if report.get("skipped_files") else "")
 )
-if (report.get("meta_training") or {}).get("warning"):
-    st.warning(report["meta_training"]["warning"][0].upper() + report["meta_training"]["warning"][1:] + ".", icon="⚠️")
+for warning in overlap_warnings(report):  # a row on classes its model meta-trained on is not a novel-class row
+    st.warning(warning + ".", icon="⚠️")
 table = []
 for label, result in rows(report):
     row = {"features": label}

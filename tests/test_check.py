@@ -346,3 +346,22 @@ def test_checking_a_metacore_model_says_when_its_classes_were_meta_trained_on(tm
     assert run_check(photo, novel, episodes=5)["meta_training"]["trained_classes_scored"] == 0
     seen = run_check(photo, named, episodes=5)["meta_training"]
     assert seen["trained_classes_scored"] == 5 and "new images of trained classes" in seen["warning"]
+
+
+def test_a_baseline_on_its_own_meta_training_classes_is_flagged_too(tmp_path: Path, formats) -> None:
+    """Checking your model on folders named like CIFAR-10's classes: the photo-model baseline row says it trained
+    on them (your model's own row has no records to check)."""
+    from metacore.check import baselines_for, overlap_warnings
+    from metacore.paths import default_data_root
+
+    if not (default_data_root() / "cifar10-test").is_dir():
+        pytest.skip(f"cifar10-test not found under {default_data_root()}: the photo model's records cannot be listed")
+    folders = coloured_folders(tmp_path / "made", classes=5, per_class=6)
+    named = tmp_path / "named"
+    named.mkdir()
+    for folder, name in zip(sorted(folders.iterdir()), ["cat", "dog", "ship", "frog", "truck"]):
+        folder.rename(named / name)
+    model = loaded(formats["pt2"])
+    report = run_check(model, named, baselines={"photo_model": baselines_for(model)["photo_model"]}, episodes=5)
+    warnings = overlap_warnings(report)
+    assert len(warnings) == 1 and warnings[0].startswith("photo_lite2.pt: 5 of the 5 classes")
