@@ -48,7 +48,8 @@ def overlap(meta: dict, scored: ImageClasses, data_root: str | Path) -> dict:
     if shared:
         warning = (
             f"{len(shared)} of the {len(names)} classes scored here were in this model's meta-training ({stages}; "
-            f"e.g. {', '.join(shared[:3])}): these are new images of trained classes, not classes it never saw"
+            f"e.g. {', '.join(shared[:3])}): trained classes, not classes it never saw (and the images may be ones it "
+            "trained on)"
         )
     return {
         "trained_classes_scored": len(shared),

@@ -1,4 +1,4 @@
-"""`evaluate` says when the classes it scores were in the model's meta-training (new images of trained classes)."""
+"""`evaluate` says when the classes it scores were in the model's meta-training (trained classes, not novel ones)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_evaluate_flags_trained_classes_and_not_novel_ones(tmp_path: Path, capsy
 
     result, err = evaluate("seen", "3:6")  # other images of the very classes it trained on
     assert result["trained_classes_scored"] == 6 and "6 of the 6 classes scored here" in err
-    assert "new images of trained classes" in err
+    assert "trained classes, not classes it never saw" in err
     result, err = evaluate("novel")
     assert result["trained_classes_scored"] == 0 and "warning" not in err
     result, err = evaluate("mixed")
