@@ -80,22 +80,25 @@ def few_channel_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
 class FeatureAdapter(nn.Module):
     """The meta-learned part of a photo model, on top of a frozen body's features.
 
-    Per-image LayerNorm (no batch statistics), a low-rank residual correction (zero at initialisation,
-    so training starts from the body's own feature geometry), then L2 normalisation times a learned
-    scale: prototype distances become cosine distances with a learned temperature.
+    Per-image LayerNorm (no batch statistics; with `affine`, a learned per-channel scale and shift), a low-rank
+    residual correction (zero at initialisation, so training starts from the body's own feature geometry; none
+    with `rank` 0), then L2 normalisation times a learned scale: prototype distances become cosine distances with
+    a learned temperature.
     """
 
-    def __init__(self, in_dim: int = 1280, rank: int = 64, scale: float = 4.0) -> None:
+    def __init__(self, in_dim: int = 1280, rank: int = 64, scale: float = 4.0, affine: bool = True) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(in_dim)
-        self.down = nn.Linear(in_dim, rank, bias=False)
-        self.up = nn.Linear(rank, in_dim, bias=False)
-        nn.init.zeros_(self.up.weight)
+        self.norm = nn.LayerNorm(in_dim, elementwise_affine=affine)
+        if rank:
+            self.down = nn.Linear(in_dim, rank, bias=False)
+            self.up = nn.Linear(rank, in_dim, bias=False)
+            nn.init.zeros_(self.up.weight)
         self.scale = nn.Parameter(torch.full((), float(scale)))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.norm(x)
-        h = h + self.up(self.down(h))
+        if hasattr(self, "up"):
+            h = h + self.up(self.down(h))
         return self.scale * F.normalize(h, dim=-1)
 
 
