@@ -169,8 +169,9 @@ def episode_scores(learner, dataset: ImageClasses, way: int, shot: int, query: i
         for _ in range(episodes):
             task = sampler.sample()
             last = run_to_end(
-                learner.adapt(task.support_x, task.support_y, task.query_x, task.query_y, lr=lr, way=way,
-                              query_steps=())  # fmt: skip
+                learner.adapt(
+                    task.support_x, task.support_y, task.query_x, task.query_y, lr=lr, way=way, query_steps=()
+                )  # fmt: skip
             )
             scores.append(100.0 * last.query_acc.item())
     return scores
@@ -265,7 +266,11 @@ def print_table(results: dict) -> None:
                 continue
             mean, ci = mean_ci95(scores)
             cell = f"{mean:.2f} ± {ci:.2f}"
-            paired = [a - b for fold, row in by_fold.items() for a, b in zip(row.get(setting, []), base.get(fold, {}).get(setting, []))]
+            paired = [
+                a - b
+                for fold, row in by_fold.items()
+                for a, b in zip(row.get(setting, []), base.get(fold, {}).get(setting, []))
+            ]
             if name != "frozen body (baseline)" and len(paired) == len(scores):
                 d, dci = mean_ci95(paired)
                 cell += f" ({d:+.2f} ± {dci:.2f})"
