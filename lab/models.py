@@ -23,13 +23,17 @@ from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL
 DEFAULT_MODEL = SHIPPED_MODEL
 MODELS = {  # what the sidebar's picker offers: label -> checkpoint
     "Characters (Conv-4, Omniglot)": SHIPPED_MODEL,
-    "Photos (EfficientNet-Lite2 + meta-learned adapter)": PHOTO_MODEL,
+    "Photos (EfficientNet-Lite2, ImageNet features)": PHOTO_MODEL,
 }
 INITS = {  # where an adaptation starts: the Adapt page's choices
     "maml": "Meta-trained init (the picked model)",
     "anil": "Meta-trained init, head only (ANIL)",
     "random": "Random init (no meta-learning)",
     "protonet": "ProtoNet (the model's features, no steps)",
+}
+NOT_META_TRAINED_INITS = {  # a model `metacore init` wrote (the photo model): nothing meta-trained to compare with
+    "maml": "The model's features (pre-trained, not meta-trained), a zero head adapting",
+    "protonet": "ProtoNet (the same features, no steps)",
 }
 YOUR_INITS = {  # your model: its frozen features, nothing meta-trained to compare with
     "maml": "Your model's features (frozen), a zero head adapting",
@@ -53,8 +57,13 @@ def inits() -> dict[str, str]:
     """The Adapt page's starting points for the picked model (your whole network when it is a torch module)."""
     entry = picked_yours()
     if entry is None:
-        return INITS
+        return INITS if meta_trained() else NOT_META_TRAINED_INITS
     return {k: v for k, v in YOUR_INITS.items() if k != "whole" or whole_learner(entry) is not None}
+
+
+def meta_trained() -> bool:
+    """Whether the picked model was meta-trained (False for one `metacore init` wrote, e.g. the photo model)."""
+    return shared_model()[1].get("training", {}).get("meta_trained", True)
 
 
 def model_label() -> str:

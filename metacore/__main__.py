@@ -1,4 +1,4 @@
-"""Command line: python -m metacore {train,evaluate,classify,embed,unsure,check,export,bench} --help"""
+"""Command line: python -m metacore {train,init,evaluate,classify,embed,unsure,check,export,bench} --help"""
 
 from __future__ import annotations
 
@@ -112,6 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="start from this checkpoint's backbone (e.g. a protonet run); algorithm, head, inner loop from the flags",
     )
+
+    p = sub.add_parser(
+        "init",
+        help="write a model that is not meta-trained (e.g. a frozen body's own features and a zero head)",
+        description="Write a backbone at its (seeded) initialisation with a learner's settings, recorded as not "
+        "meta-trained: the shipped photo model is the frozen EfficientNet-Lite2 body's normalised features "
+        "(--backbone feature_adapter --adapter-rank 0 --no-adapter-affine) with a zero head.",
+    )
+    p.add_argument("--backbone", default="feature_adapter", help="conv4 or feature_adapter (default: %(default)s)")
+    p.add_argument("--adapter-rank", type=int, default=None, help="feature_adapter: its residual's rank (0: none)")
+    p.add_argument("--no-adapter-affine", action="store_true", help="feature_adapter: no per-channel scale and shift")
+    p.add_argument("--algo", default="anil", help="the learner: what adapts in the inner loop (default: %(default)s)")
+    p.add_argument("--head", default="zero", choices=["zero", "proto"], help="task head initialisation")
+    p.add_argument("--steps", type=int, default=5, help="default inner steps (default: %(default)s)")
+    p.add_argument("--inner-lr", type=float, default=0.5, help="default inner learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint path")
 
     p = sub.add_parser(
         "evaluate",
@@ -326,6 +343,39 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{summary['device']}; validation {summary['val_accuracy']:.1f}% ± {summary['val_ci95']:.1f}; "
             f"saved {summary['checkpoint']}"
         )
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from metacore.checkpoint import build_learner, save_checkpoint
+    from metacore.device import describe
+    from metacore.errors import check_number
+    from metacore.models import BACKBONES, Backbone
+    from metacore.train import MAX_INNER_LR, MAX_INNER_STEPS
+
+    if args.backbone not in BACKBONES:
+        raise MetacoreError(f"unknown --backbone '{args.backbone}' (known: {', '.join(BACKBONES)})")
+    check_number(args.inner_lr, "inner-lr", 0, MAX_INNER_LR, above=True)
+    check_number(args.steps, "steps", 1, MAX_INNER_STEPS, integer=True)
+    kwargs = {}
+    if args.backbone == "feature_adapter":
+        if args.adapter_rank is not None:
+            kwargs["rank"] = check_number(args.adapter_rank, "adapter-rank", 0, 4096, integer=True)
+        if args.no_adapter_affine:
+            kwargs["affine"] = False
+    elif args.adapter_rank is not None or args.no_adapter_affine:
+        raise MetacoreError("--adapter-rank and --no-adapter-affine are feature_adapter settings")
+    torch.manual_seed(args.seed)
+    learner = build_learner(args.algo, Backbone(args.backbone, **kwargs), args.inner_lr, args.steps, args.head)
+    config = {"command": "init", "algorithm": args.algo, "backbone": args.backbone, "backbone_kwargs": kwargs,
+              "head": args.head, "inner_lr": args.inner_lr, "inner_steps": args.steps, "seed": args.seed}  # fmt: skip
+    hardware = describe(torch.device("cpu"))
+    training = {"iteration": 0, "seconds": 0.0, "history": [], "data_stages": [], "hardware": hardware,
+                "torch": str(torch.__version__), "meta_trained": False}  # fmt: skip
+    save_checkpoint(args.out, learner, config=config, training=training)
+    learned = sum(v.numel() for v in learner.params.values())
+    print(f"wrote {args.out}: {args.backbone} {kwargs or ''} at its initialisation ({learned} numbers), not "
+          f"meta-trained; {args.algo}, {args.head} head, {args.steps} steps at lr {args.inner_lr:g}")  # fmt: skip
     return 0
 
 
@@ -618,6 +668,7 @@ COMMANDS = {
     "embed": cmd_embed,
     "unsure": cmd_unsure,
     "check": cmd_check,
+    "init": cmd_init,
     "export": cmd_export,
     "bench": cmd_bench,
 }

@@ -140,8 +140,13 @@ def validated(payload: dict, path: Path) -> tuple[dict, dict, InputSpec]:
         for key, value in kwargs.items():
             if key not in BACKBONES[name].defaults:
                 raise MetacoreError(f"unknown {name} setting '{key}'")
+            if isinstance(BACKBONES[name].defaults[key], bool):
+                if not isinstance(value, bool):
+                    raise MetacoreError(f"{name} setting '{key}' must be true or false")
+                continue
             scale = key == "scale"  # a real number; 0 for a conv4 without feature normalisation
-            check_number(value, f"{name} setting '{key}'", 0.0 if scale else 1e-3, 4096, integer=not scale)
+            low = 0.0 if key in ("scale", "rank") else 1e-3  # rank 0: an adapter without its residual
+            check_number(value, f"{name} setting '{key}'", low, 4096, integer=not scale)
         fields = dict(info.get("input_spec", {}))
         unknown = set(fields) - set(InputSpec.__dataclass_fields__)
         if unknown:

@@ -89,10 +89,10 @@ PHOTO_EXAMPLES = {  # label -> (dataset folder, split) under the data root
     "CIFAR-10 photos": ("cifar10-test", None),
 }
 PHOTO_EXAMPLE_NOTES = {  # what the photo model has already seen of each example's images
-    "ImageNet photos (fish and birds)": "ImageNet-1k training photos: the frozen body was trained on them (with "
-    "labels), the meta-learned adapter never saw these classes. A demo, not a test on unseen photos.",
-    "CIFAR-10 photos": "CIFAR-10 test photos: the adapter was meta-trained on images 0-399 of these 10 classes, so "
-    "some of them may be ones it trained on.",
+    "ImageNet photos (fish and birds)": "ImageNet-1k training photos: the photo model's frozen body was trained on "
+    "them, with their labels. A demo, not a test on unseen photos.",
+    "CIFAR-10 photos": "CIFAR-10 test photos: nothing in the photo model was trained on them (its body was trained "
+    "on ImageNet, whose classes include some close to these).",
 }
 
 

@@ -136,7 +136,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=FeatureAdapter,
         input_spec=PHOTO_SPEC,
         feature_dim=lambda kw: kw.get("in_dim", 1280),
-        defaults={"in_dim": 1280, "rank": 64, "scale": 4.0},
+        defaults={"in_dim": 1280, "rank": 64, "scale": 4.0, "affine": True},
     ),
     "centred_norm": BackboneSpec(
         build=CentredNorm,

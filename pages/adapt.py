@@ -5,7 +5,7 @@ import streamlit as st
 
 from lab import charts
 from lab.examples import example_mismatch
-from lab.models import inits, learner_for, model_label, shared_model
+from lab.models import inits, learner_for, meta_trained, model_label, shared_model
 from lab.runs import adaptation_records, advance_run, lr_key, new_run, session_runs
 from lab.sidebar import sidebar
 from lab.task import require_task, task_tensors
@@ -102,6 +102,14 @@ def explain_init(init: str) -> None:
             "(with one image per class, almost nothing: each prototype *is* that image, so the support loss starts "
             "near 0). Meta-learning shaped the feature space instead (see Learn). Compare with the random init "
             "below, or raise the lr to watch the steps overshoot."
+        )
+    elif init == "maml" and not meta_trained():
+        st.caption(
+            f"Nothing in this model is meta-trained: a network pre-trained on ImageNet (kept frozen) turns each photo "
+            f"into features, and a head starting at zero (step 0 is chance) adapts on them at lr {shipped.inner_lr:g}: "
+            "the first step writes each class's mean feature into the head, the next ones sharpen it. Its few-shot "
+            "skill comes from the ImageNet pre-training (see Learn: why meta-learning on 28 photo classes did not "
+            "help). For meta-learning itself, pick **Characters** in the sidebar or watch the Meta-train page."
         )
     elif init == "maml" and shipped.head == "zero":
         rate = shipped.rates_in_words()
@@ -226,7 +234,10 @@ def rates_in_words(losses: dict[str, list[float]], accuracies: dict[str, list[fl
 stepping_area(init, lr, run_steps)
 
 st.divider()
-st.subheader("Side by side: meta-learned init vs random init vs ProtoNet")
+st.subheader(
+    "Side by side: meta-learned init vs random init vs ProtoNet" if "random" in INITS else "Side by side: "
+    + " vs ".join(title.split(",")[0].split(" (")[0] for title in INITS.values())
+)
 if st.button(f"Compare ({run_steps} steps each)", icon="⚖️"):
     comparison = {}
     with st.status("Adapting from each starting point ...") as status:

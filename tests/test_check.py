@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import warnings
 from pathlib import Path
 
@@ -330,38 +331,51 @@ def test_the_whole_network_adapts_without_touching_the_loaded_model(formats) -> 
     assert torch.allclose(features, whole.backbone.features(snaps[0].params, x), atol=1e-4)
 
 
-def test_checking_a_metacore_model_says_when_its_classes_were_meta_trained_on(tmp_path: Path) -> None:
-    """The photo model meta-trained on CIFAR-10's classes: a check on folders named like them says so."""
-    from metacore.paths import PHOTO_MODEL, default_data_root
+def meta_trained_on(data_root: Path, dataset: str) -> Path:
+    """A tiny character model meta-trained (1 outer step) on `data_root/dataset`'s classes: its records list them."""
+    out = data_root / "trained.pt"
+    args = ["train", "--algo", "maml", "--data-root", str(data_root), "--dataset", dataset, "--way", "3", "--query",
+            "2", "--iterations", "1", "--meta-batch", "2", "--val-every", "1", "--val-episodes", "2", "--steps", "2",
+            "--images", "0:4", "--val-images", "4:8", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    return out
 
-    if not (default_data_root() / "cifar10-test").is_dir():
-        pytest.skip(f"cifar10-test not found under {default_data_root()}: the photo model's records cannot be listed")
-    novel = coloured_folders(tmp_path / "novel", classes=5, per_class=6)
-    named = tmp_path / "named"
-    for old, new in zip(sorted(novel.iterdir()), ["cat", "dog", "ship", "frog", "truck"]):
-        (named / new).mkdir(parents=True)
-        for f in old.iterdir():
-            (named / new / f.name).write_bytes(f.read_bytes())
-    photo = load_model(PHOTO_MODEL)
-    assert run_check(photo, novel, episodes=5)["meta_training"]["trained_classes_scored"] == 0
-    seen = run_check(photo, named, episodes=5)["meta_training"]
+
+def test_checking_a_metacore_model_says_when_its_classes_were_meta_trained_on(tmp_path: Path, monkeypatch) -> None:
+    """A checkpoint records the classes it meta-trained on: a check on folders of those classes says so, one on
+    other classes does not."""
+    coloured_folders(tmp_path / "seen", classes=5, per_class=8)
+    monkeypatch.setenv("METACORE_DATA_ROOT", str(tmp_path))
+    model = load_model(meta_trained_on(tmp_path, "seen"))
+    novel = tmp_path / "novel"
+    for folder, name in zip(sorted((tmp_path / "seen").iterdir()), ["cat", "dog", "ship", "frog", "truck"]):
+        shutil.copytree(folder, novel / name)
+    assert run_check(model, novel, episodes=5)["meta_training"]["trained_classes_scored"] == 0
+    seen = run_check(model, tmp_path / "seen", episodes=5)["meta_training"]
     assert seen["trained_classes_scored"] == 5 and "trained classes, not classes it never saw" in seen["warning"]
 
 
-def test_a_baseline_on_its_own_meta_training_classes_is_flagged_too(tmp_path: Path, formats) -> None:
-    """Checking your model on folders named like CIFAR-10's classes: the photo-model baseline row says it trained
-    on them (your model's own row has no records to check)."""
+def test_a_baseline_on_its_own_meta_training_classes_is_flagged_too(tmp_path: Path, formats, monkeypatch) -> None:
+    """Checking your model on folders of the classes the baseline model meta-trained on: the baseline's row says it
+    trained on them (your model's own row has no records to check)."""
+    import metacore.paths
     from metacore.check import baselines_for, overlap_warnings
-    from metacore.paths import default_data_root
 
-    if not (default_data_root() / "cifar10-test").is_dir():
-        pytest.skip(f"cifar10-test not found under {default_data_root()}: the photo model's records cannot be listed")
-    folders = coloured_folders(tmp_path / "made", classes=5, per_class=6)
-    named = tmp_path / "named"
-    named.mkdir()
-    for folder, name in zip(sorted(folders.iterdir()), ["cat", "dog", "ship", "frog", "truck"]):
-        folder.rename(named / name)
+    folders = coloured_folders(tmp_path / "made", classes=5, per_class=8)
+    monkeypatch.setenv("METACORE_DATA_ROOT", str(tmp_path))
+    monkeypatch.setattr(metacore.paths, "PHOTO_MODEL", meta_trained_on(tmp_path, "made"))
     model = loaded(formats["pt2"])
-    report = run_check(model, named, baselines={"photo_model": baselines_for(model)["photo_model"]}, episodes=5)
+    report = run_check(model, folders, baselines={"photo_model": baselines_for(model)["photo_model"]}, episodes=5)
     warnings = overlap_warnings(report)
-    assert len(warnings) == 1 and warnings[0].startswith("photo_lite2.pt: 5 of the 5 classes")
+    assert len(warnings) == 1 and warnings[0].startswith("trained.pt: 5 of the 5 classes")
+
+
+def test_the_shipped_photo_model_meta_trained_on_nothing() -> None:
+    """The photo model is the frozen body's features (issue 41): its records list no meta-training classes, so no
+    photo figure can be on trained classes."""
+    from metacore.paths import PHOTO_MODEL, default_data_root
+    from metacore.provenance import trained_classes
+
+    meta = {k: v for k, v in torch.load(PHOTO_MODEL, weights_only=True).items() if k != "state_dict"}
+    assert meta["training"]["meta_trained"] is False and meta["training"]["data_stages"] == []
+    assert trained_classes(meta["training"], default_data_root()) == (set(), [])

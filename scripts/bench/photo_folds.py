@@ -254,9 +254,14 @@ def main() -> None:
 
 
 def print_table(results: dict) -> None:
+    print("\n".join(table(results)))
+
+
+def table(results: dict) -> list[str]:
+    """Markdown rows: each method's mean over all folds' episodes with its 95% CI, and (in brackets) its paired
+    difference to the frozen-body baseline on the same episodes, with that difference's 95% CI."""
     base = results.get("frozen body (baseline)", {})
-    print("| method | " + " | ".join(SETTINGS) + " |")
-    print("|---|" + "---|" * len(SETTINGS))
+    lines = ["| method | " + " | ".join(SETTINGS) + " |", "|---|" + "---|" * len(SETTINGS)]
     for name, by_fold in results.items():
         cells = []
         for setting in SETTINGS:
@@ -275,7 +280,8 @@ def print_table(results: dict) -> None:
                 d, dci = mean_ci95(paired)
                 cell += f" ({d:+.2f} ± {dci:.2f})"
             cells.append(cell)
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":
