@@ -5,7 +5,7 @@ import streamlit as st
 
 from lab import charts
 from lab.examples import example_mismatch
-from lab.models import inits, learner_for, meta_trained, model_label, shared_model
+from lab.models import NOT_META_TRAINED_INITS, inits, learner_for, meta_trained, model_label, shared_model
 from lab.runs import adaptation_records, advance_run, lr_key, new_run, session_runs
 from lab.sidebar import sidebar
 from lab.task import require_task, task_tensors
@@ -288,6 +288,15 @@ if comparison:
                 f"On this task a random initialisation {verdict} ({scratch:.0f}% against {meta:.0f}% after "
                 f"the same steps): {why}."
             )
+    elif has_query and INITS == NOT_META_TRAINED_INITS:
+        head, proto = curves[INITS["maml"]][-1], curves[INITS["protonet"]][-1]
+        st.caption(
+            f"After {plural(steps - 1, 'step')} the zero head reaches {head:.0f}%, ProtoNet on the same features "
+            f"{proto:.0f}% without a step. Nothing in this model is meta-trained, so there is no meta-learned start to "
+            "set against a random one: its features come from ImageNet pre-training (Learn says why meta-learning on "
+            "the lab's 28 photo classes did not help). Pick **Characters** in the sidebar to see what a meta-learned "
+            "start buys."
+        )
 
 st.divider()
 st.subheader("The learning rate: ÷10, the default, ×10")

@@ -1,7 +1,7 @@
 import streamlit as st
 
 from lab.examples import load_example
-from lab.models import MODELS, model_path, shared_model
+from lab.models import MODELS, meta_trained, model_path, shared_model
 from lab.sidebar import sidebar
 from lab.task import session_classes
 from lab.text import plural
@@ -53,6 +53,8 @@ with right:
         f"for {plural(learner.inner_steps, 'step')} by default."
         + (" Its head starts at zero: step 0 is chance, and what it gets right after the steps, it learned in them."
            if learner.head == "zero" else "")
+        + ("" if meta_trained() else " Nothing in this model is meta-trained: its features come from ImageNet "
+           "pre-training (Learn says why); meta-learning is on the Characters model and the Meta-train page.")
     )  # fmt: skip
     st.page_link("pages/adapt.py", label="Watch it adapt", icon="📉")
     st.subheader("3 · Look")
