@@ -215,7 +215,7 @@ def photo_latency(repeats: int = 3) -> dict:
         learner, _ = load_checkpoint(PHOTO_MODEL)
     else:
         learner = MAML(Backbone("feature_adapter"), 2.0, 1, "proto")
-    features = torch.randn(25, learner.backbone.params["norm.weight"].shape[0]).relu()
+    features = torch.randn(25, learner.backbone.feature_dim).relu()  # the body's features: the adapter's input
     labels = torch.arange(5).repeat_interleave(5)
 
     def step() -> None:
