@@ -237,7 +237,8 @@ st.divider()
 st.subheader(
     "Side by side: meta-learned init vs random init vs ProtoNet"
     if "random" in INITS
-    else "Side by side: " + " vs ".join(title.split(",")[0].split(" (")[0] for title in INITS.values())
+    else "Side by side: "
+    + " vs ".join(title.split(",")[0].split(" (")[0].replace("The ", "the ", 1) for title in INITS.values())
 )
 if st.button(f"Compare ({run_steps} steps each)", icon="⚖️"):
     comparison = {}
