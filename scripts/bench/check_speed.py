@@ -1,4 +1,4 @@
-"""Speed and memory of `metacore check` (the figures in README, "Check your own model").
+"""Speed and memory of `metacore check` (the figures in docs/check.md).
 
     python scripts/bench/check_speed.py [--data ../shared/data/cifar10-test] [--per-class 100]
 

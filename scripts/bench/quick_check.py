@@ -22,7 +22,7 @@ from kept_results import cached  # noqa: E402
 
 # Per-algorithm settings: a sensible short-run recipe for each method.
 RECIPES = {
-    "maml": ["--steps", "2", "--inner-lr", "0.4"],  # from a zero head, 1 step would be ANIL (see README)
+    "maml": ["--steps", "2", "--inner-lr", "0.4"],  # from a zero head, 1 step would be ANIL (see docs/design.md)
     "fomaml": ["--steps", "2", "--inner-lr", "0.4"],
     "reptile": ["--steps", "3", "--inner-lr", "0.4", "--meta-batch", "4", "--meta-lr", "0.003"],
     "anil": ["--steps", "5", "--inner-lr", "0.4"],
