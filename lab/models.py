@@ -14,6 +14,7 @@ from lab.yours import learner as your_learner
 from metacore.algorithms import ANIL, MAML, ProtoNet
 from metacore.bodies import model_inputs
 from metacore.checkpoint import load_checkpoint
+from metacore.checkpoint import meta_trained as checkpoint_meta_trained
 from metacore.device import resolve_device
 from metacore.images import preprocess
 from metacore.models import Backbone
@@ -63,7 +64,7 @@ def inits() -> dict[str, str]:
 
 def meta_trained() -> bool:
     """Whether the picked model was meta-trained (False for one `metacore init` wrote, e.g. the photo model)."""
-    return shared_model()[1].get("training", {}).get("meta_trained", True)
+    return checkpoint_meta_trained(shared_model()[1])
 
 
 def model_label() -> str:

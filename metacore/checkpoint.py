@@ -210,6 +210,12 @@ def check_head(head: dict[str, torch.Tensor], dim: int, classes, path: Path) -> 
     return head
 
 
+def meta_trained(meta: dict) -> bool:
+    """Whether a checkpoint's model was meta-trained: False for one `metacore init` wrote (e.g. the photo model)."""
+    training = meta.get("training")
+    return training.get("meta_trained", True) if isinstance(training, dict) else True
+
+
 def sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

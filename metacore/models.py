@@ -89,7 +89,8 @@ class FeatureAdapter(nn.Module):
     def __init__(self, in_dim: int = 1280, rank: int = 64, scale: float = 4.0, affine: bool = True) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_dim, elementwise_affine=affine)
-        if rank:
+        self.residual = rank > 0
+        if self.residual:
             self.down = nn.Linear(in_dim, rank, bias=False)
             self.up = nn.Linear(rank, in_dim, bias=False)
             nn.init.zeros_(self.up.weight)
@@ -97,7 +98,7 @@ class FeatureAdapter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.norm(x)
-        if hasattr(self, "up"):
+        if self.residual:
             h = h + self.up(self.down(h))
         return self.scale * F.normalize(h, dim=-1)
 

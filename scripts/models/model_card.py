@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from kept_results import cached, kept_result  # noqa: E402
 
-from metacore.checkpoint import load_checkpoint, read_checkpoint, sha256  # noqa: E402
+from metacore.checkpoint import load_checkpoint, meta_trained, read_checkpoint, sha256  # noqa: E402
 from metacore.device import describe  # noqa: E402
 from metacore.images import InputSpec  # noqa: E402
 from metacore.train import TrainConfig, data_record, training_data  # noqa: E402
@@ -110,11 +110,6 @@ def labelled_settings(settings: list[tuple], payload: dict, data_root: str) -> l
         seen = overlap(payload, scored, data_root)["trained_classes_scored"] > 0
         out.append((label + (TRAINED_CLASSES if seen else ""), data_args, way, shot))
     return sorted(out, key=lambda setting: setting[0].endswith(TRAINED_CLASSES))
-
-
-def meta_trained(payload: dict) -> bool:
-    """False for a model `metacore init` wrote (nothing meta-trained); True for every `train` checkpoint."""
-    return payload.get("training", {}).get("meta_trained", True)
 
 
 def evaluate(
