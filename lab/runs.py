@@ -18,7 +18,10 @@ from metacore.isolation import compute_slot
 
 
 def reset_runs() -> None:
+    """Forget the session's adaptations and the Adapt page's comparisons: made with another model or task."""
     st.session_state.runs = {}
+    st.session_state.pop("comparison", None)
+    st.session_state.pop("lr_comparison", None)
 
 
 def session_runs() -> dict[str, dict]:

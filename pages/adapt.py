@@ -251,7 +251,7 @@ if st.button(f"Compare ({run_steps} steps each)", icon="⚖️"):
         status.update(label="Done", state="complete")
     st.session_state.comparison = comparison
 comparison = st.session_state.get("comparison")
-if comparison:
+if comparison and set(comparison) == set(INITS):  # else made with another model's starting points
     metric = "query_acc" if has_query else "support_loss"
     steps = max(len(recs) for key, recs in comparison.items() if key != "protonet")  # ProtoNet takes none
     curves = {}

@@ -150,12 +150,15 @@ def test_switching_model_keeps_the_task_and_clears_the_runs() -> None:
     assert any(t.label == "Draw" for t in at.toggle)
     at = page(at, "adapt")
     button(at, "Run").click().run()
-    assert at.session_state["runs"]
+    button(at, "Compare (").click().run()  # the comparison of the character model's four starting points
+    assert at.session_state["runs"] and at.session_state["comparison"]
     before = [(c.name, len(c.support)) for c in at.session_state["classes"]]
     photos_label = next(o for o in at.sidebar.radio[0].options if o.startswith("Photos"))
     at.sidebar.radio[0].set_value(photos_label).run()
     assert not at.exception
     assert all(not run["records"] for run in at.session_state["runs"].values())  # old model's steps are gone
+    assert "comparison" not in at.session_state  # and its comparison: the photo model has other starting points
+    assert not page(at, "adapt").exception
     assert [(c.name, len(c.support)) for c in at.session_state["classes"]] == before
     assert not any(t.label == "Draw" for t in page(at, "build").toggle)  # the canvas: character models only
 
