@@ -82,18 +82,25 @@ def true_class_probability(records: list[dict], labels: np.ndarray, classes: lis
     return go.Figure(traces, layout)
 
 
+def layer_name(layer: str) -> str:
+    """A parameter group as a page says it: 'blocks.0' -> 'conv block 1', 'center' -> 'feature centre'."""
+    if layer.startswith("blocks."):
+        return f"conv block {int(layer.split('.')[1]) + 1}"
+    return {"center": "feature centre", "scale": "feature scale"}.get(layer, layer)
+
+
 def layer_movement(records: list[dict]) -> go.Figure:
     """Each layer's L2 distance from where adaptation started, against the step."""
     steps = [r["step"] for r in records]
     traces = [
-        line(steps, [r["shift"][layer] for r in records], layer, PALETTE[index % len(PALETTE)])
+        line(steps, [r["shift"][layer] for r in records], layer_name(layer), PALETTE[index % len(PALETTE)])
         for index, layer in enumerate(records[0]["shift"])
     ]
     layout = {
         "height": 300,
         "margin": {"t": 10, "b": 10},
         "xaxis": step_axis(steps[-1]),
-        "yaxis": {"title": {"text": "‖θ_step − θ_0‖"}},
+        "yaxis": {"title": {"text": "distance moved"}},
     }
     return go.Figure(traces, layout)
 

@@ -77,7 +77,7 @@ def model_path() -> str:
     return str(available_models()[model_label()])
 
 
-@st.cache_resource(show_spinner="Loading the meta-trained model ...")
+@st.cache_resource(show_spinner=False)  # the sidebar says what is loading, in the page
 def _load_model(path: str) -> tuple[MAML, dict]:
     learner, meta = load_checkpoint(path, resolve_device("auto"))
     warm_up(learner)

@@ -9,7 +9,7 @@ import streamlit as st
 
 from lab.models import available_models, model_label, model_path, picked_card, picked_yours, shared_model
 from lab.runs import reset_runs
-from lab.text import plural
+from lab.text import adapts_plainly
 from lab.yours import MAX_MB, YourModel, add, describe, loaded, save_upload, your_models
 from metacore.errors import MetacoreError
 from metacore.yours import restated
@@ -17,6 +17,7 @@ from metacore.yours import restated
 
 def sidebar() -> None:
     """Drawn by each page first (AppTest runs a switched-to page without app.py, so the frame is per page)."""
+    loading = st.empty()  # the top of the page: where the model's loading is said, not in the sidebar
     with st.sidebar:
         if run := st.session_state.get("live_run"):
             run.seen()  # a meta-training run stops once its session has been gone for a while
@@ -27,21 +28,25 @@ def sidebar() -> None:
         if label != model_label():
             pick(label)
         your_model_upload()
-        try:
-            learner, meta = shared_model()
-        except MetacoreError as exc:
-            st.error(f"Model could not be loaded: {exc}")
+        with loading.container(), st.spinner(f"Loading the model: {model_label()} ..."):
+            try:
+                learner, meta = shared_model()
+                problem = None
+            except MetacoreError as exc:
+                problem = str(exc)
+        if problem:
+            st.error(f"Model could not be loaded: {problem}")
             st.stop()  # every page needs the model; the picker above stays usable
-        st.caption(f"Device: **{learner.backbone.device}**")
         card = picked_card()
-        st.caption(f"Model: **{Path(model_path()).name}** ({learner.name}, {learner.head} head)")
+        st.caption(f"Model: **{Path(model_path()).name}**, adapts {adapts_plainly(learner)}")
         if card.get("accuracy"):
             st.caption(
                 f"{card.get('benchmark', 'Accuracy')}: "
                 + ", ".join(f"{k} {v['accuracy']:.1f}%" for k, v in card["accuracy"].items())
             )
-        st.caption(f"Adapts with {learner.rates_in_words()}, {plural(learner.inner_steps, 'step')}")
+        st.caption(f"Device: **{learner.backbone.device}**")
         with st.expander("Model card"):
+            st.caption(f"{learner.name} ({learner.head} head), {learner.rates_in_words()}")
             st.json({k: v for k, v in meta.items() if k not in ("training",)}, expanded=False)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import streamlit as st
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter, ImageStat
 
 from lab.models import model_path, shared_model
 from lab.text import plural
@@ -33,6 +33,10 @@ class Item:
     def thumbnail(self, size: int = 72) -> Image.Image:
         if size not in self.thumbnails:
             thumb = self.image.copy()
+            shrink = max(thumb.size) / size
+            if shrink > 1.4 and thumb.mode in ("L", "1") and ImageStat.Stat(thumb.convert("L")).mean[0] > 200:
+                # thin dark strokes on white (a drawing, an Omniglot character) fade when shrunk: thicken first
+                thumb = thumb.convert("L").filter(ImageFilter.MinFilter(3 if shrink < 3 else 5))
             thumb.thumbnail((size, size))
             self.thumbnails[size] = thumb
         return self.thumbnails[size]

@@ -4,3 +4,12 @@
 def plural(n: int, word: str) -> str:
     """'1 step', '5 steps', '1,200 images'."""
     return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def adapts_plainly(learner) -> str:
+    """How a model adapts, in words a teacher can read aloud: 'in 5 steps, at a learning rate it learned for each
+    weight' (the numbers themselves: `learner.rates_in_words()`, shown behind an expander or a tooltip)."""
+    steps = plural(learner.inner_steps, "step")
+    if getattr(learner, "learns_rates", False):
+        return f"in {steps}, each weight at a learning rate meta-learning chose for it"
+    return f"in {steps}, at learning rate {learner.inner_lr:g}"

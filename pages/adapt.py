@@ -9,7 +9,7 @@ from lab.models import NOT_META_TRAINED_INITS, inits, learner_for, meta_trained,
 from lab.runs import adaptation_records, advance_run, lr_key, new_run, session_runs
 from lab.sidebar import sidebar
 from lab.task import require_task, task_tensors
-from lab.text import plural
+from lab.text import adapts_plainly, plural
 
 MAX_STEPS = 200
 
@@ -25,7 +25,10 @@ INITS = inits()  # the picked model's starting points (your own model: its froze
 init = controls[0].selectbox("Starting point", list(INITS), format_func=INITS.get, key="init")
 learned_rates = init == "maml" and shipped.learns_rates  # Meta-SGD: one meta-learned rate per weight
 own_rates = learned_rates and controls[0].toggle(
-    "Use its learned per-parameter rates", True, key="own_rates", help="off: one rate for every weight, from the box"
+    "Use its learned per-parameter rates",
+    True,
+    key="own_rates",
+    help=f"on: {shipped.lr_in_force(None)}; off: one rate for every weight, from the box",
 )
 LOWEST_LR = 1e-5
 LR_KEY = lr_key()  # one box per model: a newly picked model's box starts at its own default
@@ -69,10 +72,13 @@ learner = learner_for(init)
 if learner.backbone.input_spec != shipped.backbone.input_spec:  # your whole network takes pixels, not features
     tensors = task_tensors(classes, learner.backbone.input_spec, learner.backbone.device)
 if learned_rates:
-    in_force = shipped.lr_in_force(None if own_rates else lr)
     way = len(tensors.names)
     scaled = f"; the head's step x {way}/5 in this {way}-way task" if shipped.way_scaled_head and way != 5 else ""
-    st.caption(f"In force: **{in_force}**{scaled}" + ("" if own_rates else " (replacing the learned rates)"))
+    st.caption(
+        "In force: **its learned rates**, one per weight" + scaled
+        if own_rates
+        else f"In force: **lr {lr:g}** for every weight{scaled} (replacing the learned rates)"
+    )
 lr = None if own_rates else lr  # None: the model's own rates
 has_query = tensors.query_x is not None
 
@@ -112,17 +118,15 @@ def explain_init(init: str) -> None:
             "help). For meta-learning itself, pick **Characters** in the sidebar or watch the Meta-train page."
         )
     elif init == "maml" and shipped.head == "zero":
-        rate = shipped.rates_in_words()
         body = " (only the head adapts)" if shipped.adapted_keys is not None else " and move the body a little"
         body = " and tune the body at its learned rates" if learned_rates else body
         st.caption(
-            f"This model was meta-trained to adapt in {plural(shipped.inner_steps, 'step')} at {rate}. Its head "
+            f"This model was meta-trained to adapt {adapts_plainly(shipped)}. Its head "
             "starts at zero, so step 0 is chance; the first step writes each class's mean feature into the head "
             f"(see Learn), the next ones sharpen it{body}."
         )
     elif init == "maml":
-        rate = shipped.rates_in_words()
-        st.caption(f"This model was meta-trained to adapt in {plural(shipped.inner_steps, 'step')} at {rate}.")
+        st.caption(f"This model was meta-trained to adapt {adapts_plainly(shipped)}.")
 
 
 @st.fragment  # Step, Run and the step slider redraw this part only, not the page
@@ -301,12 +305,13 @@ if comparison and set(comparison) == set(INITS):  # else made with another model
 
 st.divider()
 st.subheader("The learning rate: ÷10, the default, ×10")
+st.caption(f"From {INITS[init][0].lower() + INITS[init][1:]}, the starting point picked at the top.")
 base_lr = float(shipped.inner_lr)
 RATES = {
     f"lr {base_lr * factor:g} ({name})": base_lr * factor
     for name, factor in (("÷10", 0.1), ("default", 1.0), ("×10", 10.0))
 }
-if st.button(f"Compare the rates ({run_steps} steps each, from {INITS[init].lower()})", icon="🎚️"):
+if st.button(f"Compare the rates ({run_steps} steps each)", icon="🎚️"):
     with st.status("Adapting at each rate ...") as status:
         st.session_state.lr_comparison = {
             label: list(adaptation_records(learner, tensors, run_steps, rate)) for label, rate in RATES.items()

@@ -156,7 +156,7 @@ for index, cls in enumerate(list(classes)):
                 grid = st.columns(10)
                 for i, item in enumerate(list(items)):
                     with grid[i % 10]:
-                        st.image(item.thumbnail(), caption=item.name[:14], width=64)
+                        st.image(item.thumbnail(80), caption=item.name[:14], width=80)
                         if st.button("✕", key=f"del_{part}_{cls.uid}_{i}", help=f"remove {item.name}"):
                             items.pop(i)
                             reset_runs()

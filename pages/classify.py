@@ -36,9 +36,6 @@ if new:
     st.rerun()
 for problem in st.session_state.get("classify_problems", []):
     st.error(problem, icon="🚫")
-if pending and st.button("Clear", icon="🗑️"):
-    pending.clear()
-    st.rerun()
 if not pending:
     st.info("Upload or photograph images: each gets the adapted model's prediction.")
     st.stop()
@@ -64,19 +61,26 @@ if unsure:
         + f" kept {unsure['in_task_kept']:.0f}% of the images of a task's own classes and flagged "
         f"{unsure['out_of_task_flagged']:.0f}% of images from outside the task ({unsure['task']})."
     )
+heading, clear = st.columns([4, 1])
+heading.subheader(f"{len(pending)} {'image' if len(pending) == 1 else 'images'}")
+if clear.button("Remove all images", icon="🗑️"):  # named apart from the drawing canvas's own "Clear"
+    pending.clear()
+    st.rerun()
+cards = st.columns(3)  # three results a row: a class's worth of images fits on one screen
 for index, (item, p) in enumerate(zip(pending, probs)):
-    with st.container(border=True):
-        a, b = st.columns([1, 4])
-        a.image(item.thumbnail(128), caption=item.name)
+    with cards[index % 3].container(border=True):
+        a, b = st.columns([1, 3])
+        a.image(item.thumbnail(96), caption=item.name[:20])
         best = int(p.argmax())
         if unsure and scores[index] > unsure["threshold"]:
             b.markdown(
-                f"**None of these?** Unsure: this image is far from every class ({scores[index]:.2f} times the "
-                f"distance between classes). Nearest: {tensors.names[best]}, {100 * p[best]:.1f}%."
+                f"**None of these?** Far from every class ({scores[index]:.2f} times the distance between "
+                f"classes). Nearest: {tensors.names[best]}, {100 * p[best]:.0f}%."
             )
         else:
-            b.markdown(f"**{tensors.names[best]}** — {100 * p[best]:.1f}% confident")
+            b.markdown(f"**{tensors.names[best]}**, {100 * p[best]:.1f}% confident")
         frame = pd.DataFrame({"class": tensors.names, "probability": p})
-        fig = px.bar(frame, x="probability", y="class", orientation="h", range_x=[0, 1], height=60 + 22 * len(p))
-        fig.update_layout(margin={"t": 5, "b": 5}, yaxis={"autorange": "reversed"})  # the task's order, top down
-        b.plotly_chart(fig, key=f"bars_{id(item)}")
+        fig = px.bar(frame, x="probability", y="class", orientation="h", range_x=[0, 1], height=30 + 16 * len(p))
+        fig.update_layout(margin={"t": 0, "b": 0, "l": 0, "r": 0}, yaxis={"autorange": "reversed", "title": ""},
+                          xaxis={"title": "", "showticklabels": False})  # fmt: skip
+        st.plotly_chart(fig, key=f"bars_{id(item)}", config={"displayModeBar": False})

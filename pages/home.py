@@ -1,10 +1,10 @@
 import streamlit as st
 
-from lab.examples import load_example
+from lab.examples import example_mismatch, load_example
 from lab.models import MODELS, meta_trained, model_path, shared_model
 from lab.sidebar import sidebar
 from lab.task import session_classes
-from lab.text import plural
+from lab.text import adapts_plainly
 from metacore.errors import MetacoreError
 from metacore.examples import sample_characters_task
 
@@ -32,6 +32,8 @@ if "classes" not in st.session_state or not any(c.support for c in st.session_st
     load_example(sample_characters_task(way=5, shot=1, query=5, seed=0), "Omniglot characters 5-way 1-shot")
 
 classes = session_classes()
+if mismatch := example_mismatch():
+    st.warning(mismatch, icon="⚠️")
 left, right = st.columns([3, 2])
 with left:
     st.subheader("1 · Your task")
@@ -48,9 +50,8 @@ with left:
 with right:
     st.subheader("2 · Adapt")
     st.write(
-        f"{'The shipped' if shipped_model_picked() else 'The picked'} model ({learner.name}, {learner.head} head) "
-        f"adapts with {learner.rates_in_words()} "
-        f"for {plural(learner.inner_steps, 'step')} by default."
+        f"{'The shipped' if shipped_model_picked() else 'The picked'} model adapts {adapts_plainly(learner)} "
+        "by default."
         + (" Its head starts at zero: step 0 is chance, and what it gets right after the steps, it learned in them."
            if learner.head == "zero" else "")
         + ("" if meta_trained() else " Nothing in this model is meta-trained: its features come from ImageNet "

@@ -38,8 +38,8 @@ default = quick_recipe(train_root, dataset, split)
 run: live_training.LiveRun | None = st.session_state.get("live_run")
 busy = run is not None and run.active
 
-with st.container(border=True):
-    left, middle, right = st.columns(3)
+with st.expander("Settings: algorithm, classes and images per task, steps and rates", expanded=not busy):
+    left, middle, right = st.columns(3)  # collapsed while a run goes on: its live charts come up, above the fold
     algorithm = left.selectbox("Algorithm", list(ALGORITHMS), format_func=ALGORITHMS.get, key="mt_algo", disabled=busy)
     way = left.slider("Classes per task (N)", 2, 20, int(default.way), key="mt_way", disabled=busy)
     shot = left.slider("Support images per class (K)", 1, 5, int(default.shot), key="mt_shot", disabled=busy)

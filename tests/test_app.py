@@ -536,7 +536,8 @@ def test_a_meta_sgd_model_adapts_with_its_learned_rates_unless_overridden(metasg
 
     at = page(start(), "adapt")
     assert at.toggle(key="own_rates").value is True and lr_box(at).disabled
-    assert any("In force: **learned per-parameter rates" in c.value for c in at.caption)
+    assert any("In force: **its learned rates**" in c.value for c in at.caption)
+    assert "learned per-parameter rates (Meta-SGD; mean" in at.toggle(key="own_rates").help  # the numbers: a tooltip
     button(at, "Step").click().run()
     run = at.session_state["runs"]["maml"]
     assert run["lr"] is None  # the model's own rates
