@@ -27,11 +27,12 @@ def line(x: list, y, name: str, colour: str, dash: str = "solid", **extra) -> di
     return {"type": "scatter", "mode": "lines+markers", "x": x, "y": y, "name": name, "line": style, **extra}
 
 
-def curves(records: list[dict]) -> go.Figure:
-    """Loss (left) and accuracy in % (right) of the support and query sets against the step."""
-    steps = [r["step"] for r in records]
+def curves(records: list[dict], last_step: int = 1) -> go.Figure:
+    """Loss (left) and accuracy in % (right) of the support and query sets against the step; with no records yet,
+    the empty axes up to `last_step` (drawn when the page opens, so the first Step only adds points)."""
+    steps = [r["step"] for r in records] or [last_step]
     traces = []
-    for name in ("support", "query"):
+    for name in ("support", "query") if records else ():
         if records[0][f"{name}_loss"] is None:
             continue
         colour = SET_COLOURS[name]
@@ -43,9 +44,13 @@ def curves(records: list[dict]) -> go.Figure:
     layout = {
         "height": 320,
         "margin": {"t": 30, "b": 10},
-        "xaxis": step_axis(steps[-1], domain=[0, 0.47]),
-        "xaxis2": step_axis(steps[-1], domain=[0.53, 1], anchor="y2"),
-        "yaxis": {"title": {"text": "loss (log scale)" if log else "loss"}, "type": "log" if log else "linear"},
+        "xaxis": step_axis(steps[-1], domain=[0, 0.47], **({} if records else {"range": [0, last_step]})),
+        "xaxis2": step_axis(steps[-1], domain=[0.53, 1], anchor="y2", **({} if records else {"range": [0, last_step]})),
+        "yaxis": {
+            "title": {"text": "loss (log scale)" if log else "loss"},
+            "type": "log" if log else "linear",
+            **({} if records else {"range": [0, 2]}),
+        },
         "yaxis2": {"title": {"text": "accuracy %"}, "range": [-3, 103], "anchor": "x2"},
         "legend": {"title": {"text": ""}},
     }

@@ -173,6 +173,7 @@ def stepping_area(init: str, lr: float | None, run_steps: int) -> None:
 
     explain_init(init)
     if not records:
+        chart.plotly_chart(charts.curves([], run_steps), key="curves")  # the axes, waiting for the first Step
         st.info("Press **Step** to take the first inner gradient step, or **Run** for several.")
         return
 

@@ -7,7 +7,9 @@ the built-in 5-way 1-shot Omniglot example (what Home loads), times in the page:
 the frame whose curve chart shows the new step (median of --clicks; clicked once the page has settled after the
 last one, as a person looks before clicking again; `rapid_` clicks again as soon as the chart shows a step, so
 the previous redraw's tail is still running), and Run 5 from the click to the frame showing its fifth step
-(steps per second, median of 4 runs). Then the same with the photo model on an
+(steps per second, median of 4 runs); the first Step after opening the page; Compare from the click to its
+chart; and the Features page from the nav click to both maps drawn (t-SNE, a fresh server's first map).
+Then the same with the photo model on an
 ImageNet-18 5-way 1-shot example when the data root has it (its features are computed when the page opens,
 so its Steps are on cached features). Prints one JSON line. Needs Chromium and playwright.
 """
@@ -20,6 +22,7 @@ import json
 import shutil
 import statistics
 import sys
+import time
 
 from load_test import CLICK_STEP, POINTS, go, idle, lab_server
 
@@ -32,6 +35,18 @@ CLICK_RUN = f"""async () => {{
   while ({POINTS} < before + steps + (before === 0 ? 1 : 0)) await new Promise(r => requestAnimationFrame(r));
   return steps / ((performance.now() - started) / 1000);
 }}"""
+
+
+COMPARED = """[...document.querySelectorAll('.js-plotly-plot')].some(p => (p.data ?? []).some(
+  t => /^ProtoNet/.test(t.name ?? '')))"""  # the comparison's chart (ProtoNet is one of its lines for every model)
+MAPS = """[...document.querySelectorAll('.js-plotly-plot')].filter(p => /(Before|After) adaptation/.test(
+  p.layout?.title?.text ?? '')).length"""
+
+
+async def until(page, started: float, condition: str) -> float:
+    """Seconds from `started` (time.perf_counter) to the first frame where the JavaScript `condition` holds."""
+    await page.wait_for_function(condition, polling="raf")
+    return time.perf_counter() - started
 
 
 async def measure(page, clicks: int) -> dict:
@@ -48,11 +63,22 @@ async def measure(page, clicks: int) -> dict:
     for _ in range(4):
         rates.append(await page.evaluate(CLICK_RUN))
         await idle(page)
+    started = time.perf_counter()
+    await page.get_by_role("button", name="Compare (").first.click()  # every starting point, Run's steps each
+    compare = await until(page, started, COMPARED)
+    await idle(page)
+    started = time.perf_counter()
+    await page.locator('[data-testid="stSidebarNav"] a', has_text="Features").first.click()
+    first_map = await until(page, started, f"{MAPS} >= 2")  # before and after: one projection of both
+    await idle(page)
     return {
+        "first_step_ms": round(1000 * settled[0]),
         "step_median_ms": round(1000 * statistics.median(settled)),
         "step_max_ms": round(1000 * max(settled)),
         "rapid_step_median_ms": round(1000 * statistics.median(rapid)),
         "run_steps_per_s": round(statistics.median(rates), 1),
+        "compare_s": round(compare, 2),
+        "features_maps_s": round(first_map, 2),
     }
 
 
