@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import streamlit as st
@@ -122,9 +123,9 @@ class TaskTensors:
     query_items: list[Item]
 
 
-def item_inputs(items: list[Item], spec: InputSpec) -> torch.Tensor:
+def item_inputs(items: list[Item], spec: InputSpec, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """The model's inputs for these items, each computed once per spec (a photo body runs once per image),
-    8 images per turn of the server's compute slot."""
+    8 images per turn of the server's compute slot; `progress(done, total)` after each 8."""
     new = [item for item in items if spec not in item.inputs]
     for start in range(0, len(new), 8):
         part = new[start : start + 8]
@@ -132,6 +133,8 @@ def item_inputs(items: list[Item], spec: InputSpec) -> torch.Tensor:
             inputs = model_inputs(torch.stack([preprocess(item.image, spec) for item in part]), spec)
         for item, x in zip(part, inputs):
             item.inputs[spec] = x
+        if progress:
+            progress(start + len(part), len(new))
     return torch.stack([item.inputs[spec] for item in items])
 
 
@@ -177,8 +180,11 @@ def require_task() -> tuple[list[TaskClass], TaskTensors]:
         st.stop()
     shipped, _ = shared_model()
     spec = shipped.backbone.input_spec
-    new = sum(spec not in item.inputs for c in classes for item in c.support + c.query)
+    new = [item for c in classes for item in c.support + c.query if spec not in item.inputs]
     if spec.body and new:  # a photo body runs once per image: say so on a first visit instead of a blank page
-        with st.spinner(f"Computing the features of {plural(new, 'image')} (once per image) ..."):
-            return classes, task_tensors(classes, spec, shipped.backbone.device)
+        network = "the ImageNet network" if spec.body == "efficientnet_lite2" else "your network"
+        what = f"Computing the features of {plural(len(new), 'image')} with {network} (once per image)"
+        bar = st.progress(0.0, text=f"{what} ...")
+        item_inputs(new, spec, lambda done, total: bar.progress(done / total, text=f"{what}: {done} of {total}"))
+        bar.empty()
     return classes, task_tensors(classes, spec, shipped.backbone.device)
