@@ -13,6 +13,7 @@ from plotly.colors import qualitative
 
 SET_COLOURS = {"support": "#636efa", "query": "#ef553b"}
 SET_DASHES = {"support": "solid", "query": "dash"}
+AXES2 = {"xaxis": "x2", "yaxis": "y2"}  # the accuracy half of the curves chart
 PALETTE = qualitative.Dark24  # distinct colours for up to 24 classes or layers
 DASHES = ("solid", "dash", "dot", "dashdot")
 
@@ -39,9 +40,9 @@ def curves(records: list[dict], last_step: int = 1) -> go.Figure:
         colour, dash = SET_COLOURS[name], SET_DASHES[name]  # both at 100%: the dashes keep the lower one visible
         traces.append(line(steps, [r[f"{name}_loss"] for r in records], name, colour, dash, legendgroup=name))
         accuracies = [100 * r[f"{name}_acc"] for r in records]
-        traces.append(
-            line(steps, accuracies, name, colour, dash, legendgroup=name, showlegend=False, xaxis="x2", yaxis="y2")
-        )
+        traces.append(line(steps, accuracies, name, colour, dash, legendgroup=name, showlegend=False, **AXES2))
+    if not records:  # empty traces, so that both sets of axes are drawn
+        traces = [{"type": "scatter", "x": [], "y": [], "showlegend": False, **axes} for axes in ({}, AXES2)]
     losses = [v for r in records for k in ("support_loss", "query_loss") if (v := r[k]) is not None and v > 0]
     log = bool(losses) and max(losses) > 100 * min(losses)  # diverging or vanishing: a linear axis hides the rest
     layout = {

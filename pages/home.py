@@ -50,8 +50,8 @@ with left:
 with right:
     st.subheader("2 · Adapt")
     st.write(
-        f"{'The shipped' if shipped_model_picked() else 'The picked'} model adapts {adapts_plainly(learner)} "
-        "by default."
+        f"By default {'the shipped' if shipped_model_picked() else 'the picked'} model adapts "
+        f"{adapts_plainly(learner)}."
         + (" Its head starts at zero: step 0 is chance, and what it gets right after the steps, it learned in them."
            if learner.head == "zero" else "")
         + ("" if meta_trained() else " Nothing in this model is meta-trained: its features come from ImageNet "
