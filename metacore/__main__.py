@@ -229,13 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="a metacore model's feature extractor as .pt2 or ONNX",
-        description="Write a metacore checkpoint's feature extractor (its frozen body, if any, and its backbone) "
-        "as one network taking preprocessed pixels: .pt2 (torch.export) or .onnx. Its preprocessing goes into "
-        "the file.",
+        help="a task's adapted model to run anywhere (ONNX + predict.py), or a model's feature extractor",
+        description="With --support (or a model adapted and downloaded in the lab): adapt to the class folders and "
+        "write OUT/model.onnx (an image's pixels -> class probabilities; class names and preprocessing in its "
+        "metadata), OUT/predict.py (needs only onnxruntime, numpy and pillow: python OUT/predict.py FILE... prints "
+        "file<TAB>class<TAB>probability) and OUT/model.pt2 (torch.export). Without: the feature extractor (its "
+        "frozen body, if any, and its backbone) as one network taking preprocessed pixels, --out x.pt2 or x.onnx.",
     )
-    p.add_argument("checkpoint", help="a metacore checkpoint, e.g. models/photo_lite2.pt")
-    p.add_argument("--out", required=True, help="output file: .pt2 or .onnx")
+    p.add_argument("model", nargs="?", help="a metacore checkpoint (or --checkpoint); default: the shipped model")
+    add_common(p, data=False, episode=False)
+    p.add_argument("--support", help="a folder of class subfolders to adapt to")
+    p.add_argument("--skip-bad", action="store_true", help="leave unreadable support images out, with a warning each")
+    p.add_argument("--out", required=True, help="a folder (a task), or a .pt2 / .onnx file (a feature extractor)")
 
     p = sub.add_parser(
         "bench",
@@ -654,10 +659,32 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from metacore.export import export
+    from metacore.export import export, export_task
+    from metacore.features import adapted_params, load_support_folder
 
-    out = export(args.checkpoint, args.out)
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB)")
+    if args.model and args.checkpoint and args.model != args.checkpoint:
+        raise MetacoreError(f"two checkpoints given ('{args.model}' and --checkpoint '{args.checkpoint}'): give one")
+    args.checkpoint = args.checkpoint or args.model
+    out = Path(args.out)
+    if out.suffix in (".pt2", ".onnx") and not args.support:
+        written = export(args.checkpoint or DEFAULT_CHECKPOINT, out)
+        print(f"wrote {written} ({written.stat().st_size / 2**20:.1f} MB)")
+        return 0
+    if out.suffix in (".pt2", ".onnx"):
+        raise MetacoreError(f"--out is a folder for a task (model.onnx, predict.py, model.pt2 go in it), not '{out}'")
+    check_steps(args)
+    learner, meta, _ = load_model(args)
+    if args.support:
+        support = load_support_folder(args.support, learner.backbone.input_spec, args.skip_bad)
+        params, classes = adapted_params(learner, support, args.steps, args.inner_lr), support.classes
+    elif "adapted_head" in meta:  # a model adapted (and downloaded) in the lab
+        params = {**learner.params, **{k: v.to(learner.backbone.device) for k, v in meta["adapted_head"].items()}}
+        classes = meta["classes"]
+    else:
+        raise MetacoreError("--support is needed: this checkpoint is meta-trained, not adapted to classes")
+    export_task(learner, params, classes, out)
+    sizes = ", ".join(f"{f.name} {f.stat().st_size / 2**10:,.0f} KB" for f in sorted(out.iterdir()))
+    print(f"wrote {out}/: {sizes}\nrun it: python {out / 'predict.py'} IMAGE...")
     return 0
 
 
