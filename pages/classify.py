@@ -3,10 +3,11 @@ import plotly.express as px
 import streamlit as st
 
 from lab.canvas import drawing_canvas
+from lab.export import exported_zip
 from lab.models import picked_yours, shared_model, takes_drawings, unsure_threshold
 from lab.runs import chosen_adaptation
 from lab.sidebar import sidebar
-from lab.task import MAX_TASK_IMAGES, add_uploads, item_inputs, require_task
+from lab.task import MAX_TASK_IMAGES, add_uploads, item_inputs, require_task, task_signature
 from metacore.features import predict_proba
 from metacore.isolation import compute_slot
 from metacore.openset import novelty, task_threshold
@@ -18,6 +19,19 @@ _, tensors = require_task()
 shipped, _ = shared_model()
 learner, params, caption = chosen_adaptation(tensors)
 st.caption(f"Using {caption}.")
+with st.expander("Export this adapted model: it runs anywhere, without this lab", icon="📦"):
+    if picked_yours():
+        st.caption("Your own model: export the network itself (torch.export or ONNX) from where it was made.")
+    else:
+        st.caption("A zip: model.onnx (pixels in, class probabilities out), predict.py (needs only onnxruntime, "
+                   "numpy and pillow) and model.pt2 for PyTorch.")  # fmt: skip
+        made = st.session_state.get("export_zip")
+        key = (task_signature(tensors), caption, id(params))
+        if st.button("Prepare the export", icon="⚙️"):
+            with st.spinner("Exporting the adapted model (a few seconds; with the ImageNet body, ~15 s) ..."):
+                made = st.session_state.export_zip = (key, exported_zip(learner, params, tensors.names))
+        if made and made[0] == key:
+            st.download_button("Download few_shot_model.zip", made[1], "few_shot_model.zip", icon="⬇️")
 
 counter = st.session_state.setdefault("classify_upload", 0)
 left, right = st.columns(2)

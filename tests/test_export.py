@@ -132,3 +132,25 @@ def test_export_mistakes_get_one_line(args: list[str], message: str, capsys, tmp
     args = [str(tmp_path / a) if a in ("x", "x.onnx") else a for a in args]
     assert main(["export", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_classify_page_exports_the_adapted_task_as_a_zip(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from test_app import button, page, start
+
+    at = page(start(), "classify")
+    button(at, "Prepare the export").click().run()
+    assert not at.exception
+    key, data = at.session_state["export_zip"]
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = set(archive.namelist())
+        archive.extractall(tmp_path)
+    assert {f"few_shot_model/{n}" for n in ("model.onnx", "model.pt2", "predict.py", "README.txt")} == names
+    classes = [c.name for c in at.session_state["classes"]]
+    query = tmp_path / "query.png"
+    at.session_state["classes"][2].query[0].image.save(query)
+    code, rows, stderr = run_predict(tmp_path / "few_shot_model", [query])
+    assert code == 0, stderr
+    assert rows[0][1] == classes[2]  # a query image of the third class (the adapted model gets it right)
