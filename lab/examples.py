@@ -11,6 +11,8 @@ from lab.models import takes_drawings
 from lab.runs import reset_runs
 from lab.task import TaskClass, make_item
 from metacore.data import ImageClass, open_dataset
+from metacore.errors import MetacoreError
+from metacore.examples import digits_task, sample_characters_task
 from metacore.paths import default_data_root
 
 
@@ -53,3 +55,24 @@ def example_mismatch() -> str | None:
         f"This example is {kind}, but the picked model reads {'characters' if photos else 'photos'}: expect poor "
         f"accuracy. Pick **{other}** in the sidebar, or another example."
     )
+
+
+LINKED_EXAMPLES = {"characters": (sample_characters_task, "Omniglot characters"), "digits": (digits_task, "digits")}
+
+
+def open_linked_example(params: dict[str, str]) -> str | None:
+    """Load the bundled example a link names (`?example=characters&way=5&shot=1&query=5`, or `digits`); returns a
+    sentence when the link cannot be followed (the session's task is then left as it was)."""
+    name = params.get("example", "")
+    if name not in LINKED_EXAMPLES:
+        return f"The link asks for the example '{name}'; the lab bundles {' and '.join(LINKED_EXAMPLES)}."
+    try:
+        way, shot, query = (int(params.get(key, default)) for key, default in (("way", 5), ("shot", 1), ("query", 5)))
+        make, title = LINKED_EXAMPLES[name]
+        task = make(way, shot, query, seed=0)
+    except ValueError:
+        return "The link's way, shot and query must be whole numbers."
+    except MetacoreError as exc:
+        return f"The link's example cannot be made: {exc}."
+    load_example(task, f"{title} {way}-way {shot}-shot (from a link)")
+    return None

@@ -137,6 +137,11 @@ def chosen_adaptation(tensors: TaskTensors) -> tuple[MAML, dict[str, torch.Tenso
     return shipped, params, caption
 
 
+def run_steps_key() -> str:
+    """The Adapt page's "Steps per Run", one per model (a newly picked model starts at its own inner steps)."""
+    return f"run_steps:{model_label()}"
+
+
 def lr_key() -> str:
     """The Adapt page's lr box, one per model (a widget's value comes back from the browser with every rerun, so
     dropping it from session state would not bring back the new model's default)."""

@@ -5,8 +5,8 @@ import streamlit as st
 
 from lab import charts
 from lab.examples import example_mismatch
-from lab.models import NOT_META_TRAINED_INITS, inits, learner_for, meta_trained, model_label, shared_model
-from lab.runs import adaptation_records, advance_run, lr_key, new_run, session_runs
+from lab.models import NOT_META_TRAINED_INITS, inits, learner_for, meta_trained, shared_model
+from lab.runs import adaptation_records, advance_run, lr_key, new_run, run_steps_key, session_runs
 from lab.sidebar import sidebar
 from lab.task import require_task, task_tensors
 from lab.text import adapts_plainly, plural
@@ -62,7 +62,8 @@ for column, (label, factor) in zip(presets, (("÷10", 0.1), ("default", 1.0), ("
         + ("" if factor == 1 else f" (the default {shipped.inner_lr:g} {label})"),
     )
 trained_steps = max(1, min(50, shipped.inner_steps))  # Run takes the steps the model was meta-trained for
-run_steps = controls[2].slider("Steps per Run", 1, 50, trained_steps, key=f"run_steps:{model_label()}")
+st.session_state.setdefault(run_steps_key(), trained_steps)  # in the session, as the lr box: a saved task sets it
+run_steps = controls[2].slider("Steps per Run", 1, 50, key=run_steps_key())
 if run_steps > shipped.inner_steps and shipped.inner_steps > 0:
     controls[2].caption(
         f"Meta-trained for {plural(shipped.inner_steps, 'step')}: past that, the steps may overshoot and accuracy "

@@ -4,6 +4,7 @@ from lab.canvas import drawing_canvas
 from lab.examples import data_root, example_mismatch, listed_classes, load_example
 from lab.models import takes_drawings
 from lab.runs import reset_runs
+from lab.saved_tasks import open_task, task_zip
 from lab.sidebar import sidebar
 from lab.task import MAX_TASK_IMAGES, TaskClass, add_uploads, session_classes, task_problems, task_size
 from metacore.errors import MetacoreError
@@ -168,3 +169,27 @@ for problem in problems:
 if not problems:
     st.success(f"Ready: {len(classes)}-way task with {sum(len(c.support) for c in classes)} support images.")
     st.page_link("pages/adapt.py", label="Adapt to it", icon="📉")
+
+with st.expander("Save this task, or open a saved one", icon="💾"):
+    left, right = st.columns(2)
+    left.download_button(
+        "Save this task (.zip)",
+        task_zip,  # made when clicked: the images as PNG, the class names, the model and its settings
+        "few_shot_task.zip",
+        "application/zip",
+        icon="⬇️",
+        disabled=not any(c.support or c.query for c in classes),
+        on_click="ignore",
+    )
+    left.caption("Open it again next week, on this server or another: the same images, names, model and settings.")
+    opened_count = st.session_state.setdefault("task_upload", 0)
+    saved = right.file_uploader("Open a saved task (.zip)", type=["zip"], key=f"task_upload_{opened_count}")
+    if saved is not None:
+        st.session_state.task_upload += 1  # a fresh uploader: the file is opened once
+        try:
+            st.session_state.task_opened = ("success", open_task(saved.getvalue(), saved.name))
+        except MetacoreError as exc:  # the task in the session stays as it was
+            st.session_state.task_opened = ("error", f"{saved.name}: {exc}.")
+        st.rerun()
+    if opened := st.session_state.get("task_opened"):
+        (right.success if opened[0] == "success" else right.error)(opened[1])

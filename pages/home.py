@@ -1,6 +1,6 @@
 import streamlit as st
 
-from lab.examples import example_mismatch, load_example
+from lab.examples import example_mismatch, load_example, open_linked_example
 from lab.models import MODELS, meta_trained, model_path, shared_model
 from lab.sidebar import sidebar
 from lab.task import session_classes
@@ -28,6 +28,10 @@ except MetacoreError as exc:
     st.error(f"The shipped model could not be loaded: {exc}")
     st.stop()
 
+if "example" in st.query_params and st.session_state.get("followed_link") != dict(st.query_params):
+    st.session_state.followed_link = dict(st.query_params)  # once: the page reruns with the same address
+    if problem := open_linked_example(st.query_params.to_dict()):
+        st.warning(problem, icon="🔗")
 if "classes" not in st.session_state or not any(c.support for c in st.session_state.classes):
     load_example(sample_characters_task(way=5, shot=1, query=5, seed=0), "Omniglot characters 5-way 1-shot")
 
