@@ -488,7 +488,7 @@ def unsure_threshold(args: argparse.Namespace) -> float | None:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from metacore.features import adapted_params, load_support_folder, predict_proba, query_files, read_inputs
-    from metacore.openset import novelty
+    from metacore.openset import novelty, task_threshold
 
     check_steps(args)
     learner, meta, _ = load_model(args)
@@ -513,6 +513,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
         for f, p in zip(readable, probs)
     ]
     threshold = unsure_threshold(args)
+    if threshold is None and args.support:  # no card threshold: from the task (each support image left out)
+        measured = task_threshold(learner, params, support.images, support.labels)
+        threshold = measured and measured["threshold"]
+        print(
+            f"none of these?: threshold {threshold:.3g} measured on the support set; on it, it keeps "
+            f"{measured['in_task_kept']:.0f}% of the task's own images and flags {measured['out_of_task_flagged']:.0f}%"
+            " of images of a class left out"
+            if measured
+            else "none of these?: off (the model's card has no threshold, and the support set is too small to measure "
+            "one: it needs 3 classes and a class with 2 images)",
+            file=sys.stderr,
+        )
     if threshold is not None and args.support:  # the class means come from the support set
         scores = novelty(learner, params, support.images, support.labels, images, len(classes))
         for row, score in zip(rows, scores.tolist()):

@@ -55,10 +55,10 @@ if not pending:
     st.stop()
 
 batch = item_inputs(pending, shipped.backbone.input_spec)
-unsure = unsure_threshold() if learner is shipped else None  # chosen for the meta-trained model only
+unsure = unsure_threshold() if learner is shipped else None  # the card's, chosen on held-out classes
 with compute_slot():
     probs = predict_proba(learner, params, batch).numpy()
-    if unsure is None and picked_yours() and learner is shipped:  # your model: no card, so from the task itself
+    if unsure is None:  # no card threshold for this model: from the task itself (each support image left out)
         unsure = task_threshold(learner, params, tensors.support_x, tensors.support_y)
     if unsure:
         way = len(tensors.names)
@@ -74,6 +74,11 @@ if unsure:
         )
         + f" kept {unsure['in_task_kept']:.0f}% of the images of a task's own classes and flagged "
         f"{unsure['out_of_task_flagged']:.0f}% of images from outside the task ({unsure['task']})."
+    )
+else:  # never silently off
+    st.caption(
+        "**None of these?** is off for this task: this model has no threshold measured on held-out classes, and "
+        "the task is too small to measure one on itself (that needs 3 classes and a class with 2 support images)."
     )
 heading, clear = st.columns([4, 1])
 heading.subheader(f"{len(pending)} {'image' if len(pending) == 1 else 'images'}")
