@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from lab.memo import remembered
 from lab.models import available_models, model_label, takes_drawings
 from lab.runs import lr_key, reset_runs, run_steps_key
 from lab.task import Item, TaskClass, session_classes
@@ -20,8 +21,23 @@ def task_zip() -> bytes:
         "lr": st.session_state.get(lr_key()),
         "run_steps": st.session_state.get(run_steps_key()),
     }
-    classes = [SavedClass(c.name, [i.image for i in c.support], [i.image for i in c.query]) for c in session_classes()]
+    classes = [
+        SavedClass(c.name, [i.as_png() for i in c.support], [i.as_png() for i in c.query]) for c in session_classes()
+    ]
     return write_task(SavedTask(classes, {k: v for k, v in settings.items() if v is not None}))
+
+
+def saved_task_zip() -> bytes:
+    """`task_zip()`, made again only when the task or its settings changed (the Build page reruns on every click)."""
+    classes = session_classes()
+    key = (
+        tuple((c.name, tuple(map(id, c.support)), tuple(map(id, c.query))) for c in classes),
+        model_label(),
+        st.session_state.get(lr_key()),
+        st.session_state.get(run_steps_key()),
+        st.session_state.get("example"),
+    )
+    return remembered("task_zip", key, task_zip, keep=[list(c.support + c.query) for c in classes])
 
 
 def open_task(data: bytes, file_name: str) -> str:

@@ -30,6 +30,12 @@ class Item:
     image: Image.Image
     inputs: dict[InputSpec, torch.Tensor] = field(default_factory=dict, repr=False)  # model inputs, per spec
     thumbnails: dict[int, Image.Image] = field(default_factory=dict, repr=False)  # made once per size: pages rerun
+    png: bytes | None = field(default=None, repr=False)  # the image as PNG, made once (a saved task holds it)
+
+    def as_png(self) -> bytes:
+        if self.png is None:
+            self.png = image_to_png(self.image)
+        return self.png
 
     def thumbnail(self, size: int = 72) -> Image.Image:
         if size not in self.thumbnails:

@@ -30,7 +30,7 @@ MAX_CLASSES = 20
 @dataclass
 class SavedClass:
     name: str
-    support: list[Image.Image] = field(default_factory=list)
+    support: list[Image.Image] = field(default_factory=list)  # writing also takes PNG bytes
     query: list[Image.Image] = field(default_factory=list)
 
 
@@ -40,7 +40,9 @@ class SavedTask:
     settings: dict = field(default_factory=dict)  # e.g. the model's label, the lr, the steps per Run
 
 
-def _png(image: Image.Image) -> bytes:
+def _png(image: Image.Image | bytes) -> bytes:
+    if isinstance(image, bytes):  # PNG already (the lab keeps each image's)
+        return image
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()

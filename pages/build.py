@@ -4,7 +4,7 @@ from lab.canvas import drawing_canvas
 from lab.examples import data_root, example_mismatch, listed_classes, load_example
 from lab.models import takes_drawings
 from lab.runs import reset_runs
-from lab.saved_tasks import open_task, task_zip
+from lab.saved_tasks import open_task, saved_task_zip
 from lab.sidebar import sidebar
 from lab.task import MAX_TASK_IMAGES, TaskClass, add_uploads, session_classes, task_problems, task_size
 from metacore.errors import MetacoreError
@@ -174,7 +174,7 @@ with st.expander("Save this task, or open a saved one", icon="💾"):
     left, right = st.columns(2)
     left.download_button(
         "Save this task (.zip)",
-        task_zip,  # made when clicked: the images as PNG, the class names, the model and its settings
+        saved_task_zip(),  # the images as PNG, the class names, the model and its settings; made once per change
         "few_shot_task.zip",
         "application/zip",
         icon="⬇️",

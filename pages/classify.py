@@ -1,9 +1,12 @@
 import pandas as pd
 import plotly.express as px
 import streamlit as st
+from streamlit_webrtc import WebRtcMode, webrtc_streamer
 
 from lab.canvas import drawing_canvas
 from lab.export import exported_zip
+from lab.live_camera import LiveClassifier, live_classifier
+from lab.memo import remembered
 from lab.models import picked_yours, shared_model, takes_drawings, unsure_threshold
 from lab.runs import chosen_adaptation
 from lab.sidebar import sidebar
@@ -19,6 +22,18 @@ _, tensors = require_task()
 shipped, _ = shared_model()
 learner, params, caption = chosen_adaptation(tensors)
 st.caption(f"Using {caption}.")
+adaptation = (task_signature(tensors), caption, id(params))
+
+
+def none_of_these() -> dict | None:
+    """The "none of these?" threshold: the model card's (chosen on held-out classes), else one measured on the task
+    itself (each support image left out); None when the task is too small for that."""
+    card = unsure_threshold() if learner is shipped else None
+    with compute_slot():
+        return card or task_threshold(learner, params, tensors.support_x, tensors.support_y)
+
+
+unsure = remembered("unsure", adaptation, none_of_these, keep=params)
 with st.expander("Export this adapted model: it runs anywhere, without this lab", icon="📦"):
     if picked_yours():
         st.caption("Your own model: export the network itself (torch.export or ONNX) from where it was made.")
@@ -26,21 +41,57 @@ with st.expander("Export this adapted model: it runs anywhere, without this lab"
         st.caption("A zip: model.onnx (pixels in, class probabilities out), predict.py (needs only onnxruntime, "
                    "numpy and pillow) and model.pt2 for PyTorch.")  # fmt: skip
         made = st.session_state.get("export_zip")
-        key = (task_signature(tensors), caption, id(params))
         if st.button("Prepare the export", icon="⚙️"):
             with st.spinner("Exporting the adapted model (a few seconds; with the ImageNet body, ~15 s) ..."):
-                made = st.session_state.export_zip = (key, exported_zip(learner, params, tensors.names))
-        if made and made[0] == key:
+                made = st.session_state.export_zip = (adaptation, exported_zip(learner, params, tensors.names))
+        if made and made[0] == adaptation:
             st.download_button("Download few_shot_model.zip", made[1], "few_shot_model.zip", icon="⬇️")
+
+
+@st.fragment(run_every=0.2)  # five times a second, this part only
+def live_bars(classifier: LiveClassifier) -> None:
+    result = classifier.latest
+    if result is None:
+        st.info("Press **START** beside the video (allow the camera): the bars appear with the first frame.")
+        return
+    best = int(result.probabilities.argmax())
+    st.markdown("**None of these?**" if result.unsure else f"**{classifier.classes[best]}**")
+    for name, p in zip(classifier.classes, result.probabilities):
+        st.progress(float(p), text=f"{name}: {100 * p:.0f}%")
+    per_second, latency = classifier.rate()
+    st.caption(f"{per_second:.1f} frames classified a second; {latency:.0f} ms from a frame to its result.")
+
 
 counter = st.session_state.setdefault("classify_upload", 0)
 left, right = st.columns(2)
 files = left.file_uploader("Images to classify", accept_multiple_files=True, key=f"classify_{counter}")
+live = right.toggle("Live camera", key="live_on", help="every frame classified as it comes, bars updating live")
 photo = right.camera_input("…or take a photo", key="classify_cam") if right.toggle("Camera") else None
 drawing = None
 if takes_drawings() and right.toggle("Draw"):
     with right:
         drawing = drawing_canvas(key="classify_draw")
+if live:
+    classifier = remembered(
+        "live_classifier",
+        adaptation,
+        lambda: live_classifier(learner, params, tensors.names, tensors.support_x, tensors.support_y,
+                                unsure and unsure["threshold"], takes_drawings()),
+        keep=params,
+    )  # fmt: skip
+    camera, bars = st.columns([3, 2])
+    with camera:
+        webrtc_streamer(
+            key="live_camera",
+            mode=WebRtcMode.SENDRECV,  # the video comes back with the prediction written on it
+            video_frame_callback=classifier.on_frame,
+            media_stream_constraints={"video": {"width": {"ideal": 640}}, "audio": False},
+            rtc_configuration={"iceServers": []},  # browser and server on one network: no outside server
+        )
+        st.caption("Hold an object (a drawing, for the character model) to the camera: each frame is classified "
+                   "by the adapted model, and the bars follow.")  # fmt: skip
+    with bars:
+        live_bars(classifier)
 new = [(f.name, f.getvalue()) for f in files or []] + ([("photo", photo.getvalue())] if photo is not None else [])
 new += [("drawing", drawing)] if drawing else []
 pending: list = st.session_state.setdefault("to_classify", [])
@@ -55,11 +106,8 @@ if not pending:
     st.stop()
 
 batch = item_inputs(pending, shipped.backbone.input_spec)
-unsure = unsure_threshold() if learner is shipped else None  # the card's, chosen on held-out classes
 with compute_slot():
     probs = predict_proba(learner, params, batch).numpy()
-    if unsure is None:  # no card threshold for this model: from the task itself (each support image left out)
-        unsure = task_threshold(learner, params, tensors.support_x, tensors.support_y)
     if unsure:
         way = len(tensors.names)
         scores = novelty(learner, params, tensors.support_x, tensors.support_y, batch, way)

@@ -320,3 +320,82 @@ def test_upload_your_model_and_check_it(server: str, browser_page, tmp_path: Pat
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
     assert page.get_by_text("raw pixels (32x32)").count() > 0 or page.locator("canvas").count() > 0
     page.screenshot(path=SHOTS / "check.png", full_page=True)
+
+
+def fake_video(path: Path, frames: list, seconds_each: float = 3.0, fps: int = 10) -> None:
+    """A .y4m file Chromium plays as its camera: each of `frames` (greyscale arrays, 240x320) held for a while."""
+    import numpy as np
+
+    height, width = frames[0].shape
+    grey = np.full((height // 2) * (width // 2) * 2, 128, np.uint8).tobytes()  # no colour
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            for _ in range(int(seconds_each * fps)):
+                f.write(b"FRAME\n" + frame.tobytes() + grey)
+
+
+def drawing_frame(image):
+    """A character drawing on a sheet of paper held to a 320x240 camera."""
+    import numpy as np
+    from PIL import Image
+
+    sheet = Image.new("L", (320, 240), 255)
+    sheet.paste(image.convert("L").resize((180, 180)), (70, 30))
+    return np.asarray(sheet)
+
+
+def test_live_camera_bars_follow_the_video_and_a_saved_task_reopens(server: str, browser_page, tmp_path: Path) -> None:
+    """Chromium's fake camera plays two characters of the built-in task in turn: the live bars' top class changes
+    with the video; then the task, saved as a zip, opens in a fresh session with the same classes."""
+    from metacore.examples import sample_characters_task
+
+    task = sample_characters_task(way=5, shot=1, query=5, seed=0)
+    names = list(task)
+    video = tmp_path / "camera.y4m"
+    fake_video(video, [drawing_frame(task[names[k]]["support"][0]) for k in (0, 2)])
+    camera = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+              f"--use-file-for-fake-video-capture={video}"]  # fmt: skip
+    chromium = browser_page.context.browser.browser_type  # the module's playwright: a second one may not start
+    browser = chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", *camera])
+    try:
+        context = browser.new_context(permissions=["camera"], viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.goto(server)
+        page.get_by_text("Few-shot learning lab").first.wait_for(timeout=60_000)
+        wait_idle(page)
+        go(page, "Classify")
+        page.get_by_text("Live camera").first.click()
+        wait_idle(page)
+        page.frame_locator("iframe").first.get_by_role("button", name="START").click(timeout=60_000)
+        tops, rates = [], []
+        for _ in range(40):  # 10 s: the video's two characters, each 3 s, and back
+            page.wait_for_timeout(250)
+            lines = page.inner_text("body").splitlines()
+            first_bar = next((i for i, line in enumerate(lines) if line.startswith(f"{names[0]}: ")), None)
+            if first_bar:  # the verdict: the last non-empty line above the bars
+                tops.append(next(line.strip() for line in reversed(lines[:first_bar]) if line.strip()))
+            rates += [float(line.split()[0]) for line in lines if "frames classified a second" in line]
+        page.screenshot(path=SHOTS / "classify_live.png")
+        assert names[0] in tops and names[2] in tops, tops  # the bars changed class with the video
+        assert max(rates) >= 5, rates
+
+        go(page, "Build a task")
+        page.get_by_text("Save this task, or open a saved one").first.click()
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Save this task (.zip)").click()
+        saved = tmp_path / "task.zip"
+        download.value.save_as(saved)
+
+        fresh = context.new_page()  # a new session: the built-in example, then the saved task over it
+        fresh.goto(server)
+        fresh.get_by_text("5 classes", exact=False).first.wait_for(timeout=60_000)  # Home's example is loaded
+        wait_idle(fresh)
+        go(fresh, "Build a task")
+        fresh.get_by_text("Save this task, or open a saved one").first.click()
+        fresh.get_by_text("Open a saved task (.zip)").wait_for(timeout=30_000)
+        fresh.locator('[data-testid="stFileUploaderDropzoneInput"]').last.set_input_files(str(saved))
+        wait_idle(fresh)
+        fresh.get_by_text("Opened task.zip: 5 classes, 5 support and 25 query images").wait_for(timeout=60_000)
+    finally:
+        browser.close()
