@@ -125,3 +125,45 @@ def live_classifier(
     with torch.no_grad(), compute_slot():
         support = learner.backbone.features(params, support_x.to(learner.backbone.device)).cpu()
     return LiveClassifier(learner, params, classes, support, support_y.cpu(), threshold, drawings)
+
+
+@dataclass
+class BurstRecorder:
+    """Frames recorded from the camera at `rate` a second, up to `limit`, while recording is on (the Build page's
+    burst capture: hold an object up, turn it, and a class fills)."""
+
+    rate: float = 5.0
+    limit: int = 30
+    drawings: bool = False  # the character model: each frame binarised and framed like a drawing
+    frames: list = field(default_factory=list)
+    recording: bool = False
+    _last: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self, rate: float, limit: int, drawings: bool) -> None:
+        with self._lock:
+            self.rate, self.limit, self.drawings = rate, limit, drawings
+            self.frames, self.recording, self._last = [], True, 0.0
+
+    def stop(self) -> None:
+        self.recording = False
+
+    def take(self) -> list[Image.Image]:
+        """The frames recorded since the last take, once recording has stopped (else none yet)."""
+        with self._lock:
+            if self.recording:
+                return []
+            frames, self.frames = self.frames, []
+        return frames
+
+    def on_frame(self, frame):  # an av.VideoFrame, in streamlit-webrtc's thread
+        now = time.monotonic()
+        if self.recording and now - self._last >= 1 / self.rate:
+            image = frame.to_image()
+            image.thumbnail((FRAME_SIDE, FRAME_SIDE))
+            with self._lock:
+                if self.recording:
+                    self._last = now
+                    self.frames.append(as_drawing(image) if self.drawings else image)
+                    self.recording = len(self.frames) < self.limit
+        return frame

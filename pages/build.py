@@ -1,12 +1,22 @@
 import streamlit as st
+from streamlit_webrtc import WebRtcMode, webrtc_streamer
 
 from lab.canvas import drawing_canvas
 from lab.examples import data_root, example_mismatch, listed_classes, load_example
+from lab.live_camera import BurstRecorder
 from lab.models import takes_drawings
 from lab.runs import reset_runs
 from lab.saved_tasks import open_task, saved_task_zip
 from lab.sidebar import sidebar
-from lab.task import MAX_TASK_IMAGES, TaskClass, add_uploads, session_classes, task_problems, task_size
+from lab.task import (
+    MAX_TASK_IMAGES,
+    TaskClass,
+    add_uploads,
+    image_to_png,
+    session_classes,
+    task_problems,
+    task_size,
+)
 from metacore.errors import MetacoreError
 from metacore.examples import (
     OMNIGLOT_EXAMPLES,
@@ -29,6 +39,58 @@ st.write(
 
 classes = session_classes()
 drawable = takes_drawings()
+
+
+def burst_capture(classes: list[TaskClass]) -> None:
+    """Hold an object to the camera and turn it: frames go into the chosen class at the chosen rate."""
+    recorder: BurstRecorder = st.session_state.setdefault("burst", BurstRecorder())
+    with st.container(border=True):
+        video, controls = st.columns([3, 2])
+        with video:
+            webrtc_streamer(
+                key="burst_camera",
+                mode=WebRtcMode.SENDRECV,
+                video_frame_callback=recorder.on_frame,
+                media_stream_constraints={"video": {"width": {"ideal": 640}}, "audio": False},
+                rtc_configuration={"iceServers": []},  # browser and server on one network: no outside server
+            )
+        target = controls.selectbox("Into class", range(len(classes)), format_func=lambda i: classes[i].name,
+                                    key="burst_class")  # fmt: skip
+        part = controls.radio("As", ["support", "query"], horizontal=True, key="burst_part")
+        rate = controls.slider("Frames a second", 1, 10, 5, key="burst_rate")
+        limit = controls.slider("At most", 5, 50, 30, 5, key="burst_limit")
+        start, stop = controls.columns(2)
+        if start.button("Record", icon="🔴", disabled=recorder.recording, help="START the camera first"):
+            st.session_state.pop("burst_added", None)
+            recorder.start(rate, limit, drawable)
+        if stop.button("Stop", icon="⏹️", disabled=not recorder.recording):
+            recorder.stop()
+        with controls:
+            burst_progress(recorder, classes, target, part)
+
+
+@st.fragment(run_every=0.3)
+def burst_progress(recorder: BurstRecorder, classes: list[TaskClass], target: int, part: str) -> None:
+    if recorder.recording:
+        st.progress(
+            len(recorder.frames) / recorder.limit, text=f"Recording: {len(recorder.frames)} of {recorder.limit}"
+        )
+        return
+    frames = recorder.take()
+    if frames:  # recording has just stopped: the frames join the class, each an image like any upload
+        items = getattr(classes[min(target, len(classes) - 1)], part)
+        start = len(items)
+        uploads = [(f"frame {start + i + 1}", image_to_png(frame)) for i, frame in enumerate(frames)]
+        st.session_state.burst_messages = add_uploads(items, uploads, MAX_TASK_IMAGES - task_size(classes))
+        st.session_state.burst_added = f"Added {len(items) - start} frames to {classes[target].name} ({part})."
+        reset_runs()
+        st.rerun()  # the whole page: the class shows its new images
+    for message in st.session_state.get("burst_messages", []):
+        st.error(message, icon="🚫")
+    if added := st.session_state.get("burst_added"):
+        st.success(added)
+
+
 messages: dict = st.session_state.setdefault("upload_messages", {})
 
 with st.expander("Start from an example", expanded=not any(c.support for c in classes)):
@@ -113,6 +175,8 @@ if top[1].button("Clear all", icon="🗑️"):
     st.session_state.pop("example_photos", None)
     reset_runs()
     st.rerun()
+if top[2].toggle("Burst capture from the camera", key="burst_on", help="record frames into a class, e.g. 5 a second"):
+    burst_capture(classes)
 
 for index, cls in enumerate(list(classes)):
     with st.container(border=True):

@@ -380,7 +380,18 @@ def test_live_camera_bars_follow_the_video_and_a_saved_task_reopens(server: str,
         assert names[0] in tops and names[2] in tops, tops  # the bars changed class with the video
         assert max(rates) >= 5, rates
 
-        go(page, "Build a task")
+        go(page, "Build a task")  # burst capture: 30 frames at 5 a second into the first class's support
+        before = page.locator('[data-testid="stImage"]').count()
+        page.get_by_text("Burst capture from the camera").first.click()
+        wait_idle(page)
+        page.frame_locator("iframe").first.get_by_role("button", name="START").click(timeout=60_000)
+        page.wait_for_timeout(2000)  # the video is flowing
+        page.get_by_role("button", name="Record").click()
+        page.get_by_text(f"Added 30 frames to {names[0]} (support).").wait_for(timeout=60_000)
+        wait_idle(page)
+        assert page.locator('[data-testid="stImage"]').count() == before + 30  # each with its thumbnail
+        page.screenshot(path=SHOTS / "build_burst.png")
+
         page.get_by_text("Save this task, or open a saved one").first.click()
         with page.expect_download() as download:
             page.get_by_role("button", name="Save this task (.zip)").click()
@@ -396,6 +407,6 @@ def test_live_camera_bars_follow_the_video_and_a_saved_task_reopens(server: str,
         fresh.get_by_text("Open a saved task (.zip)").wait_for(timeout=30_000)
         fresh.locator('[data-testid="stFileUploaderDropzoneInput"]').last.set_input_files(str(saved))
         wait_idle(fresh)
-        fresh.get_by_text("Opened task.zip: 5 classes, 5 support and 25 query images").wait_for(timeout=60_000)
+        fresh.get_by_text("Opened task.zip: 5 classes, 35 support and 25 query images").wait_for(timeout=60_000)
     finally:
         browser.close()
