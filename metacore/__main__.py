@@ -486,20 +486,27 @@ def unsure_threshold(args: argparse.Namespace) -> float | None:
     return entry["threshold"] if entry else None
 
 
+def adapted_to_task(args: argparse.Namespace, learner, meta: dict):
+    """(adapted parameters, class names, the support images or None): adapted to `--support`, or the head a model
+    adapted (and downloaded) in the lab carries."""
+    from metacore.features import adapted_params, load_support_folder
+
+    if args.support:
+        support = load_support_folder(args.support, learner.backbone.input_spec, args.skip_bad)
+        return adapted_params(learner, support, args.steps, args.inner_lr), support.classes, support
+    if "adapted_head" in meta:
+        head = {k: v.to(learner.backbone.device) for k, v in meta["adapted_head"].items()}
+        return {**learner.params, **head}, meta["classes"], None
+    raise MetacoreError("--support is needed: this checkpoint is meta-trained, not adapted to classes")
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
-    from metacore.features import adapted_params, load_support_folder, predict_proba, query_files, read_inputs
+    from metacore.features import predict_proba, query_files, read_inputs
     from metacore.openset import novelty, task_threshold
 
     check_steps(args)
     learner, meta, _ = load_model(args)
-    if args.support:
-        support = load_support_folder(args.support, learner.backbone.input_spec, args.skip_bad)
-        params, classes = adapted_params(learner, support, args.steps, args.inner_lr), support.classes
-    elif "adapted_head" in meta:  # a model adapted (and downloaded) in the lab
-        head = {k: v.to(learner.backbone.device) for k, v in meta["adapted_head"].items()}
-        params, classes = {**learner.params, **head}, meta["classes"]
-    else:
-        raise MetacoreError("--support is needed: this checkpoint is meta-trained, not adapted to classes")
+    params, classes, support = adapted_to_task(args, learner, meta)
     files = query_files(args.queries)
     unreadable: list[str] = []  # one bad query does not stop the others: each is reported, the exit code is 1
     images, readable = read_inputs(files, learner.backbone.input_spec, skip_bad=True, on_skip=unreadable.append)
@@ -672,7 +679,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from metacore.export import export, export_task
-    from metacore.features import adapted_params, load_support_folder
 
     if args.model and args.checkpoint and args.model != args.checkpoint:
         raise MetacoreError(f"two checkpoints given ('{args.model}' and --checkpoint '{args.checkpoint}'): give one")
@@ -686,14 +692,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise MetacoreError(f"--out is a folder for a task (model.onnx, predict.py, model.pt2 go in it), not '{out}'")
     check_steps(args)
     learner, meta, _ = load_model(args)
-    if args.support:
-        support = load_support_folder(args.support, learner.backbone.input_spec, args.skip_bad)
-        params, classes = adapted_params(learner, support, args.steps, args.inner_lr), support.classes
-    elif "adapted_head" in meta:  # a model adapted (and downloaded) in the lab
-        params = {**learner.params, **{k: v.to(learner.backbone.device) for k, v in meta["adapted_head"].items()}}
-        classes = meta["classes"]
-    else:
-        raise MetacoreError("--support is needed: this checkpoint is meta-trained, not adapted to classes")
+    params, classes, _ = adapted_to_task(args, learner, meta)
     export_task(learner, params, classes, out)
     sizes = ", ".join(f"{f.name} {f.stat().st_size / 2**10:,.0f} KB" for f in sorted(out.iterdir()))
     print(f"wrote {out}/: {sizes}\nrun it: python {out / 'predict.py'} IMAGE...")

@@ -23,7 +23,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def standard_mode(image: Image.Image) -> Image.Image:
-    """EXIF orientation applied; any PIL mode as 'L' or 'RGB' (transparency on white, wide greys stretched)."""
+    """EXIF orientation applied; any PIL mode as 'L' or 'RGB' (transparency on white, wide greys stretched). A copy
+    of `metacore.images.to_standard_mode` on purpose (this file must run without metacore); tests/test_export.py
+    keeps the two in step (the same probabilities as `classify`)."""
     image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode in ("L", "RGB"):
