@@ -49,16 +49,16 @@ def read_inputs(
         if good:
             kept += [f for f, _ in good]
             inputs.append(model_inputs(torch.stack([r for _, r in good]), spec))
+    listed = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
     if problems and not skip_bad:
-        listed = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise MetacoreError(
             f"{len(problems)} of {len(files)} files cannot be read ({listed}); fix or remove them, "
             "or pass --skip-bad to leave them out"
         )
+    if not kept:  # each file's name and why, as for a support folder
+        raise MetacoreError(f"none of the files could be read ({listed or 'no files'})")
     for problem in problems:
         on_skip(f"skipped {problem}")
-    if not kept:
-        raise MetacoreError("none of the files could be read")
     return torch.cat(inputs), kept
 
 

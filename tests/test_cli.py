@@ -305,6 +305,10 @@ def bad_inputs(toy: Path, checkpoint: Path, tmp_path: Path) -> dict[str, tuple[l
             ["classify", *ck, "--support", str(toy / "toy"), str(tmp_path / "nope.png")],
             "query path not found",
         ),
+        "the one query unreadable": (
+            ["classify", *ck, "--support", str(toy / "toy"), str(corrupt / "b" / "1.png")],
+            "none of the files could be read \\(.*1.png: ",  # which file, and why
+        ),
         "negative steps": (["evaluate", *ck, *data, "--steps", "-1"], "--steps must be"),
         "splits, not classes": (
             ["evaluate", *ck, "--data-root", str(tmp_path), "--dataset", "split_set"],
