@@ -179,6 +179,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     state = payload["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MetacoreError(f"{path}: its state_dict is not a dict of tensors")
+    half = (torch.float16, torch.bfloat16)  # weights saved in half precision: computed in float32
+    state = {k: v.float() if v.dtype in half else v for k, v in state.items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise MetacoreError(f"{path}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[0]})")

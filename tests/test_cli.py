@@ -752,3 +752,21 @@ def test_train_with_a_way_scaled_head_records_it_and_the_model_keeps_it(
     code, _, stderr = run(["train", "--data-root", str(toy), *TOY_TASK, "--algo", "protonet", "--way-scaled-head",
                            "--iterations", "1", "--out", str(tmp_path / "proto.pt")], capsys)  # fmt: skip
     assert code == 2 and "ProtoNet takes none" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_weights_saved_in_half_precision_are_read_in_float32(
+    toy: Path, checkpoint: Path, tmp_path: Path, capsys, dtype: str
+) -> None:
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["state_dict"] = {k: v.to(getattr(torch, dtype)) for k, v in payload["state_dict"].items()}
+    half = tmp_path / f"{dtype}.pt"
+    torch.save(payload, half)
+    queries = sorted((toy / "toy" / "class00").iterdir())[:2]
+    results = []
+    for model in (checkpoint, half):
+        code, out, err = run(["classify", "--checkpoint", str(model), "--support", str(toy / "toy"),
+                              *map(str, queries), "--json"], capsys)  # fmt: skip
+        assert code == 0, err
+        results.append([row["predicted"] for row in json.loads(out)])
+    assert results[0] == results[1]  # the same answers, within half precision's rounding
