@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +260,14 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
         history = list(training.get("history", []))
         prior_stages = list(training.get("data_stages", [])[:-1])
         saved = meta.get("config", {})
+        if not isinstance(saved, dict):
+            raise MetacoreError(
+                f"--resume: {out} holds no training settings to go on with (its 'config' is not a dict)"
+            )
+        unknown = sorted(set(saved) - {f.name for f in fields(TrainConfig)})
+        if unknown:
+            raise MetacoreError(f"--resume: {out} was written with settings this metacore does not know "
+                                f"({', '.join(map(str, unknown[:3]))}); start afresh without --resume")  # fmt: skip
         keep = {k: v for k, v in saved.items() if k not in MACHINE_SETTINGS}
         cfg = TrainConfig(**{**asdict(cfg), **keep})
         if world.main:

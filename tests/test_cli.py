@@ -770,3 +770,18 @@ def test_weights_saved_in_half_precision_are_read_in_float32(
         assert code == 0, err
         results.append([row["predicted"] for row in json.loads(out)])
     assert results[0] == results[1]  # the same answers, within half precision's rounding
+
+
+def test_resume_of_a_checkpoint_with_unknown_settings_is_one_line(
+    toy: Path, checkpoint: Path, tmp_path, capsys
+) -> None:
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["config"] = {**payload["config"], "warp_drive": 9}
+    out = tmp_path / "future.pt"
+    torch.save(payload, out)
+    args = ["train", "--data-root", str(toy), *TOY_TASK, "--iterations", "5", "--resume", "--out", str(out)]
+    code, _, err = run(args, capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: --resume: {out} was written with settings this metacore does not know (warp_drive); start afresh "
+        "without --resume"
+    ]
