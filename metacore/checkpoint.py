@@ -190,6 +190,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         backbone = Backbone(payload["backbone"]["name"], body, spec, **kwargs)
     except MetacoreError as exc:
         raise MetacoreError(f"{path}: {exc}") from None
+    probe_features(backbone, Path(path))
     learner = build_learner(backbone=backbone, **cfg)  # cfg: the checked learner fields
     if isinstance(learner, MetaSGD):
         lrs = {k: v.to(device) for k, v in state.items() if k.startswith("lr.")}
@@ -201,6 +202,22 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if adapted:
         meta["adapted_head"] = check_head(adapted, backbone.feature_dim, meta.get("classes"), Path(path))
     return learner, meta
+
+
+def probe_features(backbone: Backbone, path: Path) -> None:
+    """Run the backbone once on a fixed random input: finite weights can still overflow (a layer times 1e30), and
+    a model whose features are NaN or infinite would answer every image with NaN probabilities."""
+    spec = backbone.input_spec
+    shape = (2, backbone.kwargs["in_dim"]) if "in_dim" in backbone.kwargs else (2, spec.channels, spec.size, spec.size)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(backbone.device)
+    with torch.no_grad():
+        features = backbone.features(backbone.params, x)
+    if not torch.isfinite(features).all():
+        largest = max(float(v.abs().max()) for v in backbone.params.values() if v.is_floating_point() and v.numel())
+        raise MetacoreError(
+            f"{path}: its features overflow to NaN or infinity on a test image (its largest weight is {largest:.3g}): "
+            "this model cannot give answers"
+        )
 
 
 def check_head(head: dict[str, torch.Tensor], dim: int, classes, path: Path) -> dict[str, torch.Tensor]:

@@ -127,4 +127,8 @@ def predict_proba(learner: MAML, params: Params, images: Tensor, batch_size: int
             learner.logits(params, images[i : i + batch_size].to(device)).softmax(-1)
             for i in range(0, len(images), batch_size)
         ]
-    return torch.cat(chunks).cpu()
+    probabilities = torch.cat(chunks).cpu()
+    if not torch.isfinite(probabilities).all():  # e.g. adaptation at a huge lr blew the head up
+        raise MetacoreError("the adapted model gives NaN or infinite probabilities (its adaptation diverged; try a "
+                            "smaller --inner-lr or fewer --steps)")  # fmt: skip
+    return probabilities

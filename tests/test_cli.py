@@ -785,3 +785,20 @@ def test_resume_of_a_checkpoint_with_unknown_settings_is_one_line(
         f"error: --resume: {out} was written with settings this metacore does not know (warp_drive); start afresh "
         "without --resume"
     ]
+
+
+def test_a_checkpoint_whose_finite_weights_overflow_is_refused_in_one_line(
+    toy: Path, checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    payload = torch.load(checkpoint, weights_only=True)
+    conv = next(k for k in payload["state_dict"] if k.endswith("weight") and payload["state_dict"][k].dim() == 4)
+    payload["state_dict"][conv] = payload["state_dict"][conv] * 1e30  # finite, but the activations overflow
+    huge = tmp_path / "huge.pt"
+    torch.save(payload, huge)
+    query = str(sorted((toy / "toy" / "class00").iterdir())[0])
+    classify = ["classify", "--checkpoint", str(huge), "--support", str(toy / "toy"), query]
+    evaluate = ["evaluate", "--checkpoint", str(huge), "--data-root", str(toy), *TOY_TASK, "--episodes", "2"]
+    for args in (classify, evaluate):
+        code, out, err = run(args, capsys)
+        assert code == 2 and "NaN" not in out, (args[0], out)
+        assert err.strip().splitlines()[-1].startswith(f"error: {huge}: its features overflow to NaN or infinity")
