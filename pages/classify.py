@@ -11,6 +11,7 @@ from lab.models import picked_yours, shared_model, takes_drawings, unsure_thresh
 from lab.runs import chosen_adaptation
 from lab.sidebar import sidebar
 from lab.task import MAX_TASK_IMAGES, add_uploads, item_inputs, require_task, task_signature
+from metacore.errors import MetacoreError
 from metacore.features import predict_proba
 from metacore.isolation import compute_slot
 from metacore.openset import novelty, task_threshold
@@ -106,11 +107,15 @@ if not pending:
     st.stop()
 
 batch = item_inputs(pending, shipped.backbone.input_spec)
-with compute_slot():
-    probs = predict_proba(learner, params, batch).numpy()
-    if unsure:
-        way = len(tensors.names)
-        scores = novelty(learner, params, tensors.support_x, tensors.support_y, batch, way)
+try:
+    with compute_slot():
+        probs = predict_proba(learner, params, batch).numpy()
+        if unsure:
+            way = len(tensors.names)
+            scores = novelty(learner, params, tensors.support_x, tensors.support_y, batch, way)
+except MetacoreError as exc:  # a diverged adaptation picked on the Adapt page: said, the images kept
+    st.error(f"{str(exc)[0].upper()}{str(exc)[1:]}: pick an earlier step or a smaller lr on the Adapt page.")
+    st.stop()
 if unsure:
     st.caption(
         f"An image much farther from its nearest class than the task's classes are from each other (over "

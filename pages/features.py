@@ -49,9 +49,13 @@ def features_and_predictions() -> tuple[np.ndarray, ...]:
 
 
 # a click on a map reruns the page: the same task and adaptation are not computed again
-before, after, first, last = remembered(
-    "features", (task_signature(tensors), caption, id(adapted)), features_and_predictions, keep=adapted
-)
+try:
+    before, after, first, last = remembered(
+        "features", (task_signature(tensors), caption, id(adapted)), features_and_predictions, keep=adapted
+    )
+except MetacoreError as exc:  # a diverged adaptation picked on the Adapt page
+    st.error(f"{str(exc)[0].upper()}{str(exc)[1:]}: pick an earlier step or a smaller lr on the Adapt page.")
+    st.stop()
 
 controls = st.columns([2, 3, 2])
 method = controls[0].radio("Map", ["t-SNE", "PCA"], horizontal=True, key="proj")
