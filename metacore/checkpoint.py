@@ -209,7 +209,8 @@ def probe_features(backbone: Backbone, path: Path) -> None:
     a model whose features are NaN or infinite would answer every image with NaN probabilities."""
     spec = backbone.input_spec
     shape = (2, backbone.kwargs["in_dim"]) if "in_dim" in backbone.kwargs else (2, spec.channels, spec.size, spec.size)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(backbone.device)
+    dtype = next(v.dtype for v in backbone.params.values() if v.is_floating_point())  # float64 models exist
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(backbone.device, dtype)
     with torch.no_grad():
         features = backbone.features(backbone.params, x)
     if not torch.isfinite(features).all():
