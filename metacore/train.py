@@ -142,8 +142,17 @@ def data_record(cfg: TrainConfig, train_set: ImageClasses, val_set: ImageClasses
         "validation": f"images {cfg.val_images} of the same classes" if cfg.val_images else "held-out classes",
         "validation_classes": len(val_set),
         "validation_class_list_sha256": val_set.class_list_sha256(),
-        "evaluation_split": cfg.dataset == "omniglot" and cfg.split == "evaluation",
+        "evaluation_split": uses_evaluation_split(cfg),
     }
+
+
+def uses_evaluation_split(cfg: TrainConfig) -> bool:
+    """Whether the training data is Omniglot's evaluation alphabets, by name (`--split evaluation`) or by path (a
+    folder inside an `images_evaluation` tree, e.g. `--dataset omniglot-py/images_evaluation/Tengwar`)."""
+    if cfg.dataset == "omniglot" and cfg.split == "evaluation":
+        return True
+    folder = Path(cfg.data_root, cfg.dataset, cfg.split or "").resolve()
+    return "images_evaluation" in folder.parts
 
 
 def earlier_stages(init: str | None) -> list[dict]:
@@ -226,7 +235,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
     problem = inner_loop_problem(cfg)
     if problem and problem[0] == "error":
         raise MetacoreError(problem[1])
-    if cfg.dataset == "omniglot" and cfg.split == "evaluation" and not cfg.allow_evaluation_split:
+    if uses_evaluation_split(cfg) and not cfg.allow_evaluation_split:
         raise MetacoreError(
             "Omniglot's evaluation alphabets are the test set every reported accuracy is measured on: training on "
             "them makes those numbers meaningless. If that is what you want, add --allow-evaluation-split (the "

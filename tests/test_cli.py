@@ -617,6 +617,21 @@ def test_checkpoints_record_every_stages_data_and_evaluation_alphabets_need_a_fl
     assert code == 0, stderr
     assert read_checkpoint(tmp_path / "cheat.pt")["training"]["data_stages"][-1]["evaluation_split"] is True
 
+    by_path = [
+        *common,
+        "--dataset",
+        "omniglot-py/images_evaluation/Gamma",
+        "--way",
+        "2",
+        "--out",
+        str(tmp_path / "sly.pt"),
+    ]  # fmt: skip  (the same alphabets, named by their folder)
+    code, _, stderr = run(by_path, capsys)
+    assert code == 2 and "--allow-evaluation-split" in stderr and not (tmp_path / "sly.pt").exists()
+    code, _, stderr = run([*by_path, "--allow-evaluation-split"], capsys)
+    assert code == 0, stderr
+    assert read_checkpoint(tmp_path / "sly.pt")["training"]["data_stages"][-1]["evaluation_split"] is True
+
 
 def test_a_step_curve_batched_with_vmap_equals_one_task_at_a_time(toy: Path, checkpoint: Path) -> None:
     """CPU adapts one task at a time (faster there), GPU `chunk` tasks per vmap call: the same numbers."""
