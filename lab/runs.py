@@ -13,7 +13,7 @@ from lab.models import inits, learner_for, model_label, shared_model
 from lab.task import TaskTensors, task_signature
 from lab.text import plural
 from metacore.algorithms import MAML
-from metacore.inner import layer_shift
+from metacore.inner import diverged, layer_shift
 from metacore.isolation import compute_slot
 
 
@@ -97,7 +97,7 @@ def divergence(records: list[dict], lr: float | None) -> str | None:
     """One sentence if the last step diverged (a non-finite support loss, or 10x its step-0 value), else None."""
     first, last = records[0]["support_loss"], records[-1]
     loss = last["support_loss"]
-    if math.isfinite(loss) and not (first > 0 and loss > 10 * first):
+    if not diverged(first, loss):
         return None
     shipped, _ = shared_model()
     what = "is no longer a number" if not math.isfinite(loss) else f"jumped from {first:.3g} to {loss:.3g}"

@@ -501,7 +501,7 @@ def adapted_to_task(args: argparse.Namespace, learner, meta: dict):
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from metacore.features import predict_proba, query_files, read_inputs
+    from metacore.features import predict_proba, query_files, read_inputs, warn
     from metacore.openset import novelty, task_threshold
 
     check_steps(args)
@@ -511,6 +511,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     unreadable: list[str] = []  # one bad query does not stop the others: each is reported, the exit code is 1
     images, readable = read_inputs(files, learner.backbone.input_spec, skip_bad=True, on_skip=unreadable.append)
     probs = predict_proba(learner, params, images)
+    if len(probs) and bool(((probs < 1e-6) | (probs > 1 - 1e-6)).all()):
+        own = "its learned rates" if learner.learns_rates else f"lr {learner.inner_lr:g}"
+        warn(f"every probability is 0 or 1 (saturated): the inner steps overshoot, so the confidences mean nothing "
+             f"even where the class is right; the model adapts at {own} by default")  # fmt: skip
     rows = [
         {
             "file": str(f),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from metacore.bodies import model_inputs
 from metacore.data import folder_classes
 from metacore.errors import MetacoreError
 from metacore.images import InputSpec, image_files, try_load_pixels
-from metacore.inner import run_to_end
+from metacore.inner import diverged, run_to_end
 from metacore.models import Params
 
 
@@ -94,16 +95,21 @@ def adapted_params(learner: MAML, support: LabelledImages, steps: int | None = N
     """The learner's parameters after adapting to `support` (no outer graph is kept)."""
     device = next(iter(learner.params.values())).device
     with torch.no_grad():
-        last = run_to_end(
-            learner.adapt(
-                support.images.to(device),
-                support.labels.to(device),
-                steps=steps,
-                lr=lr,
-                way=len(support.classes),
-                chunk=256,  # a support set of thousands of images adapts in bounded memory
-            )
+        snapshots = learner.adapt(
+            support.images.to(device),
+            support.labels.to(device),
+            steps=steps,
+            lr=lr,
+            way=len(support.classes),
+            chunk=256,  # a support set of thousands of images adapts in bounded memory
         )
+        first = next(snapshots)
+        last = run_to_end(itertools.chain([first], snapshots))
+    start, end = float(first.support_loss), float(last.support_loss)
+    if diverged(start, end):
+        rate = f"lr {lr:g}" if lr is not None else "the model's own rates"
+        warn(f"the adaptation diverged: the support loss went from {start:.3g} to {end:.3g} in {last.step} steps "
+             f"at {rate}; its answers are not to be trusted (try a smaller --inner-lr)")  # fmt: skip
     return last.params
 
 

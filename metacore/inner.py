@@ -8,6 +8,7 @@ gradients themselves: the exact second-order MAML meta-gradient.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
@@ -108,6 +109,12 @@ def inner_loop(
             if first_order:
                 grads = {k: g.detach() for k, g in grads.items()}
             fast = sgd_update(fast, grads, lr if not isinstance(lr, dict) else {k: lr[k] for k in fast})
+
+
+def diverged(first_loss: float, loss: float) -> bool:
+    """The Adapt page's rule, shared with the CLI: a support loss that is no longer a number, or 10x its step-0
+    value, means the steps overshoot."""
+    return not math.isfinite(loss) or (first_loss > 0 and loss > 10 * first_loss)
 
 
 def run_to_end(snapshots: Iterator[Snapshot]) -> Snapshot:

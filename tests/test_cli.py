@@ -817,3 +817,14 @@ def test_a_checkpoint_whose_finite_weights_overflow_is_refused_in_one_line(
         code, out, err = run(args, capsys)
         assert code == 2 and "NaN" not in out, (args[0], out)
         assert err.strip().splitlines()[-1].startswith(f"error: {huge}: its features overflow to NaN or infinity")
+
+
+def test_adaptation_at_the_largest_lr_is_reported_not_silent(toy: Path, checkpoint: Path, capsys) -> None:
+    from metacore.checkpoint import MAX_INNER_LR
+
+    queries = [str(p) for p in sorted((toy / "toy" / "class00").iterdir())[:3]]
+    args = ["classify", "--checkpoint", str(checkpoint), "--support", str(toy / "toy"), *queries]
+    code, _, err = run([*args, "--inner-lr", str(MAX_INNER_LR)], capsys)
+    assert "warning: every probability is 0 or 1 (saturated)" in err or "warning: the adaptation diverged" in err, err
+    code, _, err = run(args, capsys)  # the model's own lr: neither
+    assert code == 0 and "saturated" not in err and "diverged" not in err
