@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from lab.memo import remembered
@@ -53,7 +55,8 @@ def open_task(data: bytes, file_name: str) -> str:
         for c in saved.classes
     ]
     settings = saved.settings
-    st.session_state.example = f"{settings.get('example') or 'saved task'} (from {file_name})"
+    example = re.sub(r" \(from [^()]*\)$", "", str(settings.get("example") or "saved task"))  # not nested on resave
+    st.session_state.example = f"{example} (from {file_name})"
     st.session_state.example_photos = settings.get("photos")
     reset_runs()
     said = f"Opened {file_name}: {len(saved.classes)} classes, {sum(len(c.support) for c in saved.classes)} support"

@@ -128,6 +128,7 @@ def test_save_then_open_in_another_session_restores_the_task_the_model_and_the_l
     assert [c.name for c in classes] == list(digits_task(3, 2, 1, seed=0))
     assert [(len(c.support), len(c.query)) for c in classes] == [(2, 1)] * 3
     assert at.session_state["lr:Characters (Conv-4, Omniglot)"] == 0.002
+    assert at.session_state["example"] == "digits 3-way 2-shot (from week1.zip)"
     assert any(s.value.startswith("Opened week1.zip: 3 classes, 6 support and 3 query images") for s in at.success)
 
 
