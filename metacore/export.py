@@ -19,21 +19,21 @@ from metacore.algorithms import MAML
 from metacore.bodies import BODIES
 from metacore.checkpoint import load_checkpoint
 from metacore.errors import MetacoreError
-from metacore.models import BACKBONES, Params
+from metacore.models import BACKBONES, Backbone, Params
 from metacore.yours import SPEC_KEY
 
 
 class FeatureExtractor(nn.Module):
     """The frozen body (if the model has one) followed by the meta-learned backbone, as ordinary modules."""
 
-    def __init__(self, checkpoint: str | Path) -> None:
+    def __init__(self, backbone: Backbone, params: Params | None = None) -> None:
+        """`params`: the backbone's own (default), or adapted ones (the body's keys are read, others ignored)."""
         super().__init__()
-        learner, _ = load_checkpoint(checkpoint)
-        backbone = learner.backbone
+        params = backbone.params if params is None else params
         self.spec = backbone.input_spec
         self.body = BODIES[self.spec.body].build() if self.spec.body else None
         self.net = BACKBONES[backbone.name].build(**backbone.kwargs)
-        self.net.load_state_dict({k: v for k, v in backbone.params.items()})
+        self.net.load_state_dict({k: params[k].detach().float().cpu() for k in backbone.params})
         self.eval()
 
     def forward(self, pixels: Tensor) -> Tensor:
@@ -46,7 +46,7 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     out = Path(out)
     if out.suffix not in (".pt2", ".onnx"):
         raise MetacoreError(f"--out must end in .pt2 (torch.export) or .onnx, got '{out.name}'")
-    model = FeatureExtractor(checkpoint)
+    model = FeatureExtractor(load_checkpoint(checkpoint)[0].backbone)
     spec = model.spec
     example = (torch.zeros(2, spec.channels, spec.size, spec.size),)
     record = json.dumps(spec.to_dict() | {"body": ""})  # the exported file holds the body: it takes pixels
@@ -100,11 +100,8 @@ class TaskClassifier(nn.Module):
 
     def __init__(self, learner: MAML, params: Params) -> None:
         super().__init__()
-        backbone = learner.backbone
-        self.spec = spec = backbone.input_spec
-        self.body = BODIES[spec.body].build() if spec.body else None
-        self.net = BACKBONES[backbone.name].build(**backbone.kwargs)
-        self.net.load_state_dict({k: params[k].detach().float().cpu() for k in backbone.params})
+        self.features = FeatureExtractor(learner.backbone, params)
+        self.spec = spec = learner.backbone.input_spec
         self.register_buffer("weight", params["head.weight"].detach().float().cpu())
         self.register_buffer("bias", params["head.bias"].detach().float().cpu())
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1))
@@ -116,9 +113,7 @@ class TaskClassifier(nn.Module):
         if self.spec.invert == "auto":  # dark strokes on a light ground -> bright strokes, per image
             x = torch.where(x.mean((1, 2, 3), keepdim=True) > 0.5, 1.0 - x, x)
         x = (x - self.mean) / self.std
-        if self.body is not None:
-            x = self.body.features(x)
-        return (self.net(x) @ self.weight.T + self.bias).softmax(-1)
+        return (self.features(x) @ self.weight.T + self.bias).softmax(-1)
 
 
 def export_task(learner: MAML, params: Params, classes: list[str], out: str | Path) -> Path:
