@@ -18,8 +18,8 @@ def shipped_model_picked() -> bool:
 
 st.title("🧪 Few-shot learning lab")
 st.markdown(
-    "Give a **meta-trained** network a handful of images per class and watch it **adapt step by step** "
-    "with MAML. Then see what its features learned, and classify new images."
+    f"Give a {'**meta-trained** ' if meta_trained() else ''}network a handful of images per class and watch it "
+    "**adapt step by step** with MAML. Then see what its features learned, and classify new images."
 )
 
 try:
