@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from streamlit.runtime import Runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from metacore.data import EpisodeSampler, Task, open_dataset
 from metacore.device import one_task_per_thread
@@ -23,7 +25,8 @@ from metacore.images import InputSpec
 from metacore.train import StopTraining, TrainConfig, train
 
 MAX_RUNNING = 2  # server-wide: each run keeps a core busy; more queue
-IDLE_LIMIT_S = 15 * 60  # a run whose session has not been seen for this long stops (a closed tab)
+GONE_AFTER_S = 20  # a run whose browser tab has been disconnected this long stops; a reconnect within it keeps it
+IDLE_LIMIT_S = 15 * 60  # where there is no server to ask (AppTest): a session not seen for this long is gone
 CURVE_STEPS = 10  # inner steps shown in the inner-loop curves (past the K the model trains with)
 PROBE_TASKS = 20  # the fixed held-out tasks the curves average over (one task zig-zags with its own luck)
 PROBE_QUERIES = 5  # query images a class in each: 20 tasks x 5-way x 5 = 500 images a step, in ~1.5 s on 2 cores
@@ -56,6 +59,8 @@ class LiveRun:
     started_at: float | None = None
     summary: dict | None = None
     last_seen: float = field(default_factory=time.monotonic)
+    session_id: str | None = None  # the Streamlit session that started it, asked for whether its tab is still open
+    _disconnected_at: float | None = None
     _resume: threading.Event = field(default_factory=threading.Event, repr=False)
     _stop: bool = False
 
@@ -126,7 +131,7 @@ class LiveRun:
         """Wait, first come first served, until fewer than MAX_RUNNING runs are running; False if stopped first."""
         while True:
             with _queue_lock:
-                if self._stop or time.monotonic() - self.last_seen > IDLE_LIMIT_S:
+                if self._stop or self._session_gone():
                     _queue.remove(self)
                     return False
                 if _queue[0] is self and len(_running) < MAX_RUNNING:
@@ -135,13 +140,24 @@ class LiveRun:
                     return True
             time.sleep(0.2)
 
-    def _gone(self, iteration: int) -> bool:
-        """Whether the session has not been seen for IDLE_LIMIT_S (its tab closed): the run then stops."""
-        if time.monotonic() - self.last_seen <= IDLE_LIMIT_S:
+    def _session_gone(self) -> bool:
+        """Whether the session that started the run has left: its tab disconnected for GONE_AFTER_S (asked of
+        Streamlit's session registry), or, with no server to ask, none of its pages ran for IDLE_LIMIT_S."""
+        connected = session_connected(self.session_id)
+        if connected is None:
+            return time.monotonic() - self.last_seen > IDLE_LIMIT_S
+        if connected:
+            self._disconnected_at = None
             return False
-        minutes = IDLE_LIMIT_S / 60
+        self._disconnected_at = self._disconnected_at or time.monotonic()
+        return time.monotonic() - self._disconnected_at > GONE_AFTER_S
+
+    def _gone(self, iteration: int) -> bool:
+        """Whether the session has left (its tab closed): the run then stops and frees its slot."""
+        if not self._session_gone():
+            return False
         self._stop = True
-        self.message = f"Stopped at outer step {iteration}: its browser session was gone for {minutes:g} min."
+        self.message = f"Stopped at outer step {iteration}: its browser session was gone."
         return True
 
     def _on_step(self, report: dict) -> None:
@@ -159,6 +175,19 @@ class LiveRun:
             pass  # a pause holds the run here, between two outer steps (not past its session's end)
         if self._gone(iteration) or self._stop:
             raise StopTraining
+
+
+def session_connected(session_id: str | None) -> bool | None:
+    """Whether a browser tab is connected to this Streamlit session; None where there is no server to ask."""
+    if session_id is None or not Runtime.exists():
+        return None
+    return Runtime.instance().is_active_session(session_id)
+
+
+def paused_slots() -> int:
+    """How many of the running runs are paused by their (still open) sessions: they keep their slots."""
+    with _queue_lock:
+        return sum(run.state == "paused" for run in _running)
 
 
 def inner_curve(learner, tasks: list[Task]) -> list[dict]:
@@ -199,4 +228,5 @@ def new_run(cfg: TrainConfig, spec: InputSpec) -> LiveRun:
     held_out = open_dataset(cfg.data_root, cfg.dataset, cfg.split, spec).split_held_out(cfg.val_fraction)[1]
     way, shot = int(cfg.way), int(cfg.shot)
     sampler = EpisodeSampler(held_out, min(way, len(held_out)), shot, PROBE_QUERIES, seed=cfg.seed + 7)
-    return LiveRun(cfg, [sampler.sample() for _ in range(PROBE_TASKS)])
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return LiveRun(cfg, [sampler.sample() for _ in range(PROBE_TASKS)], session_id=ctx.session_id if ctx else None)

@@ -37,6 +37,7 @@ default = quick_recipe(train_root, dataset, split)
 
 run: live_training.LiveRun | None = st.session_state.get("live_run")
 busy = run is not None and run.active
+queued_when_drawn = run is not None and run.state == "queued"
 
 with st.expander("Settings: algorithm, classes and images per task, steps and rates", expanded=not busy):
     left, middle, right = st.columns(3)  # collapsed while a run goes on: its live charts come up, above the fold
@@ -165,12 +166,19 @@ def live_view() -> None:
     run.seen()
     if busy and not run.active:
         st.rerun()  # it has just ended: the whole page, for the Save and Download buttons
+    if queued_when_drawn and run.state != "queued":
+        st.rerun()  # it has just left the queue: the whole page, for the Pause button
     if run.state == "queued":
         position = run.queue_position()
+        paused = live_training.paused_slots()
         st.warning(
             f"Waiting for a free slot: this server runs at most {live_training.MAX_RUNNING} meta-trainings at once"
             + (f"; you are number {position} in the queue." if position else ".")
-        )
+            + (" One running run is paused by its session: it keeps its slot until resumed or stopped."
+               if paused == 1 else
+               f" {paused} running runs are paused by their sessions: they keep their slots until resumed or stopped."
+               if paused else "")
+        )  # fmt: skip
     elif run.state == "failed":
         st.error(run.message)
     else:

@@ -279,6 +279,36 @@ def test_meta_train_start_watch_and_stop(server: str, browser_page) -> None:
     page.get_by_role("button", name="Use it in the lab").wait_for(timeout=60_000)
 
 
+def test_closed_tabs_free_their_meta_training_slots(server: str, browser_page) -> None:
+    """Two tabs start meta-training and are closed; a third tab's run, queued behind them, starts within 60 s."""
+    browser = browser_page.context.browser
+
+    def start_in_a_new_tab():
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.goto(f"{server}/metatrain")
+        page.get_by_role("button", name="Start").wait_for(timeout=60_000)
+        wait_idle(page)
+        page.get_by_role("button", name="Start").click()
+        return context, page
+
+    closed = []
+    for _ in range(2):
+        context, page = start_in_a_new_tab()
+        page.get_by_text("Training", exact=False).first.wait_for(timeout=60_000)
+        closed.append(context)
+    context, page = start_in_a_new_tab()
+    page.get_by_text("you are number 1 in the queue", exact=False).wait_for(timeout=30_000)
+    for tab in closed:
+        tab.close()
+    started = time.monotonic()
+    page.get_by_role("button", name="Pause").wait_for(timeout=60_000)  # its run got a slot and is training
+    print(f"closed tabs freed a slot in {time.monotonic() - started:.1f} s")
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Stopped", exact=False).first.wait_for(timeout=60_000)
+    context.close()
+
+
 def test_upload_your_model_and_check_it(server: str, browser_page, tmp_path: Path) -> None:
     """A practitioner's path: upload a .pt2 in the sidebar, adapt on its features, run the check on a zip."""
     import zipfile

@@ -104,6 +104,12 @@ def test_sessions_keep_their_own_runs_and_a_third_waits_for_a_slot() -> None:
         sessions[2].run()
         assert any("at most 2 meta-trainings at once; you are number 1" in w.value for w in sessions[2].warning)
         assert runs[0].checkpoint != runs[1].checkpoint and runs[0].steps is not runs[1].steps
+        runs[1].pause()  # a paused run of an open tab keeps its slot, and the queue is told so
+        time.sleep(1.0)
+        assert runs[2].state == "queued"
+        sessions[2].run()
+        assert any("One running run is paused by its session" in w.value for w in sessions[2].warning)
+        runs[1].resume()
         runs[0].stop()
         wait(lambda: runs[2].state == "running")  # the freed slot goes to the one waiting
     finally:
