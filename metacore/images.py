@@ -25,11 +25,16 @@ from metacore.errors import MetacoreError
 # Every image is decoded to at most KEEP_SIDE pixels on its shorter side before anything else (the app, the CLI
 # and the Python API alike: one file, one preprocessing): more than any model's input needs (photos: 297, then 260).
 KEEP_SIDE = 320
-# Formats decoded in full (PNG, TIFF, WebP, ...) are refused above MAX_PIXELS, which bounds one image's memory
-# (40 MP of RGBA is 160 MB). A JPEG decodes at 1/2, 1/4 or 1/8 scale (its DCT allows it), so a 200 MP phone photo
-# costs about 10 MB: JPEGs may have up to MAX_JPEG_PIXELS.
+# Whatever its encoding, one image may cost at most ~300 MB to decode (tests/test_hostile_images.py measures each).
+# Formats decoded in full (PNG, TIFF, ...) are refused above MAX_PIXELS (40 MP of RGBA is 160 MB); Pillow's WebP
+# decoder holds ~15 bytes a pixel, so WebP stops at MAX_WEBP_PIXELS. A baseline JPEG decodes at 1/2, 1/4 or 1/8 scale
+# (its DCT allows it), so a 200 MP phone photo costs about 10 MB: JPEGs may have up to MAX_JPEG_PIXELS. A progressive
+# JPEG decodes at that scale too, but its decoder first gathers every coefficient of the full image (2 bytes a sample,
+# before subsampling): at most MAX_PROGRESSIVE_SAMPLES (pixels x channels), 40 MP of RGB.
 MAX_PIXELS = 40_000_000
+MAX_WEBP_PIXELS = 16_000_000
 MAX_JPEG_PIXELS = 260_000_000
+MAX_PROGRESSIVE_SAMPLES = 120_000_000
 MAX_ASPECT = 50  # longer side / shorter side: a thin strip stretched to a square input shows nothing recognisable
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}  # what file managers leave in folders (hidden files are ignored too)
 NOT_READ = {"EPS": "EPS (PostScript)"}  # Pillow renders these with Ghostscript where installed: not on every machine
@@ -126,11 +131,19 @@ def check_size(image: Image.Image, label: str, draft: int) -> None:
             f"{label}: image is too large ({width}x{height} = {pixels / 1e6:.0f} MP; JPEGs up to "
             f"{MAX_JPEG_PIXELS / 1e6:.0f} MP are read)"
         )
-    if not reduced and pixels > MAX_PIXELS:
+    if reduced and image.info.get("progressive") and pixels * len(image.getbands()) > MAX_PROGRESSIVE_SAMPLES:
+        limit = MAX_PROGRESSIVE_SAMPLES / len(image.getbands()) / 1e6
+        raise MetacoreError(
+            f"{label}: progressive JPEG too large ({width}x{height} = {pixels / 1e6:.0f} MP; its decoder holds the "
+            f"whole image before it can scale it down, so at most {limit:.0f} MP of {image.mode} are read; save it "
+            "as a baseline JPEG or smaller)"
+        )
+    full_limit = MAX_WEBP_PIXELS if image.format == "WEBP" else MAX_PIXELS
+    if not reduced and pixels > full_limit:
         kind = image.format or "this format"
         raise MetacoreError(
             f"{label}: image is too large ({width}x{height} = {pixels / 1e6:.0f} MP; {kind} images are decoded in "
-            f"full, so at most {MAX_PIXELS / 1e6:.0f} MP are read, which also stops decompression bombs; "
+            f"full, so at most {full_limit / 1e6:.0f} MP are read, which also stops decompression bombs; "
             "save it smaller or as JPEG)"
         )
     if max(width, height) > MAX_ASPECT * min(width, height):
