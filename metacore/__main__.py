@@ -19,6 +19,10 @@ from metacore.errors import MetacoreError
 from metacore.paths import PROJECT_ROOT, SHIPPED_MODEL, default_data_root
 
 DEFAULT_CHECKPOINT = SHIPPED_MODEL
+STEPS_HELP = (
+    "inner steps, 0 to 100 (default: the checkpoint's own; train: 2). Each step passes the whole support set "
+    "forward and back: a 5-way 5-shot task takes ~0.05 s a step, 2 x 5,000 images ~8 s a step on 2 CPU cores"
+)
 
 
 def add_common(p: argparse.ArgumentParser, *, checkpoint: bool = True, data: bool = True, episode: bool = True) -> None:
@@ -41,7 +45,7 @@ def add_common(p: argparse.ArgumentParser, *, checkpoint: bool = True, data: boo
         p.add_argument("--way", default="5", help="classes per task (N), or a range like 5-20 for training")
         p.add_argument("--shot", default="1", help="support images per class (K), or a range like 1-5")
         p.add_argument("--query", type=int, default=15, help="query images per class (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="inner steps (default: the checkpoint's own; train: 2)")
+    p.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
     p.add_argument("--inner-lr", type=float, default=None, help="inner learning rate (default: the checkpoint's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")

@@ -28,20 +28,31 @@ class LabelledImages:
     files: list[Path]
 
 
+PROGRESS_FROM = 1000  # support sets this large show a progress bar with its ETA on stderr (smaller ones take < 2 s)
+
+
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
 def read_inputs(
-    files: list[Path], spec: InputSpec, skip_bad: bool = False, chunk: int = 64, on_skip: Callable[[str], None] = warn
+    files: list[Path],
+    spec: InputSpec,
+    skip_bad: bool = False,
+    chunk: int = 64,
+    on_skip: Callable[[str], None] = warn,
+    progress: bool = False,
 ) -> tuple[Tensor, list[Path]]:
     """The model's inputs for image files and the files they came from, read `chunk` at a time so that a large
     set keeps only its inputs (for photos: features), never all its pixels.
 
     An unreadable file stops the read with one MetacoreError that names each such file and why; with
-    `skip_bad` each is reported to `on_skip` instead and left out.
+    `skip_bad` each is reported to `on_skip` instead and left out. `progress` shows a bar with its ETA on stderr.
     """
+    from tqdm import tqdm
+
     inputs, kept, problems = [], [], []
+    bar = tqdm(total=len(files), desc="reading images", unit="img", disable=not progress, leave=False)
     for start in range(0, len(files), chunk):
         part = files[start : start + chunk]
         results = try_load_pixels(part, spec)
@@ -50,6 +61,8 @@ def read_inputs(
         if good:
             kept += [f for f, _ in good]
             inputs.append(model_inputs(torch.stack([r for _, r in good]), spec))
+        bar.update(len(part))
+    bar.close()
     listed = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
     if problems and not skip_bad:
         raise MetacoreError(
@@ -69,7 +82,7 @@ def load_support_folder(folder: str | Path, spec: InputSpec, skip_bad: bool = Fa
     if len(classes) < 2:
         raise MetacoreError(f"{folder} must hold at least 2 class folders, found {len(classes)}")
     label_of = {f: label for label, cls in enumerate(classes) for f in cls.files}
-    inputs, files = read_inputs(list(label_of), spec, skip_bad)
+    inputs, files = read_inputs(list(label_of), spec, skip_bad, progress=len(label_of) >= PROGRESS_FROM)
     empty = [c.name for label, c in enumerate(classes) if label not in {label_of[f] for f in files}]
     if empty:
         raise MetacoreError(f"class folder '{empty[0]}' in {folder} has no readable images")
@@ -92,9 +105,14 @@ def query_files(paths: list[str | Path]) -> list[Path]:
 
 
 def adapted_params(learner: MAML, support: LabelledImages, steps: int | None = None, lr: float | None = None) -> Params:
-    """The learner's parameters after adapting to `support` (no outer graph is kept)."""
+    """The learner's parameters after adapting to `support` (no outer graph is kept); a large support set shows a
+    bar with its ETA on stderr, one tick a step."""
+    from tqdm import tqdm
+
     device = next(iter(learner.params.values())).device
-    with torch.no_grad():
+    total = (learner.inner_steps if steps is None else steps) + 1
+    large = len(support.labels) >= PROGRESS_FROM
+    with torch.no_grad(), tqdm(total=total, desc="adapting", unit="step", disable=not large, leave=False) as bar:
         snapshots = learner.adapt(
             support.images.to(device),
             support.labels.to(device),
@@ -103,8 +121,9 @@ def adapted_params(learner: MAML, support: LabelledImages, steps: int | None = N
             way=len(support.classes),
             chunk=256,  # a support set of thousands of images adapts in bounded memory
         )
-        first = next(snapshots)
-        last = run_to_end(itertools.chain([first], snapshots))
+        ticking = (snapshot for snapshot in snapshots if bar.update(1) or True)  # update() may return True
+        first = next(ticking)
+        last = run_to_end(itertools.chain([first], ticking))
     start, end = float(first.support_loss), float(last.support_loss)
     if diverged(start, end):
         rate = f"lr {lr:g}" if lr is not None else "the model's own rates"

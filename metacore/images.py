@@ -35,6 +35,7 @@ MAX_PIXELS = 40_000_000
 MAX_WEBP_PIXELS = 16_000_000
 MAX_JPEG_PIXELS = 260_000_000
 MAX_PROGRESSIVE_SAMPLES = 120_000_000
+THREADED_FROM_BYTES = 256 * 1024  # files this large on average decode in threads (a JPEG decoder releases the GIL)
 MAX_ASPECT = 50  # longer side / shorter side: a thin strip stretched to a square input shows nothing recognisable
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}  # what file managers leave in folders (hidden files are ignored too)
 NOT_READ = {"EPS": "EPS (PostScript)"}  # Pillow renders these with Ghostscript where installed: not on every machine
@@ -291,8 +292,20 @@ def try_load_pixels(sources: Sequence[str | Path | bytes], spec: InputSpec) -> l
 
     if not sources:
         return []
+    if sum(map(source_bytes, sources)) < THREADED_FROM_BYTES * len(sources):
+        return [attempt(source) for source in sources]  # small files: threads only add GIL contention (3.6x slower)
     with ThreadPoolExecutor(max_workers=min(len(sources), os.cpu_count() or 1, 8)) as pool:
         return list(pool.map(attempt, sources))
+
+
+def source_bytes(source: str | Path | bytes) -> int:
+    """A source's size in bytes (0 for a path that is not a file: `load_image` says why)."""
+    if isinstance(source, bytes):
+        return len(source)
+    try:
+        return Path(source).stat().st_size
+    except OSError:
+        return 0
 
 
 def is_candidate(path: Path) -> bool:

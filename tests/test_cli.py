@@ -828,3 +828,21 @@ def test_adaptation_at_the_largest_lr_is_reported_not_silent(toy: Path, checkpoi
     assert "warning: every probability is 0 or 1 (saturated)" in err or "warning: the adaptation diverged" in err, err
     code, _, err = run(args, capsys)  # the model's own lr: neither
     assert code == 0 and "saturated" not in err and "diverged" not in err
+
+
+def test_a_large_support_set_shows_its_progress_and_the_steps_are_capped(
+    toy: Path, checkpoint: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading and adapting show a bar with an ETA on stderr from PROGRESS_FROM images on (here lowered to the toy
+    set's size: 2 x 5,000 images is a benchmark, scripts/bench/large_support.py); --steps stops at 100."""
+    from metacore import features
+
+    monkeypatch.setattr(features, "PROGRESS_FROM", 10)
+    query = str(toy / "toy" / "class00" / "0.png")
+    args = ["classify", "--checkpoint", str(checkpoint), "--support", str(toy / "toy"), query, "--json"]
+    code, out, err = run([*args, "--steps", "3"], capsys)
+    assert code == 0, err
+    assert "reading images:" in err and "/60 [" in err and "adapting:" in err and "/4 [" in err  # steps 0..3
+    assert json.loads(out)[0]["predicted"]
+    code, _, err = run([*args, "--steps", "101"], capsys)
+    assert code == 2 and "--steps must be a whole number from 0 up to 100" in err
