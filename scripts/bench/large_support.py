@@ -53,9 +53,10 @@ def main() -> None:
         seconds = time.perf_counter() - started
     lines = [line.strip() for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
     bars = [line for line in lines if "|" in line]
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({
         "images": 2 * args.per_class, "checkpoint": args.checkpoint or "shipped", "exit": done.returncode,
-        "seconds": round(seconds, 1), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
+        "seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb),
         "answers": done.stdout.strip().splitlines(), "messages": [line for line in lines if "|" not in line],
         "last_bars": bars[-3:],
     }))  # fmt: skip
