@@ -181,6 +181,14 @@ def parse_slice(text: str) -> slice:
         raise MetacoreError(f"images must look like start:stop (e.g. 0:500 or 500:), got '{text}'") from None
 
 
+def dataset_folder(data_root: str | Path, dataset: str, split: str | None = None) -> Path:
+    """The folder a data set name resolves to under a data root (whether or not it exists)."""
+    root = Path(data_root).expanduser()
+    if dataset == "omniglot":
+        return root / "omniglot-py" / OMNIGLOT_SPLITS.get(split or "background", f"images_{split}")
+    return root / dataset / split if split else root / dataset
+
+
 def _dataset_classes(root: Path, dataset: str, split: str | None, rotations: bool) -> list[ImageClass]:
     root = root.expanduser()
     if not root.is_dir():

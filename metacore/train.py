@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -25,12 +26,13 @@ from metacore.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from metacore.data import EpisodeSampler, ImageClasses, augment_task, open_dataset, parse_range
+from metacore.data import EpisodeSampler, ImageClasses, augment_task, dataset_folder, open_dataset, parse_range, parse_slice
 from metacore.device import describe, resolve_device
 from metacore.errors import MetacoreError
 from metacore.evaluate import evaluate
 from metacore.images import InputSpec
 from metacore.models import BACKBONES, Backbone
+from metacore.paths import PROJECT_ROOT
 
 
 @dataclass
@@ -131,6 +133,7 @@ def training_data(cfg: TrainConfig, spec: InputSpec) -> tuple[ImageClasses, Imag
 
 def data_record(cfg: TrainConfig, train_set: ImageClasses, val_set: ImageClasses) -> dict:
     """What one training run learned from, for its checkpoint and model card: where, which classes, which images."""
+    test_data = test_data_in(cfg)
     return {
         "data_root": Path(cfg.data_root).name,
         "dataset": cfg.dataset,
@@ -142,17 +145,51 @@ def data_record(cfg: TrainConfig, train_set: ImageClasses, val_set: ImageClasses
         "validation": f"images {cfg.val_images} of the same classes" if cfg.val_images else "held-out classes",
         "validation_classes": len(val_set),
         "validation_class_list_sha256": val_set.class_list_sha256(),
-        "evaluation_split": uses_evaluation_split(cfg),
+        "evaluation_split": test_data is not None,
+        "test_data": test_data,
     }
 
 
-def uses_evaluation_split(cfg: TrainConfig) -> bool:
-    """Whether the training data is Omniglot's evaluation alphabets, by name (`--split evaluation`) or by path (a
-    folder inside an `images_evaluation` tree, e.g. `--dataset omniglot-py/images_evaluation/Tengwar`)."""
-    if cfg.dataset == "omniglot" and cfg.split == "evaluation":
+def test_data_in(cfg: TrainConfig) -> str | None:
+    """Which test data the training data holds, decided by the resolved path: Omniglot's evaluation alphabets (any
+    folder of an `images_evaluation` tree, e.g. `--dataset omniglot-py/images_evaluation/Tengwar`), or a folder a
+    shipped model card measures its accuracy on (its `test_data`; an image slice that misses the card's counts as
+    apart). None when it holds none."""
+    folder = dataset_folder(cfg.data_root, cfg.dataset, cfg.split).resolve()
+    if "images_evaluation" in folder.parts:
+        return "Omniglot's evaluation alphabets (images_evaluation)"
+    for card, entry in cards_test_data():
+        test = dataset_folder(cfg.data_root, entry["dataset"], entry.get("split")).resolve()
+        nested = folder == test or test in folder.parents or folder in test.parents
+        if nested and slices_overlap(cfg.images, entry.get("images")):
+            images = f" images {entry['images']}" if entry.get("images") else ""
+            return f"{test.relative_to(Path(cfg.data_root).expanduser().resolve())}{images}, the test data of {card}"
+    return None
+
+
+def cards_test_data() -> list[tuple[str, dict]]:
+    """(card file, {dataset, split, images}) for each data set a model card in models/ names as its test data."""
+    found = []
+    for card in sorted((PROJECT_ROOT / "models").glob("*.json")):
+        try:
+            entries = json.loads(card.read_text()).get("test_data", [])
+        except (OSError, ValueError, AttributeError):
+            continue  # not a model card
+        found += [(card.name, entry) for entry in entries if isinstance(entry, dict) and "dataset" in entry]
+    return found
+
+
+def slices_overlap(a: str | None, b: str | None) -> bool:
+    """Whether two `--images` slices of the same classes may share images (no slice: every image)."""
+    if a is None or b is None:
         return True
-    folder = Path(cfg.data_root, cfg.dataset, cfg.split or "").resolve()
-    return "images_evaluation" in folder.parts
+    first, second = parse_slice(a), parse_slice(b)
+    bounds = [first.start, first.stop, second.start, second.stop]
+    if any(v is not None and v < 0 for v in bounds):
+        return True  # counted from each class's end: classes differ in size, so assume they may
+    start = max(first.start or 0, second.start or 0)
+    stop = min(v for v in (first.stop, second.stop, math.inf) if v is not None)
+    return start < stop
 
 
 def earlier_stages(init: str | None) -> list[dict]:
@@ -235,11 +272,12 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
     problem = inner_loop_problem(cfg)
     if problem and problem[0] == "error":
         raise MetacoreError(problem[1])
-    if uses_evaluation_split(cfg) and not cfg.allow_evaluation_split:
+    test_data = test_data_in(cfg)
+    if test_data and not cfg.allow_evaluation_split:
         raise MetacoreError(
-            "Omniglot's evaluation alphabets are the test set every reported accuracy is measured on: training on "
-            "them makes those numbers meaningless. If that is what you want, add --allow-evaluation-split (the "
-            "checkpoint and its model card will say so)"
+            f"the training data holds {test_data}: reported accuracies are measured on it, so training on it makes "
+            "those numbers meaningless. If that is what you want, add --allow-evaluation-split (the checkpoint and "
+            "its model card will say so)"
         )
     if cfg.dtype not in ("float32", "float64"):
         raise MetacoreError(f"--dtype must be float32 or float64, got {cfg.dtype}")

@@ -383,7 +383,7 @@ def test_checkpoint_without_header_is_rejected(tmp_path: Path) -> None:
         (["evaluate", "--query", "0"], "--query must be a whole number from 1"),
         (["evaluate", "--seed", "-1"], "--seed must be a whole number from 0"),
         (["evaluate", "--device", "meta"], "unknown device 'meta'"),
-        (["evaluate", "--steps", "1000000000"], "--steps must be a whole number from 0 up to 1,000"),
+        (["evaluate", "--steps", "1000000000"], "--steps must be a whole number from 0 up to 100"),
         (["evaluate", "--partial", "{tmp}/curve.pt"], "--partial keeps a step curve's episodes: give --steps-curve"),
         (["bench", "--meta-batch", "0"], "--meta-batch must be a whole number from 1"),
         (["bench", "--repeats", "0"], "--repeats must be a whole number from 1"),
@@ -436,7 +436,7 @@ def wider_tensors(payload: dict) -> None:
 @pytest.mark.parametrize(
     "change, message",
     [
-        (set_in("learner", "inner_steps", 1_000_000_000), "inner_steps must be a whole number from 0 up to 1,000"),
+        (set_in("learner", "inner_steps", 1_000_000_000), "inner_steps must be a whole number from 0 up to 100"),
         (set_in("learner", "inner_lr", "0.4"), "inner_lr must be a finite number"),
         (set_in("learner", "inner_lr", float("nan")), "inner_lr must be a finite number"),
         (set_in("learner", "algorithm", None), "unknown algorithm None"),
@@ -606,7 +606,7 @@ def test_checkpoints_record_every_stages_data_and_evaluation_alphabets_need_a_fl
     assert {k: v for k, v in stages[1].items() if k not in hashes} == {
         "data_root": tmp_path.name, "dataset": "omniglot", "split": "background", "images": None, "rotations": True,
         "training_classes": len(training), "validation": "held-out classes", "validation_classes": 32 - len(training),
-        "evaluation_split": False,
+        "evaluation_split": False, "test_data": None,
     }  # fmt: skip
     assert stages[1][hashes[0]] == training.class_list_sha256() != stages[0][hashes[0]]
 
@@ -631,6 +631,36 @@ def test_checkpoints_record_every_stages_data_and_evaluation_alphabets_need_a_fl
     code, _, stderr = run([*by_path, "--allow-evaluation-split"], capsys)
     assert code == 0, stderr
     assert read_checkpoint(tmp_path / "sly.pt")["training"]["data_stages"][-1]["evaluation_split"] is True
+
+
+def test_a_model_cards_test_data_cannot_be_trained_on_by_another_name(tmp_path: Path, capsys) -> None:
+    """The shipped photo card measures on imagenet-mini18/val and cifar10-test images 500:. Training on them, by
+    any path to them, is refused unless allowed, and recorded; a slice of the images the card does not use is not
+    test data. The card's data line is derived from the record."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "models"))
+    from model_card import data_statement
+
+    make_class_folders(tmp_path / "imagenet-mini18" / "val", {f"n{i:02d}": 4 for i in range(4)})
+    make_class_folders(tmp_path / "cifar10-test", {f"c{i}": 6 for i in range(4)})
+    (tmp_path / "alias").symlink_to(tmp_path / "imagenet-mini18")
+    common = ["train", "--data-root", str(tmp_path), "--way", "2", "--shot", "1", "--query", "1", "--iterations", "1",
+              "--meta-batch", "1", "--val-every", "1", "--val-episodes", "1"]  # fmt: skip
+    for data in (["--dataset", "imagenet-mini18/val"], ["--dataset", "alias", "--split", "val"],
+                 ["--dataset", "cifar10-test"], ["--dataset", "cifar10-test", "--images", "2:"]):  # fmt: skip
+        code, _, stderr = run([*common, *data, "--out", str(tmp_path / "cheat.pt")], capsys)
+        assert code == 2 and "the test data of photo_lite2.json" in stderr, (data, stderr)
+        assert "--allow-evaluation-split" in stderr and not (tmp_path / "cheat.pt").exists()
+    code, _, stderr = run([*common, "--dataset", "cifar10-test", "--images", "0:2", "--out", str(tmp_path / "a.pt")],
+                          capsys)  # fmt: skip
+    assert code == 0, stderr
+    [stage] = read_checkpoint(tmp_path / "a.pt")["training"]["data_stages"]
+    assert stage["evaluation_split"] is False and "No recorded stage used test data" in data_statement([stage])
+    code, _, stderr = run([*common, "--dataset", "alias/val", "--allow-evaluation-split", "--out",
+                           str(tmp_path / "b.pt")], capsys)  # fmt: skip
+    assert code == 0, stderr
+    [stage] = read_checkpoint(tmp_path / "b.pt")["training"]["data_stages"]
+    assert stage["evaluation_split"] is True and stage["test_data"].startswith("imagenet-mini18/val, the test data")
+    assert "Stage(s) 1 trained on test data" in data_statement([stage])
 
 
 def test_a_step_curve_batched_with_vmap_equals_one_task_at_a_time(toy: Path, checkpoint: Path) -> None:

@@ -53,6 +53,7 @@ SUITES = {
         "benchmark": "Omniglot evaluation accuracy",
         "what": "a Conv-4 (GroupNorm) backbone",
         "evaluation": "Omniglot images_evaluation (659 characters, 20 alphabets)",
+        "test_data": [{"dataset": "omniglot", "split": "evaluation"}],  # `train` refuses these unless allowed
         "settings": [(f"{w}-way {s}-shot", OMNIGLOT_EVAL, w, s) for w, s in [(5, 1), (5, 5), (20, 1), (20, 5)]],
         "tuning": ["--split", "background"],
         "random_note": "Random init: the same architecture (centred, normalised features), seed 0, not meta-trained.",
@@ -75,6 +76,7 @@ SUITES = {
         "evaluation": "ImageNet-18 validation photos (imagenet-mini18/val, 3-5 a class: 1 shot and 2 queries) and "
         "CIFAR-10 test images 500-999 of each class; marked, imagenet-mini18/train, the body's own training photos. "
         "Whether a setting's classes were in meta-training is read from the checkpoint's records",
+        "test_data": [{"dataset": "imagenet-mini18", "split": "val"}, {"dataset": "cifar10-test", "images": "500:"}],
         "settings": [
             ("ImageNet-18 val 5-way 1-shot", IMAGENET_UNSEEN, 5, 1),
             ("CIFAR-10 5-way 1-shot", CIFAR_EVAL, 5, 1),
@@ -220,18 +222,17 @@ def data_statement(stages: list[dict]) -> str:
         parts.append(
             f"{name}: {stage['dataset']}{split}{images}, {stage['training_classes']} classes{rotations} (class list "
             f"sha256 {stage['training_class_list_sha256'][:12]}...); validation on {stage['validation']} "
-            f"({stage['validation_classes']} classes)." + (" **Trained on the evaluation split (explicitly allowed).**"
-                                         if stage["evaluation_split"] else "")
+            f"({stage['validation_classes']} classes)." + (" **Trained on test data (explicitly allowed): "
+            f"{stage.get('test_data') or 'the evaluation split'}.**" if stage["evaluation_split"] else "")
         )  # fmt: skip
-    recorded = [s for s in stages if s.get("recorded") is not False]
-    if any(s["dataset"] == "omniglot" for s in recorded):
-        on_eval = [i for i, s in enumerate(stages, 1) if s.get("split") == "evaluation"]
+    if stages:  # from each stage's record (decided by the resolved path when it trained), not from its split's name
+        on_test = [i for i, s in enumerate(stages, 1) if s.get("evaluation_split")]
         unknown = [i for i, s in enumerate(stages, 1) if s.get("recorded") is False]
-        if on_eval:
-            parts.append(f"Stage(s) {', '.join(map(str, on_eval))} trained on images_evaluation.")
+        if on_test:
+            parts.append(f"Stage(s) {', '.join(map(str, on_test))} trained on test data.")
         else:
             unrecorded = f" (stage {', '.join(map(str, unknown))} is not recorded: see its command)" if unknown else ""
-            parts.append(f"No recorded stage used images_evaluation{unrecorded}.")
+            parts.append(f"No recorded stage used test data (images_evaluation, or any model card's){unrecorded}.")
     return " ".join(parts)
 
 
@@ -500,6 +501,7 @@ def main() -> None:
         "data": " ".join(filter(None, [data_statement(stages_data), suite.get("data_note")])),
         "evaluation": f"{suite['evaluation']}; {args.episodes} episodes per setting, 15 queries per class (unless "
         "the setting says otherwise), seed 0",
+        "test_data": suite["test_data"],
         "algorithm": payload["learner"]["algorithm"],
         "head": payload["learner"]["head"],
         "backbone": payload["backbone"],
@@ -665,6 +667,7 @@ def rerender(out: Path, suite: dict, data_root: str, card_command: str, measured
             filter(None, [data_statement(payload["training"]["data_stages"]), suite.get("data_note")])
         )
     card.setdefault("card_command", card_command)
+    card["test_data"] = suite["test_data"]
     card.setdefault("default_rates", load_checkpoint(out)[0].rates_in_words())
     if "movement" not in card:
         card["movement"] = layer_movement(out, data_root, suite["settings"][0], card["default_inner_steps"])
