@@ -26,7 +26,15 @@ from metacore.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from metacore.data import EpisodeSampler, ImageClasses, augment_task, dataset_folder, open_dataset, parse_range, parse_slice
+from metacore.data import (
+    EpisodeSampler,
+    ImageClasses,
+    augment_task,
+    dataset_folder,
+    open_dataset,
+    parse_range,
+    parse_slice,
+)
 from metacore.device import describe, resolve_device
 from metacore.errors import MetacoreError
 from metacore.evaluate import evaluate
