@@ -15,6 +15,7 @@ from metacore.algorithms import MAML
 from metacore.data import EpisodeSampler, Task
 from metacore.device import one_task_per_thread
 from metacore.distributed import World, gather_in_order
+from metacore.errors import MetacoreError
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
@@ -66,6 +67,7 @@ def evaluate(
                     query_steps=None if every_step else (),
                 )
             )
+        check_finite(snapshots[-1].query_logits, f"episode {episode + 1}", lr)
         curve = [100.0 * s.query_acc.item() for s in snapshots] if every_step else []
         return episode, (100.0 * snapshots[-1].query_acc.item(), curve)
 
@@ -87,6 +89,17 @@ def evaluate(
             for i, (m, c) in enumerate(mean_ci95([run[i] for run in per_step]) for i in range(len(per_step[0])))
         ]
     return result
+
+
+def check_finite(values: torch.Tensor, where: str, lr: float | None) -> None:
+    """Refuse to score an episode whose adapted logits (or support loss) are not finite numbers: an accuracy read
+    off NaN logits is argmax's first class, a silent chance-level figure."""
+    if not bool(torch.isfinite(values).all()):
+        rate = f"at lr {lr:g}" if lr is not None else "at the model's own rates"
+        raise MetacoreError(
+            f"{where}: the adapted model's outputs are not finite numbers (NaN or inf): its inner steps diverge "
+            f"{rate}, or its weights overflow; no accuracy is reported (try a smaller --inner-lr)"
+        )
 
 
 def evaluate_with_curve(
@@ -204,6 +217,7 @@ def step_curve(
             batch = [torch.stack([getattr(t, name) for t in tasks]) for name in names]
             with torch.no_grad():  # no outer graph: the inner loop's own gradients still flow
                 acc, loss, fits = vmap_in_pieces(one_task, batch, fits)
+        check_finite(loss, f"episodes {start + 1}-{start + size}", lr)
         accuracies.append(100.0 * acc.double().cpu())
         losses.append(loss.double().cpu())
         bar.update(size)

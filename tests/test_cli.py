@@ -876,3 +876,21 @@ def test_a_large_support_set_shows_its_progress_and_the_steps_are_capped(
     assert json.loads(out)[0]["predicted"]
     code, _, err = run([*args, "--steps", "101"], capsys)
     assert code == 2 and "--steps must be a whole number from 0 up to 100" in err
+
+
+def test_evaluate_refuses_non_finite_outputs_at_run_time(toy: Path, checkpoint: Path) -> None:
+    """Weights that overflow on real images (here: past the load-time probe, one conv weight made infinite) give
+    NaN logits; evaluate, with or without a step curve, names the episodes and the cause instead of reporting
+    argmax's chance-level accuracy (in the CLI: one line, exit 2, as every MetacoreError)."""
+    from metacore.evaluate import evaluate, step_curve
+
+    learner, _ = load_checkpoint(checkpoint)
+    spec = learner.backbone.input_spec
+    sampler = lambda: EpisodeSampler(open_dataset(toy, "toy", spec=spec), 3, 1, 2, seed=0)  # noqa: E731
+    assert evaluate(learner, sampler(), episodes=2)["accuracy"] > 0  # as loaded: an accuracy
+    name = next(k for k in learner.params if k.startswith("blocks.0") and k.endswith("weight"))
+    learner.params = {**learner.params, name: learner.params[name] * float("inf")}
+    with pytest.raises(MetacoreError, match=r"episode 1: the adapted model's outputs are not finite numbers"):
+        evaluate(learner, sampler(), episodes=2)
+    with pytest.raises(MetacoreError, match=r"episodes 1-2: the adapted model's outputs are not finite numbers"):
+        step_curve(learner, sampler(), episodes=2, steps=[0, 1])
