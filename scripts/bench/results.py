@@ -204,6 +204,8 @@ def photo_section(table: Table, runs: Path) -> list[str]:
         "meta-training.",
         "",
         *table_lines(settings, rows),
+        "",
+        SUITES["photo"]["ci_note"],
     ]
     return [*lines, "", *card_curves(PHOTO_MODEL, card)]
 

@@ -84,6 +84,9 @@ SUITES = {
             ("ImageNet-18 train 5-way 1-shot (the body's training photos)", IMAGENET_EVAL, 5, 1),
             ("ImageNet-18 train 5-way 5-shot (the body's training photos)", IMAGENET_EVAL, 5, 5),
         ],
+        "ci_note": "The ± of ImageNet-18 val is over its 600 episodes, which are drawn from 62 photos (each photo "
+        "is used in ~145 of them): they are not independent, so it understates the uncertainty; another 62 photos "
+        "of these classes could move the mean by more.",
         "tuning": ["--dataset", "cifar10-test", "--images", "0:400"],
         "random_note": "A random initialisation of this adapter is not a random network: its residual starts at zero, "
         "so it passes the frozen body's own (normalised) features through, and the random-init rows measure those.",
@@ -606,7 +609,7 @@ def write_card(card: dict, out: Path, suite: dict) -> None:
 | setting | accuracy % (95% CI) |
 |---|---|
 {rows}
-
+{chr(10) + suite["ci_note"] + chr(10) if suite.get("ci_note") else ""}
 {curve_tables(card, steps)}{movement}{unsure_section(card)}""")
     print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}")
 
