@@ -107,7 +107,7 @@ def time_to_accuracy(cfg: TrainConfig, targets: tuple[float, ...] = (85.0, 90.0)
             raise StopTraining
 
     summary = train(cfg, progress=False, on_step=watch)
-    return {f"{t:g}%": reached.get(t) for t in targets} | {"last_validation": summary["val_accuracy"]}
+    return {f"time_to_{t:g}": reached.get(t) for t in targets} | {"last_validation": summary["val_accuracy"]}
 
 
 # What --resume takes from the command line rather than from the checkpoint: where and how this machine runs it.
