@@ -59,7 +59,9 @@ with st.expander("Settings: algorithm, classes and images per task, steps and ra
     right.caption(
         f"Data: {data_note}, 10% of its classes held out. Validation: {default.val_episodes} tasks of those classes "
         f"every {default.val_every} outer steps. On the bundled characters the defaults reached about 75% after 175 "
-        "outer steps and 80-85% from about 250 on (one run, 2026-12-05; each validation is within about ±5 points)."
+        "outer steps, 80-85% from about 250 on, and first 85% at outer step 800, after 245 s on 2 CPU cores (90% not "
+        "within 1000; `python -m metacore bench --time-to-accuracy`, 2026-12-05; each validation is within about ±5 "
+        "points)."
     )
     problem = inner_loop_problem(replace(default, algorithm=algorithm, inner_steps=steps))
     if problem:  # e.g. one inner step from a zero head: the body never moves in the inner loop

@@ -1,17 +1,21 @@
 """Many sessions on one lab server: how long a Step click waits while the others step and draw maps.
 
-    python scripts/bench/load_test.py --sessions 20 --browsers 1 --rounds 2
+    python scripts/bench/load_test.py --sessions 30 --browsers 1 --rounds 2 [--metatrain 2] [--processes 2]
 
-Starts `streamlit run app.py` on a free local port and drives N sessions at once. Every session, per round:
-Adapt -> Step x5 -> Features (t-SNE maps). `--browsers B` of them are headless Chromium (one context each);
-the other N - B speak Streamlit's websocket protocol directly, as a browser does (the same rerun messages,
-the same widget triggers, every reply read): in a class each student's browser draws on its own laptop, so
-only the server's work belongs on this machine's cores. `--browsers N` puts every browser here too.
+Starts `streamlit run app.py` on a free local port (with `--processes N`: `deploy/serve.sh N`, N lab processes
+behind nginx with sticky sessions) and drives N sessions at once. Every session opens its own bundled example by
+link (3-, 4- or 5-way, in turn) and, per round: Build -> Adapt -> Step x5 -> Features (t-SNE maps) -> Classify.
+`--browsers B` of them are headless Chromium (one context each); the other N - B speak Streamlit's websocket
+protocol directly, as a browser does (the same rerun messages, the same widget triggers, every reply read): in a
+class each student's browser draws on its own laptop, so only the server's work belongs on this machine's cores.
+`--metatrain M` more protocol sessions press Start on the Meta-train page first and keep their runs going until
+the others are done. Cross-talk: each protocol session checks that its Build page shows its own task, not another's.
 
 A browser's Step latency is from the click (in the page) until the curve chart shows the new step; a
 protocol session's, from sending the click until the server's last message of that rerun.
 Prints p50/p95/max per kind, failures, the server's CPU seconds and peak RSS, as one JSON line.
-Needs Chromium (apt-get install chromium) and playwright (requirements-dev.txt) for the browsers.
+Needs Chromium (apt-get install chromium) and playwright (requirements-dev.txt) for the browsers, nginx for
+`--processes`.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,40 +48,80 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def lab_server(log_path: str | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`streamlit run app.py` on a free local port, as the README starts it: (its URL, its process)."""
+def lab_server(log_path: str | None = None, processes: int = 1) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`streamlit run app.py` on a free local port, as the README starts it, or (`processes` > 1) `deploy/serve.sh`:
+    that many lab processes behind nginx. Yields (its URL, its process)."""
     port = free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 (open while the server runs)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    if processes > 1:
+        command = ["bash", "deploy/serve.sh", str(processes), str(port)]
+        backends = [f"http://127.0.0.1:{port + i}" for i in range(1, processes + 1)]
+    else:
+        command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
+                   str(port), "--server.address", "127.0.0.1"]  # fmt: skip
+        backends = []
+    server = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+        for health in [url, *backends]:
+            for _ in range(120):
+                try:
+                    urllib.request.urlopen(f"{health}/_stcore/health", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.5)
         yield url, server
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # serve.sh's lab processes and nginx too
         server.wait(timeout=20)
 
 
+def family(pid: int) -> list[int]:
+    """A process and all its descendants (the lab processes and nginx under serve.sh, the map workers)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, todo = [pid], [pid]
+    while todo:
+        children = [child for child, parent in parents.items() if parent == todo.pop()]
+        found += children
+        todo += children
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its waited-for children (the map worker), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process, its descendants and their waited-for children, in seconds."""
+    total = 0.0
+    for member in family(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Resident memory of a process and its descendants, in MB."""
+    total = 0.0
+    for member in family(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+    return total
+
+
+def example_link(index: int) -> tuple[int, str]:
+    """Each session's own task, by link: 3-, 4- or 5-way bundled characters in turn (so cross-talk shows)."""
+    way = 3 + index % 3
+    return way, f"example=characters&way={way}&shot=1&query=5"
+
+
+def own_task_shown(elements: list, way: int) -> bool:
+    """Whether a page's elements name this session's task and no other session's."""
+    text = " ".join(str(element) for element in elements)
+    others = [w for w in (3, 4, 5) if w != way and f"{w}-way 1-shot (from a link)" in text]
+    return f"{way}-way 1-shot (from a link)" in text and not others
 
 
 CHART = "document.querySelector('[data-testid=\"stPlotlyChart\"] .js-plotly-plot')"  # the curves: first chart
@@ -104,11 +150,15 @@ async def browser_session(browser, url: str, rounds: int, times: dict, failures:
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(600_000)  # under load a page can take minutes to draw: measure it, do not fail it
     page = await context.new_page()
+    way, link = example_link(index)
     try:
-        await page.goto(url)
+        await page.goto(f"{url}/?{link}")
         await page.get_by_text("Few-shot learning lab").first.wait_for()
         await idle(page)
         for _ in range(rounds):
+            await go(page, "Build a task")
+            if not await page.get_by_text(f"{way}-way 1-shot (from a link)").count():
+                failures.append(f"browser {index}: its Build page does not show its own {way}-way task")
             await go(page, "Adapt step by step")
             for _ in range(5):
                 await page.get_by_role("button", name="Step").first.wait_for()
@@ -119,6 +169,7 @@ async def browser_session(browser, url: str, rounds: int, times: dict, failures:
                 await go(page, "Features")
                 await page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2")
                 times["features"].append(time.perf_counter() - started)
+            await go(page, "Classify")
         errors = page.locator('[data-testid="stException"], :text("Traceback")')
         if await errors.count():
             text = " ".join((await errors.first.inner_text()).split())
@@ -137,13 +188,14 @@ class ProtocolSession:
         self.pages: dict[str, str] = {}  # url path -> page script hash
         self.buttons: dict[str, tuple[str, str]] = {}  # label -> (widget id, fragment id)
 
-    async def rerun(self, page: str = "", click: str | None = None) -> list:
+    async def rerun(self, page: str = "", click: str | None = None, query: str = "") -> list:
         """Send one rerun (a page visit, or a button click) and read every reply until the script has finished."""
         from streamlit.proto.BackMsg_pb2 import BackMsg
         from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
         message = BackMsg()
         message.rerun_script.page_script_hash = self.pages.get(page, "")
+        message.rerun_script.query_string = query
         if click is not None:
             widget_id, fragment_id = self.buttons[click]
             message.rerun_script.fragment_id = fragment_id
@@ -168,15 +220,26 @@ class ProtocolSession:
                 return elements
 
 
-async def protocol_session(url: str, rounds: int, times: dict, failures: list[str], index: int, features: bool):
+def connect(url: str):
+    """A websocket to the lab as a browser opens it, with its own `lab_backend` cookie (deploy/nginx.conf routes
+    each browser by it; a single server ignores it)."""
     import websockets
 
+    stream = url.replace("http://", "ws://") + "/_stcore/stream"
+    cookie = {"Cookie": f"lab_backend={uuid.uuid4().hex}"}
+    return websockets.connect(stream, subprotocols=["streamlit"], max_size=None, open_timeout=600,
+                              additional_headers=cookie)  # fmt: skip
+
+
+async def protocol_session(url: str, rounds: int, times: dict, failures: list[str], index: int, features: bool):
+    way, link = example_link(index)
     try:
-        stream = url.replace("http://", "ws://") + "/_stcore/stream"
-        async with websockets.connect(stream, subprotocols=["streamlit"], max_size=None, open_timeout=600) as socket:
+        async with connect(url) as socket:
             session = ProtocolSession(socket)
-            await session.rerun()
+            await session.rerun(query=link)
             for _ in range(rounds):
+                if not own_task_shown(await session.rerun("build"), way):
+                    failures.append(f"session {index}: its Build page does not show its own {way}-way task")
                 await session.rerun("adapt")
                 for _ in range(5):
                     started = time.perf_counter()
@@ -189,8 +252,27 @@ async def protocol_session(url: str, rounds: int, times: dict, failures: list[st
                     if maps != 2:
                         failures.append(f"session {index}: the Features page drew {maps} maps, not 2")
                     times["features"].append(time.perf_counter() - started)
+                await session.rerun("classify")
     except Exception as exc:
         failures.append(f"session {index}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+
+
+async def metatrain_session(url: str, done: asyncio.Event, reached: list[int], failures: list[str], index: int):
+    """Press Start on the Meta-train page, keep the tab open while the others work, then read how far it got."""
+    try:
+        async with connect(url) as socket:
+            session = ProtocolSession(socket)
+            await session.rerun()
+            await session.rerun("metatrain")
+            await session.rerun("metatrain", click="Start")
+            await done.wait()
+            text = " ".join(str(e) for e in await session.rerun("metatrain"))
+            if "outer step " not in text:
+                failures.append(f"meta-training {index}: no run going at the end")
+                return
+            reached.append(int(text.split("outer step ", 1)[1].split()[0]))
+    except Exception as exc:
+        failures.append(f"meta-training {index}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
 
 
 def percentiles(values: list[float]) -> dict:
@@ -218,6 +300,10 @@ async def drive(url: str, args: argparse.Namespace, chromium: str | None, server
             await asyncio.sleep(1)
 
     watcher = asyncio.create_task(watch())
+    done, reached = asyncio.Event(), []
+    trainers = [asyncio.create_task(metatrain_session(url, done, reached, failures, i)) for i in range(args.metatrain)]
+    if trainers:
+        await asyncio.sleep(20)  # their runs under way (data loaded, first outer steps) before the class starts
     started, cpu_before = time.perf_counter(), cpu_seconds(server_pid)
     protocol = [
         protocol_session(url, args.rounds, protocol_times, failures, i, features)
@@ -236,9 +322,14 @@ async def drive(url: str, args: argparse.Namespace, chromium: str | None, server
             await browser.close()
     else:
         await asyncio.gather(*protocol)
+    done.set()
+    await asyncio.gather(*trainers)
     watcher.cancel()
     return {
         "sessions": args.sessions,
+        "processes": args.processes,
+        "metatrain_runs": args.metatrain,
+        "metatrain_outer_steps_reached": reached,
         "browsers": args.browsers,
         "rounds": args.rounds,
         "browser_step": percentiles(browser_times["step"]),
@@ -260,6 +351,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--log", default=None, help="write the server's output to this file")
     parser.add_argument("--no-features", action="store_true", help="Step clicks only, no Features page (t-SNE)")
+    parser.add_argument("--metatrain", type=int, default=0, help="meta-training runs going meanwhile (sessions more)")
+    parser.add_argument("--processes", type=int, default=1, help="lab processes behind nginx (deploy/serve.sh)")
     args = parser.parse_args()
     if not 0 <= args.browsers <= args.sessions:
         parser.error("--browsers must be between 0 and --sessions")
@@ -267,7 +360,10 @@ def main() -> int:
     if chromium is None and args.browsers:
         print("error: no Chromium found (apt-get install chromium)", file=sys.stderr)
         return 2
-    with lab_server(args.log) as (url, server):
+    if args.processes > 1 and not shutil.which("nginx"):
+        print("error: --processes needs nginx (apt-get install nginx)", file=sys.stderr)
+        return 2
+    with lab_server(args.log, args.processes) as (url, server):
         result = asyncio.run(drive(url, args, chromium, server.pid))
         result["server_alive"] = server.poll() is None
     print(json.dumps(result))
