@@ -4,12 +4,14 @@
 
 Starts `streamlit run app.py` on a free local port (with `--processes N`: `deploy/serve.sh N`, N lab processes
 behind nginx with sticky sessions) and drives N sessions at once. Every session opens its own bundled example by
-link (3-, 4- or 5-way, in turn) and, per round: Build -> Adapt -> Step x5 -> Features (t-SNE maps) -> Classify.
+link (3-, 4- or 5-way, in turn) and, per round: Build -> Adapt -> Step x5 -> Features (t-SNE maps) -> Classify
+-> Home.
 `--browsers B` of them are headless Chromium (one context each); the other N - B speak Streamlit's websocket
 protocol directly, as a browser does (the same rerun messages, the same widget triggers, every reply read): in a
 class each student's browser draws on its own laptop, so only the server's work belongs on this machine's cores.
 `--metatrain M` more protocol sessions press Start on the Meta-train page first and keep their runs going until
-the others are done. Cross-talk: each protocol session checks that its Build page shows its own task, not another's.
+the others are done. Cross-talk: after each round every session checks that its Home page shows its own task,
+not another's.
 
 A browser's Step latency is from the click (in the page) until the curve chart shows the new step; a
 protocol session's, from sending the click until the server's last message of that rerun.
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -84,7 +87,8 @@ def family(pid: int) -> list[int]:
             parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
     found, todo = [pid], [pid]
     while todo:
-        children = [child for child, parent in parents.items() if parent == todo.pop()]
+        current = todo.pop()
+        children = [child for child, parent in parents.items() if parent == current]
         found += children
         todo += children
     return found
@@ -157,8 +161,6 @@ async def browser_session(browser, url: str, rounds: int, times: dict, failures:
         await idle(page)
         for _ in range(rounds):
             await go(page, "Build a task")
-            if not await page.get_by_text(f"{way}-way 1-shot (from a link)").count():
-                failures.append(f"browser {index}: its Build page does not show its own {way}-way task")
             await go(page, "Adapt step by step")
             for _ in range(5):
                 await page.get_by_role("button", name="Step").first.wait_for()
@@ -170,6 +172,9 @@ async def browser_session(browser, url: str, rounds: int, times: dict, failures:
                 await page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2")
                 times["features"].append(time.perf_counter() - started)
             await go(page, "Classify")
+            await go(page, "Home")
+            if not await page.get_by_text(f"{way}-way 1-shot (from a link)").count():
+                failures.append(f"browser {index}: its Home page does not show its own {way}-way task")
         errors = page.locator('[data-testid="stException"], :text("Traceback")')
         if await errors.count():
             text = " ".join((await errors.first.inner_text()).split())
@@ -216,8 +221,8 @@ class ProtocolSession:
                     self.buttons[element.button.label] = (element.button.id, reply.delta.fragment_id)
                 if element.WhichOneof("type") == "exception":
                     raise RuntimeError(f"an exception on the page: {element.exception.message[:300]}")
-            elif kind == "script_finished":
-                return elements
+            elif kind == "script_finished" and reply.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
+                return elements  # (a run that ends in st.rerun() goes on as the next run: read that one too)
 
 
 def connect(url: str):
@@ -238,8 +243,7 @@ async def protocol_session(url: str, rounds: int, times: dict, failures: list[st
             session = ProtocolSession(socket)
             await session.rerun(query=link)
             for _ in range(rounds):
-                if not own_task_shown(await session.rerun("build"), way):
-                    failures.append(f"session {index}: its Build page does not show its own {way}-way task")
+                await session.rerun("build")
                 await session.rerun("adapt")
                 for _ in range(5):
                     started = time.perf_counter()
@@ -253,6 +257,8 @@ async def protocol_session(url: str, rounds: int, times: dict, failures: list[st
                         failures.append(f"session {index}: the Features page drew {maps} maps, not 2")
                     times["features"].append(time.perf_counter() - started)
                 await session.rerun("classify")
+                if not own_task_shown(await session.rerun("home"), way):
+                    failures.append(f"session {index}: its Home page does not show its own {way}-way task")
     except Exception as exc:
         failures.append(f"session {index}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
 
@@ -267,10 +273,11 @@ async def metatrain_session(url: str, done: asyncio.Event, reached: list[int], f
             await session.rerun("metatrain", click="Start")
             await done.wait()
             text = " ".join(str(e) for e in await session.rerun("metatrain"))
-            if "outer step " not in text:
+            going = re.search(r"Training\*\*: outer step (\d+) of", text)
+            if not going:
                 failures.append(f"meta-training {index}: no run going at the end")
                 return
-            reached.append(int(text.split("outer step ", 1)[1].split()[0]))
+            reached.append(int(going.group(1)))
     except Exception as exc:
         failures.append(f"meta-training {index}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
 
