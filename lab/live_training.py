@@ -8,6 +8,9 @@ inner-loop curve, averaged over 20 fixed held-out tasks, from the initialisation
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import tempfile
 import threading
 import time
@@ -22,9 +25,12 @@ from metacore.data import EpisodeSampler, Task, open_dataset
 from metacore.device import one_task_per_thread
 from metacore.errors import MetacoreError
 from metacore.images import InputSpec
+from metacore.isolation import sessions_busy
 from metacore.train import StopTraining, TrainConfig, train
 
 MAX_RUNNING = 2  # server-wide: each run keeps a core busy; more queue
+YIELD_LIMIT_S = 2.0  # under a class's load a run still takes an outer step at least every ~2 s
+TRAINING_NICENESS = 10  # a run's threads yield the CPU to the sessions' clicks (CFS: ~10x less weight than nice 0)
 GONE_AFTER_S = 20  # a run whose browser tab has been disconnected this long stops; a reconnect within it keeps it
 IDLE_LIMIT_S = 15 * 60  # where there is no server to ask (AppTest): a session not seen for this long is gone
 CURVE_STEPS = 10  # inner steps shown in the inner-loop curves (past the K the model trains with)
@@ -105,6 +111,7 @@ class LiveRun:
 
     # -- in the run's own thread ---------------------------------------------------------------
     def _main(self) -> None:
+        lower_priority()  # before any worker thread starts: they inherit it
         if not self._wait_for_a_slot():
             self.state, self.message = "stopped", "Stopped before it started."
             return
@@ -171,10 +178,27 @@ class LiveRun:
             self.validations.append(report["validation"])
         if iteration in snapshot_steps():
             self.curves[iteration] = inner_curve(report["learner"], self.probes)
+        yield_to_sessions()
         while not self._resume.wait(0.5) and not self._gone(iteration):
             pass  # a pause holds the run here, between two outer steps (not past its session's end)
         if self._gone(iteration) or self._stop:
             raise StopTraining
+
+
+def yield_to_sessions() -> None:
+    """Between two outer steps: wait, up to YIELD_LIMIT_S, while sessions are computing (their Steps go first; a
+    run in this process competes for the GIL too, which thread priorities cannot arbitrate)."""
+    deadline = time.monotonic() + YIELD_LIMIT_S
+    while sessions_busy() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def lower_priority() -> None:
+    """The calling thread, and the threads it starts from now on, at nice TRAINING_NICENESS (Linux: a thread's own
+    priority): the sessions' clicks go first, a run takes the cores they leave idle."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRAINING_NICENESS)
 
 
 def session_connected(session_id: str | None) -> bool | None:

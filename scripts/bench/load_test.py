@@ -5,7 +5,8 @@
 Starts `streamlit run app.py` on a free local port (with `--processes N`: `deploy/serve.sh N`, N lab processes
 behind nginx with sticky sessions) and drives N sessions at once. Every session opens its own bundled example by
 link (3-, 4- or 5-way, in turn) and, per round: Build -> Adapt -> Step x5 -> Features (t-SNE maps) -> Classify
--> Home.
+-> Home, looking `--think` seconds (0.5-1.5x, random) at each page and each Step before the next click, as a
+student does; `--think 0` clicks as soon as the last click is answered (a stress test, not a class).
 `--browsers B` of them are headless Chromium (one context each); the other N - B speak Streamlit's websocket
 protocol directly, as a browser does (the same rerun messages, the same widget triggers, every reply read): in a
 class each student's browser draws on its own laptop, so only the server's work belongs on this machine's cores.
@@ -27,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -150,7 +152,9 @@ async def go(page, title: str) -> None:
     await idle(page)
 
 
-async def browser_session(browser, url: str, rounds: int, times: dict, failures: list[str], index: int, features: bool):
+async def browser_session(
+    browser, url: str, rounds: int, times: dict, failures: list[str], index: int, features: bool, pause: float
+):
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(600_000)  # under load a page can take minutes to draw: measure it, do not fail it
     page = await context.new_page()
@@ -164,6 +168,7 @@ async def browser_session(browser, url: str, rounds: int, times: dict, failures:
             await go(page, "Adapt step by step")
             for _ in range(5):
                 await page.get_by_role("button", name="Step").first.wait_for()
+                await think(pause)
                 times["step"].append(await page.evaluate(CLICK_STEP))
             await idle(page)
             if features:
@@ -173,14 +178,18 @@ async def browser_session(browser, url: str, rounds: int, times: dict, failures:
                 times["features"].append(time.perf_counter() - started)
             await go(page, "Classify")
             await go(page, "Home")
-            if not await page.get_by_text(f"{way}-way 1-shot (from a link)").count():
+            try:
+                await page.get_by_text(f"{way}-way 1-shot (from a link)").first.wait_for(timeout=120_000)
+            except Exception:
                 failures.append(f"browser {index}: its Home page does not show its own {way}-way task")
         errors = page.locator('[data-testid="stException"], :text("Traceback")')
         if await errors.count():
             text = " ".join((await errors.first.inner_text()).split())
             failures.append(f"browser {index}: an exception on the page: {text[:300]}")
     except Exception as exc:  # one session's failure is a result, not the end of the measurement
-        failures.append(f"browser {index}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        failures.append(f"browser {index}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        with contextlib.suppress(Exception):
+            await page.screenshot(path=f"/tmp/load_test_browser_{index}.png", full_page=True)
     finally:
         await context.close()
 
@@ -236,7 +245,15 @@ def connect(url: str):
                               additional_headers=cookie)  # fmt: skip
 
 
-async def protocol_session(url: str, rounds: int, times: dict, failures: list[str], index: int, features: bool):
+async def think(seconds: float) -> None:
+    """A student looking at what the click drew before the next one: uniform in [0.5, 1.5] x `seconds`."""
+    if seconds:
+        await asyncio.sleep(seconds * random.uniform(0.5, 1.5))
+
+
+async def protocol_session(
+    url: str, rounds: int, times: dict, failures: list[str], index: int, features: bool, pause: float
+):
     way, link = example_link(index)
     try:
         async with connect(url) as socket:
@@ -244,11 +261,14 @@ async def protocol_session(url: str, rounds: int, times: dict, failures: list[st
             await session.rerun(query=link)
             for _ in range(rounds):
                 await session.rerun("build")
+                await think(pause)
                 await session.rerun("adapt")
                 for _ in range(5):
+                    await think(pause)
                     started = time.perf_counter()
                     await session.rerun("adapt", click="Step")
                     times["step"].append(time.perf_counter() - started)
+                await think(pause)
                 if features:
                     started = time.perf_counter()
                     drawn = await session.rerun("features")
@@ -256,6 +276,7 @@ async def protocol_session(url: str, rounds: int, times: dict, failures: list[st
                     if maps != 2:
                         failures.append(f"session {index}: the Features page drew {maps} maps, not 2")
                     times["features"].append(time.perf_counter() - started)
+                await think(pause)
                 await session.rerun("classify")
                 if not own_task_shown(await session.rerun("home"), way):
                     failures.append(f"session {index}: its Home page does not show its own {way}-way task")
@@ -263,21 +284,33 @@ async def protocol_session(url: str, rounds: int, times: dict, failures: list[st
         failures.append(f"session {index}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
 
 
-async def metatrain_session(url: str, done: asyncio.Event, reached: list[int], failures: list[str], index: int):
-    """Press Start on the Meta-train page, keep the tab open while the others work, then read how far it got."""
+async def outer_step(session: ProtocolSession) -> int | None:
+    """The outer step the session's meta-training run shows on its page, None when none is training."""
+    text = " ".join(str(e) for e in await session.rerun("metatrain"))
+    going = re.search(r"Training\*\*: outer step (\d+) of", text)
+    return int(going.group(1)) if going else None
+
+
+async def metatrain_session(
+    url: str, training: asyncio.Event, done: asyncio.Event, reached: list, failures: list[str], index: int
+):
+    """Press Start on the Meta-train page; once its run trains (data loaded), say so; keep the tab open while the
+    others work, then read how far it got: (outer step when the class started, at its end)."""
     try:
         async with connect(url) as socket:
             session = ProtocolSession(socket)
             await session.rerun()
             await session.rerun("metatrain")
             await session.rerun("metatrain", click="Start")
+            while (first := await outer_step(session)) is None:
+                await asyncio.sleep(2)
+            training.set()
             await done.wait()
-            text = " ".join(str(e) for e in await session.rerun("metatrain"))
-            going = re.search(r"Training\*\*: outer step (\d+) of", text)
-            if not going:
+            last = await outer_step(session)
+            if last is None:
                 failures.append(f"meta-training {index}: no run going at the end")
                 return
-            reached.append(int(going.group(1)))
+            reached.append([first, last])
     except Exception as exc:
         failures.append(f"meta-training {index}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
 
@@ -307,13 +340,15 @@ async def drive(url: str, args: argparse.Namespace, chromium: str | None, server
             await asyncio.sleep(1)
 
     watcher = asyncio.create_task(watch())
-    done, reached = asyncio.Event(), []
-    trainers = [asyncio.create_task(metatrain_session(url, done, reached, failures, i)) for i in range(args.metatrain)]
-    if trainers:
-        await asyncio.sleep(20)  # their runs under way (data loaded, first outer steps) before the class starts
+    done, reached, ready = asyncio.Event(), [], [asyncio.Event() for _ in range(args.metatrain)]
+    trainers = [
+        asyncio.create_task(metatrain_session(url, ready[i], done, reached, failures, i)) for i in range(args.metatrain)
+    ]
+    for event in ready:  # their runs training (data loaded) before the class starts
+        await asyncio.wait_for(event.wait(), 600)
     started, cpu_before = time.perf_counter(), cpu_seconds(server_pid)
     protocol = [
-        protocol_session(url, args.rounds, protocol_times, failures, i, features)
+        protocol_session(url, args.rounds, protocol_times, failures, i, features, args.think)
         for i in range(args.sessions - args.browsers)
     ]
     if args.browsers:
@@ -322,7 +357,7 @@ async def drive(url: str, args: argparse.Namespace, chromium: str | None, server
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
             browsers = [
-                browser_session(browser, url, args.rounds, browser_times, failures, i, features)
+                browser_session(browser, url, args.rounds, browser_times, failures, i, features, args.think)
                 for i in range(args.browsers)
             ]
             await asyncio.gather(*browsers, *protocol)
@@ -334,9 +369,10 @@ async def drive(url: str, args: argparse.Namespace, chromium: str | None, server
     watcher.cancel()
     return {
         "sessions": args.sessions,
+        "think_s": args.think,
         "processes": args.processes,
         "metatrain_runs": args.metatrain,
-        "metatrain_outer_steps_reached": reached,
+        "metatrain_outer_steps_from_to": reached,
         "browsers": args.browsers,
         "rounds": args.rounds,
         "browser_step": percentiles(browser_times["step"]),
@@ -358,9 +394,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--log", default=None, help="write the server's output to this file")
     parser.add_argument("--no-features", action="store_true", help="Step clicks only, no Features page (t-SNE)")
+    parser.add_argument(
+        "--think",
+        type=float,
+        default=1.0,
+        help="seconds a session looks before its next click "
+        "(uniform in 0.5-1.5x this; 0: click as soon as the last one is answered, a stress test)",
+    )
     parser.add_argument("--metatrain", type=int, default=0, help="meta-training runs going meanwhile (sessions more)")
     parser.add_argument("--processes", type=int, default=1, help="lab processes behind nginx (deploy/serve.sh)")
     args = parser.parse_args()
+    random.seed(0)
     if not 0 <= args.browsers <= args.sessions:
         parser.error("--browsers must be between 0 and --sessions")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
