@@ -225,6 +225,7 @@ def inner_curve(learner, tasks: list[Task]) -> list[dict]:
     params = {k: v.detach() for k, v in learner.params.items()}
 
     def one(task: Task) -> list[tuple[float, float]]:
+        yield_to_sessions()  # 20 tasks x 10 steps: as much work as ~20 outer steps
         task = task.to(device, dtype)
         with torch.no_grad():
             snapshots = learner.adapt(
