@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -32,24 +31,11 @@ _lock = threading.Lock()
 _compute = threading.Semaphore(1)  # torch already spreads one piece of work over every core
 
 
-_last_used = 0.0  # time.monotonic() when a piece of work last left the slot
-
-
 @contextmanager
 def compute_slot() -> Iterator[None]:
     """Hold the server's compute slot for one short piece of tensor work (never across a `yield` to a page)."""
-    global _last_used
     with _compute:
-        try:
-            yield
-        finally:
-            _last_used = time.monotonic()
-
-
-def sessions_busy(within_s: float = 0.3) -> bool:
-    """Whether sessions are computing: the slot is held, or was left less than `within_s` ago (background work,
-    e.g. a meta-training run, waits for a quiet moment between its own steps)."""
-    return _compute._value == 0 or time.monotonic() - _last_used < within_s  # Semaphore has no public peek
+        yield
 
 
 class WorkerCrashed(MetacoreError):

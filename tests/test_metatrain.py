@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from lab import live_training
+from metacore.background import NICENESS
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -72,6 +74,8 @@ def test_pause_holds_the_run_and_stop_ends_it_with_a_checkpoint() -> None:
     click(at, "Start")
     run = at.session_state["live_run"]
     wait(lambda: len(run.steps) >= 2)
+    # a child process at a low priority: a class's clicks take the cores first, and no GIL is shared with them
+    assert run._process.pid != os.getpid() and os.getpriority(os.PRIO_PROCESS, run._process.pid) == NICENESS
     at.switch_page("pages/learn.py").run()  # leave the page: the run goes on ...
     seen = len(run.steps)
     wait(lambda: len(run.steps) > seen)
