@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from metacore.bodies import model_inputs
 from metacore.data import folder_classes
 from metacore.errors import MetacoreError
 from metacore.images import InputSpec, image_files, try_load_pixels
-from metacore.inner import diverged, run_to_end
+from metacore.inner import diverged
 from metacore.models import Params
 
 
@@ -121,9 +120,10 @@ def adapted_params(learner: MAML, support: LabelledImages, steps: int | None = N
             way=len(support.classes),
             chunk=256,  # a support set of thousands of images adapts in bounded memory
         )
-        ticking = (snapshot for snapshot in snapshots if bar.update(1) or True)  # update() may return True
-        first = next(ticking)
-        last = run_to_end(itertools.chain([first], ticking))
+        first = last = None
+        for last in snapshots:
+            first = last if first is None else first
+            bar.update(1)
     start, end = float(first.support_loss), float(last.support_loss)
     if diverged(start, end):
         rate = f"lr {lr:g}" if lr is not None else "the model's own rates"
