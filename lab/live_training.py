@@ -111,6 +111,7 @@ class LiveRun:
         if self._stop:
             self._process.stop()  # stopped while it was being set up: it ends at its first outer step
         self.state, self.started_at = "running", time.monotonic()
+        report: dict = {"failed": "the meta-training process could not be started"}
         try:
             self._process.start()
             while (report := self._process.poll(timeout=0.5)) is None or "step" in report:
@@ -120,6 +121,8 @@ class LiveRun:
                     last = self.steps[-1]["iteration"] if self.steps else 0
                     self.message = f"Stopped at outer step {last}: its browser session was gone."
                     self.stop()
+        except OSError as exc:  # no process could be started (e.g. out of memory): a sentence, the slot freed
+            report = {"failed": f"the meta-training process could not be started ({exc})"}
         finally:
             with _queue_lock:
                 if self in _running:
