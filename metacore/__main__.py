@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="meta-train a backbone on episodes", description="Meta-train a backbone.")
     add_common(p, checkpoint=False)
-    p.add_argument("--algo", default="maml", help="maml, fomaml, reptile, anil, metasgd, protonet")
+    p.add_argument("--algo", default="maml", help="maml, fomaml, reptile, anil, metasgd, lstm, protonet")
     p.add_argument("--head", default="zero", choices=["zero", "proto"], help="task head initialisation")
     p.add_argument(
         "--way-scaled-head",
@@ -72,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--body-rates-only",
         action="store_true",
         help="metasgd: learn one rate per body weight only; the head steps at --inner-lr (recorded in the model)",
+    )
+    p.add_argument(
+        "--first-order",
+        action="store_true",
+        help="lstm: the paper's simplification, the gradient and loss the LSTM reads taken as constants in the "
+        "meta-gradient (default: exact through every unrolled step; first-order MAML is --algo fomaml)",
+    )
+    p.add_argument(
+        "--rule-meta-lr",
+        type=float,
+        default=None,
+        help="Adam learning rate of the inner update's own weights (the LSTM meta-learner's, Meta-SGD's rates; "
+        "default: --meta-lr)",
     )
     p.add_argument("--backbone", default="conv4", help="conv4 (28x28 characters) or feature_adapter (photos)")
     p.add_argument(
@@ -295,6 +308,8 @@ def check_steps(args: argparse.Namespace) -> None:
             check_number(getattr(args, name), f"--{name.replace('_', '-')}", 1, 10**9, integer=True)
     if getattr(args, "meta_lr", None) is not None:
         check_number(args.meta_lr, "--meta-lr", 0, 1.0, above=True)
+    if getattr(args, "rule_meta_lr", None) is not None:
+        check_number(args.rule_meta_lr, "--rule-meta-lr", 0, 1.0, above=True)
     resolve_device(args.device)
 
 
@@ -316,6 +331,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         head=args.head,
         way_scaled_head=args.way_scaled_head,
         body_rates_only=args.body_rates_only,
+        first_order=args.first_order,
         way=args.way,
         shot=args.shot,
         query=args.query,
@@ -324,6 +340,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         inner_steps=TrainConfig.inner_steps if args.steps is None else args.steps,
         eval_steps=args.eval_steps,
         meta_lr=args.meta_lr,
+        rule_meta_lr=args.rule_meta_lr,
         cosine=args.cosine,
         iterations=args.iterations,
         val_every=args.val_every,

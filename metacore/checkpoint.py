@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from metacore.algorithms import ALGORITHMS, MAML, MetaSGD
+from metacore.algorithms import ALGORITHMS, MAML
+from metacore.algorithms.maml import RULE_PREFIXES
 from metacore.bodies import BODIES
 from metacore.errors import MetacoreError, check_number  # noqa: F401  (check_number: re-exported)
 from metacore.images import InputSpec
@@ -18,7 +19,7 @@ from metacore.models import BACKBONES, HEADS, Backbone
 
 MAX_INNER_STEPS = 100  # each step passes the whole support set forward and back (2 x 5,000 images: ~8 s on 2 cores)
 MAX_INNER_LR = 1000.0
-LEARNER_FIELDS = {"algorithm", "inner_lr", "inner_steps", "head", "way_scaled_head", "body_rates_only"}
+LEARNER_FIELDS = {"algorithm", "inner_lr", "inner_steps", "head", "way_scaled_head", "body_rates_only", "first_order"}
 SPEC_LIMITS = {"size": (8, 1024), "channels": (1, 3)}
 
 FORMAT = "metacore-checkpoint"
@@ -33,6 +34,7 @@ def build_learner(
     head: str = "zero",
     way_scaled_head: bool = False,
     body_rates_only: bool = False,
+    first_order: bool = False,
 ) -> MAML:
     if algorithm not in ALGORITHMS:
         raise MetacoreError(f"unknown algorithm '{algorithm}' (choose: {', '.join(ALGORITHMS)})")
@@ -40,9 +42,17 @@ def build_learner(
         raise MetacoreError("body_rates_only is a Meta-SGD setting (learned rates for the body only)")
     if way_scaled_head and algorithm == "protonet":
         raise MetacoreError("way_scaled_head scales the head's inner steps; ProtoNet takes none")
+    if algorithm == "lstm" and way_scaled_head:
+        raise MetacoreError("way_scaled_head scales a fixed head rate; the LSTM meta-learner learns its own steps")
+    if first_order and algorithm != "lstm":
+        raise MetacoreError("first_order is the LSTM meta-learner's setting (first-order MAML is --algo fomaml)")
+    if algorithm == "lstm" and not 0 < inner_lr < 1:
+        raise MetacoreError(f"the LSTM's input gate starts at the inner lr, which must be in (0, 1); got {inner_lr:g}")
     extra = {"body_rates_only": True} if body_rates_only else {}
     if way_scaled_head:
         extra["way_scaled_head"] = True
+    if first_order:
+        extra["first_order"] = True
     return ALGORITHMS[algorithm](backbone, inner_lr, inner_steps, head, **extra)
 
 
@@ -130,7 +140,7 @@ def validated(payload: dict, path: Path) -> tuple[dict, dict, InputSpec]:
         cfg["inner_lr"] = check_number(cfg.get("inner_lr"), "inner_lr", 0.0, MAX_INNER_LR)
         if cfg.get("head", "zero") not in HEADS:
             raise MetacoreError(f"unknown head {cfg.get('head')!r} (known: {', '.join(HEADS)})")
-        for flag in ("way_scaled_head", "body_rates_only"):
+        for flag in ("way_scaled_head", "body_rates_only", "first_order"):
             if not isinstance(cfg.get(flag, False), bool):
                 raise MetacoreError(f"{flag} must be true or false")
         name = info.get("name")
@@ -185,19 +195,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if bad:
         raise MetacoreError(f"{path}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[0]})")
     adapted = {k: v for k, v in state.items() if k.startswith("head.")}  # a task head: an adapted model
-    body = {k: v.to(device) for k, v in state.items() if not k.startswith(("lr.", "head."))}
+    body = {k: v.to(device) for k, v in state.items() if not k.startswith((*RULE_PREFIXES, "head."))}
     try:
         backbone = Backbone(payload["backbone"]["name"], body, spec, **kwargs)
     except MetacoreError as exc:
         raise MetacoreError(f"{path}: {exc}") from None
     probe_features(backbone, Path(path))
     learner = build_learner(backbone=backbone, **cfg)  # cfg: the checked learner fields
-    if isinstance(learner, MetaSGD):
-        lrs = {k: v.to(device) for k, v in state.items() if k.startswith("lr.")}
-        expected = {k: v.shape for k, v in learner.params.items() if k.startswith("lr.")}
-        if {k: v.shape for k, v in lrs.items()} != expected:
-            raise MetacoreError(f"{path}: Meta-SGD learning rates are missing or do not fit the backbone")
-        learner.params |= lrs
+    rule = {k: v.to(device) for k, v in state.items() if k.startswith(RULE_PREFIXES)}
+    expected = {k: v.shape for k, v in learner.params.items() if k.startswith(RULE_PREFIXES)}
+    if {k: v.shape for k, v in rule.items()} != expected:
+        what = "Meta-SGD learning rates" if learner.name == "metasgd" else f"{learner.name} update-rule weights"
+        raise MetacoreError(f"{path}: {what} are missing or do not fit the backbone")
+    learner.params |= rule
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     if adapted:
         meta["adapted_head"] = check_head(adapted, backbone.feature_dim, meta.get("classes"), Path(path))

@@ -19,6 +19,9 @@ from torch import Tensor
 from metacore.models import Params
 
 LogitsFn = Callable[[Params, Tensor], Tensor]
+# A learned update in place of the gradient step (the LSTM meta-learner): (parameters, their gradients, the support
+# loss) -> (the next parameters, the gates it used: {"input": {name: tensor}, "forget": {name: tensor}}).
+UpdateRule = Callable[[Params, Params, Tensor], tuple[Params, dict[str, Params]]]
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Snapshot:
     query_logits: Tensor | None = None
     query_loss: Tensor | None = None
     query_acc: Tensor | None = None
+    gates: dict[str, Params] | None = None  # a learned update's gates on the step that led here (None: SGD)
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -60,8 +64,12 @@ def inner_loop(
     first_order: bool = False,
     query_steps: Collection[int] | None = None,
     chunk: int | None = None,
+    update: UpdateRule | None = None,
 ) -> Iterator[Snapshot]:
     """Adapt `params` to the support set by `steps` gradient steps, yielding steps+1 snapshots.
+
+    `update` replaces the gradient step by a learned one (then `lr` is not used); with `first_order` it is given
+    the gradients and the loss as constants.
 
     `adapt_keys` limits which parameters move (e.g. ANIL: the head only); the others pass
     through unchanged. The input dict and its tensors are never modified. With `chunk`, a large
@@ -95,10 +103,11 @@ def inner_loop(
             return grads, losses[0], logits[0]
         return grads, torch.stack(losses).sum(), torch.cat(logits)
 
+    gates = None
     for step in range(steps + 1):
         current = {**frozen, **fast}
         grads, loss, logits = support_objective(fast, with_grad=step < steps)
-        snapshot = Snapshot(step, current, loss, accuracy(logits, support_y), logits)
+        snapshot = Snapshot(step, current, loss, accuracy(logits, support_y), logits, gates=gates)
         if query_x is not None and (query_steps is None or step in query_steps or step == steps):
             snapshot.query_logits = logits_fn(current, query_x)
             if query_y is not None:
@@ -108,7 +117,10 @@ def inner_loop(
         if step < steps:
             if first_order:
                 grads = {k: g.detach() for k, g in grads.items()}
-            fast = sgd_update(fast, grads, lr if not isinstance(lr, dict) else {k: lr[k] for k in fast})
+            if update is not None:
+                fast, gates = update(fast, grads, loss.detach() if first_order else loss)
+            else:
+                fast = sgd_update(fast, grads, lr if not isinstance(lr, dict) else {k: lr[k] for k in fast})
 
 
 def diverged(first_loss: float, loss: float) -> bool:
@@ -128,6 +140,19 @@ def layer_shift(start: Params, now: Params) -> dict[str, float]:
     moved: dict[str, float] = {}
     for k, v in now.items():
         if k in start:
-            layer = k.rsplit(".", 2)[0] if k.startswith("blocks.") else k.split(".")[0]
-            moved[layer] = moved.get(layer, 0.0) + float(((v.detach() - start[k].detach()) ** 2).sum())
+            moved[layer_of(k)] = moved.get(layer_of(k), 0.0) + float(((v.detach() - start[k].detach()) ** 2).sum())
     return {layer: total**0.5 for layer, total in moved.items()}
+
+
+def layer_of(name: str) -> str:
+    """The layer a parameter belongs to: `blocks.0.conv.weight` -> `blocks.0`, `head.bias` -> `head`."""
+    return name.rsplit(".", 2)[0] if name.startswith("blocks.") else name.split(".")[0]
+
+
+def layer_gates(gates: dict[str, Params]) -> dict[str, dict[str, float]]:
+    """A learned update's gates as one mean per layer: {layer: {"input": mean, "forget": mean}}."""
+    means: dict[str, dict[str, list[Tensor]]] = {}
+    for gate, values in gates.items():
+        for name, value in values.items():
+            means.setdefault(layer_of(name), {}).setdefault(gate, []).append(value.detach().flatten())
+    return {layer: {gate: float(torch.cat(v).mean()) for gate, v in parts.items()} for layer, parts in means.items()}

@@ -16,6 +16,8 @@ import torch
 from tqdm import tqdm
 
 from metacore import distributed
+from metacore.algorithms import MAML
+from metacore.algorithms.maml import RULE_PREFIXES
 from metacore.capture import CapturedOuterStep, check_capturable
 from metacore.checkpoint import (
     MAX_INNER_LR,
@@ -58,6 +60,7 @@ class TrainConfig:
     head: str = "zero"
     way_scaled_head: bool = False  # an N-way task's head steps at N/5 times the rate (one rate for any way)
     body_rates_only: bool = False  # Meta-SGD: learn the body's rates only; the head steps at inner_lr
+    first_order: bool = False  # lstm: the paper's simplification (the LSTM's inputs taken as constants)
     way: str = "5"
     shot: str = "1"
     query: int = 15
@@ -66,6 +69,7 @@ class TrainConfig:
     inner_steps: int = 2  # from a zero head, step 1 moves only the head: the body's first inner gradient is at step 2
     eval_steps: int | None = None  # inner steps at test time (default: inner_steps)
     meta_lr: float = 1e-3
+    rule_meta_lr: float | None = None  # the inner update's own weights (LSTM, Meta-SGD's rates); None: meta_lr
     cosine: bool = False
     iterations: int = 1000
     val_every: int = 100
@@ -234,7 +238,7 @@ def inner_loop_problem(cfg: TrainConfig) -> tuple[str, str] | None:
 
 def learner_settings(cfg: TrainConfig) -> dict:
     """The learner fields of a training config (what `build_learner` takes besides the backbone)."""
-    fields = ("algorithm", "inner_lr", "inner_steps", "head", "way_scaled_head", "body_rates_only")
+    fields = ("algorithm", "inner_lr", "inner_steps", "head", "way_scaled_head", "body_rates_only", "first_order")
     return {k: getattr(cfg, k) for k in fields}
 
 
@@ -252,6 +256,15 @@ def check_writable(path: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise MetacoreError(f"cannot write {path} ({exc.strerror or exc})") from None
+
+
+def outer_groups(learner: MAML, cfg: TrainConfig) -> list[dict]:
+    """The outer optimiser's parameter groups: the network's, and (with `rule_meta_lr`) the inner update's own."""
+    rule = [v for k, v in learner.params.items() if k.startswith(RULE_PREFIXES)]
+    if cfg.rule_meta_lr is None or not rule:
+        return [{"params": list(learner.params.values())}]
+    network = [v for k, v in learner.params.items() if not k.startswith(RULE_PREFIXES)]
+    return [{"params": network}, {"params": rule, "lr": cfg.rule_meta_lr}]
 
 
 class StopTraining(Exception):
@@ -362,7 +375,8 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
         val_set.preload(progress)
 
     learner.params = {k: v.detach().clone().requires_grad_(True) for k, v in learner.params.items()}
-    optimizer = torch.optim.Adam(learner.params.values(), lr=cfg.meta_lr, capturable=batching == "graph")
+    optimizer = torch.optim.Adam(outer_groups(learner, cfg), lr=cfg.meta_lr, capturable=batching == "graph")
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
     share = world.share(cfg.meta_batch)  # this process's tasks of every meta-batch
@@ -425,8 +439,8 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[dict], Non
         bar = []
     for iteration in bar:
         if cfg.cosine:
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.meta_lr * 0.5 * (1 + math.cos(math.pi * iteration / cfg.iterations))
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * 0.5 * (1 + math.cos(math.pi * iteration / cfg.iterations))
         batch = sampler.sample_batch(cfg.meta_batch)  # every process draws the whole meta-batch ...
         if cfg.augment:
             batch = [augment_task(t, distortions) for t in batch]

@@ -14,8 +14,10 @@ from torch import Tensor
 from metacore.data import Task, stack_tasks
 from metacore.device import one_task_per_thread
 from metacore.errors import check_number
-from metacore.inner import LogitsFn, Snapshot, inner_loop, run_to_end
+from metacore.inner import LogitsFn, Snapshot, UpdateRule, inner_loop, run_to_end
 from metacore.models import Backbone, Params, init_head, linear_head
+
+RULE_PREFIXES = ("lr.", "lstm.")  # meta-parameters of the inner update (Meta-SGD's rates, the LSTM's weights)
 
 
 class MAML:
@@ -58,6 +60,10 @@ class MAML:
 
     def inner_lrs(self, params: Params) -> float | Params:
         return self.inner_lr
+
+    def update_rule(self, params: Params, lr: float | None) -> UpdateRule | None:
+        """A learned inner update (the LSTM meta-learner) for one adaptation; None: gradient steps at the rates."""
+        return None
 
     def rates_for(self, lr: float) -> float | Params:
         """The inner rates when one `lr` is asked for (the Adapt page's box): that lr for every parameter."""
@@ -140,6 +146,7 @@ class MAML:
             first_order=self.first_order if first_order is None else first_order,
             query_steps=query_steps,
             chunk=chunk,
+            update=self.update_rule(params, lr),
         )
 
     # -- the outer loop ----------------------------------------------------------------------
@@ -226,7 +233,7 @@ def scale_head_rates(rates: float | Params, params: Params, way: int) -> Params:
 
 
 def _without_lrs(params: Params) -> Params:
-    return {k: v for k, v in params.items() if not k.startswith("lr.")}
+    return {k: v for k, v in params.items() if not k.startswith(RULE_PREFIXES)}
 
 
 class FOMAML(MAML):
