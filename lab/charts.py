@@ -127,3 +127,29 @@ def comparison(curves: dict[str, list[float]], metric: str) -> go.Figure:
         "legend": {"title": {"text": ""}},
     }
     return go.Figure(traces, layout)
+
+
+def gates(records: list[dict], fixed_lr: float) -> go.Figure:
+    """A learned update's gates per layer against the step: the input gate (the step size each weight takes, log
+    scale) beside MAML's fixed lr, and the forget gate (the share of each weight kept) beside 1."""
+    stepped = [r for r in records if r.get("gates")]  # step 0 has none: no update led there
+    steps = [r["step"] for r in stepped]
+    traces = []
+    for index, layer in enumerate(stepped[0]["gates"] if stepped else ()):
+        colour, name = PALETTE[index % len(PALETTE)], layer_name(layer)
+        traces.append(line(steps, [r["gates"][layer]["input"] for r in stepped], name, colour, legendgroup=layer))
+        forget = [r["gates"][layer]["forget"] for r in stepped]
+        traces.append(line(steps, forget, name, colour, legendgroup=layer, showlegend=False, **AXES2))
+    last = max(steps, default=1)
+    for value, label, axes in ((fixed_lr, f"MAML's fixed lr {fixed_lr:g}", {}), (1.0, "1: keep every weight", AXES2)):
+        traces.append(line([0, last], [value, value], label, "#444", "dot", mode="lines", **axes))
+    layout = {
+        "height": 320,
+        "margin": {"t": 30, "b": 10},
+        "xaxis": step_axis(last, domain=[0, 0.47], range=[0, last + 0.2]),
+        "xaxis2": step_axis(last, domain=[0.53, 1], anchor="y2", range=[0, last + 0.2]),
+        "yaxis": {"title": {"text": "input gate: step size (log)"}, "type": "log"},
+        "yaxis2": {"title": {"text": "forget gate: weight kept"}, "anchor": "x2"},
+        "legend": {"title": {"text": ""}},
+    }
+    return go.Figure(traces, layout)

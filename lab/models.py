@@ -19,12 +19,13 @@ from metacore.device import resolve_device
 from metacore.images import preprocess
 from metacore.models import Backbone
 from metacore.openset import card_entry
-from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL
+from metacore.paths import LSTM_MODEL, PHOTO_MODEL, SHIPPED_MODEL
 
 DEFAULT_MODEL = SHIPPED_MODEL
 MODELS = {  # what the sidebar's picker offers: label -> checkpoint
     "Characters (Conv-4, Omniglot)": SHIPPED_MODEL,
     "Photos (EfficientNet-Lite2, ImageNet features)": PHOTO_MODEL,
+    "Characters, learned optimiser (LSTM meta-learner)": LSTM_MODEL,
 }
 INITS = {  # where an adaptation starts: the Adapt page's choices
     "maml": "Meta-trained init (the picked model)",

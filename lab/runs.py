@@ -13,7 +13,7 @@ from lab.models import inits, learner_for, model_label, shared_model
 from lab.task import TaskTensors, task_signature
 from lab.text import plural
 from metacore.algorithms import MAML
-from metacore.inner import diverged, layer_shift
+from metacore.inner import diverged, layer_gates, layer_shift
 from metacore.isolation import compute_slot
 
 
@@ -60,6 +60,7 @@ def adaptation_records(learner: MAML, tensors: TaskTensors, steps: int, lr: floa
                 "query_acc": None if snap.query_acc is None else float(snap.query_acc),
                 "query_probs": None if snap.query_logits is None else snap.query_logits.softmax(-1).cpu().numpy(),
                 "shift": layer_shift(start, params),
+                "gates": layer_gates(snap.gates) if snap.gates else None,  # a learned update's, per layer
                 "params": params,
             }
         yield record

@@ -17,6 +17,8 @@ def adapts_plainly(learner: MAML) -> str:
     """How a model adapts, in words a teacher can read aloud: 'in 5 steps, each weight at a learning rate
     meta-learning chose for it' (the numbers: `learner.rates_in_words()`, behind an expander or a tooltip)."""
     steps = plural(learner.inner_steps, "step")
+    if learner.name == "lstm":
+        return f"in {steps}, each step's size for each weight set anew by a learned optimiser (an LSTM)"
     if getattr(learner, "learns_rates", False):
         return f"in {steps}, each weight at a learning rate meta-learning chose for it"
     return f"in {steps}, at learning rate {learner.inner_lr:g}"

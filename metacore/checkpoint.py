@@ -74,8 +74,9 @@ def adapted_checkpoint(learner: MAML, params: dict[str, torch.Tensor], classes: 
     Any command that takes --checkpoint loads it (its body is the starting point); `classify` without
     --support predicts with its head directly.
     """
+    rule = {k: v for k, v in learner.params.items() if k.startswith(RULE_PREFIXES)}  # Meta-SGD's rates, the LSTM
     buffer = io.BytesIO()
-    torch.save(checkpoint_payload(learner, params, classes=list(classes), **metadata), buffer)
+    torch.save(checkpoint_payload(learner, rule | params, classes=list(classes), **metadata), buffer)
     return buffer.getvalue()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = PROJECT_ROOT / "models" / "omniglot_metasgd.pt"
 PHOTO_MODEL = PROJECT_ROOT / "models" / "photo_lite2.pt"
+LSTM_MODEL = PROJECT_ROOT / "models" / "omniglot_lstm.pt"  # the LSTM meta-learner: a learned update rule
 
 
 def default_data_root() -> Path:

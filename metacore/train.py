@@ -219,6 +219,11 @@ def inner_loop_problem(cfg: TrainConfig) -> tuple[str, str] | None:
     A zero head gives the body no inner gradient at step 1 (every logit is 0 whatever the features), so with one
     step the adapted body is the starting body: MAML's meta-gradient is then ANIL's, and Reptile's direction for
     the body is exactly zero. With no step at all a zero head stays at chance and nothing can be learned."""
+    if cfg.algorithm == "lstm" and not 0 < cfg.inner_lr < 1:
+        return "error", (
+            f"the LSTM meta-learner's input gate (a sigmoid) starts at the inner lr, so it must be between 0 and 1; "
+            f"got {cfg.inner_lr:g}"
+        )
     if cfg.head != "zero" or cfg.algorithm == "protonet":
         return None
     if cfg.inner_steps == 0:

@@ -23,12 +23,14 @@ shipped, _ = shared_model()
 controls = st.columns([3, 2, 2])
 INITS = inits()  # the picked model's starting points (your own model: its frozen features)
 init = controls[0].selectbox("Starting point", list(INITS), format_func=INITS.get, key="init")
-learned_rates = init == "maml" and shipped.learns_rates  # Meta-SGD: one meta-learned rate per weight
+learned_rates = init == "maml" and shipped.learns_rates  # Meta-SGD's rates, or the LSTM's learned update rule
+learned_rule = shipped.name == "lstm"
 own_rates = learned_rates and controls[0].toggle(
-    "Use its learned per-parameter rates",
+    "Use its learned update rule" if learned_rule else "Use its learned per-parameter rates",
     True,
     key="own_rates",
-    help=f"on: {shipped.lr_in_force(None)}; off: one rate for every weight, from the box",
+    help=f"on: {shipped.lr_in_force(None)}; off: one rate for every weight, from the box"
+    + (" (the LSTM's gates fixed at forget 1, input lr: plain gradient steps)" if learned_rule else ""),
 )
 LOWEST_LR = 1e-5
 LR_KEY = lr_key()  # one box per model: a newly picked model's box starts at its own default
@@ -75,11 +77,19 @@ if learner.backbone.input_spec != shipped.backbone.input_spec:  # your whole net
 if learned_rates:
     way = len(tensors.names)
     scaled = f"; the head's step x {way}/5 in this {way}-way task" if shipped.way_scaled_head and way != 5 else ""
-    st.caption(
-        "In force: **its learned rates**, one per weight" + scaled
-        if own_rates
-        else f"In force: **lr {lr:g}** for every weight{scaled} (replacing the learned rates)"
-    )
+    if learned_rule:
+        st.caption(
+            "In force: **its learned update rule**: at every step an LSTM reads each weight's gradient and the loss "
+            "and sets that weight's step size (input gate) and how much of it to keep (forget gate)"
+            if own_rates
+            else f"In force: **lr {lr:g}** for every weight: the LSTM's gates fixed at forget 1, input {lr:g}"
+        )
+    else:
+        st.caption(
+            "In force: **its learned rates**, one per weight" + scaled
+            if own_rates
+            else f"In force: **lr {lr:g}** for every weight{scaled} (replacing the learned rates)"
+        )
 lr = None if own_rates else lr  # None: the model's own rates
 has_query = tensors.query_x is not None
 
@@ -121,6 +131,7 @@ def explain_init(init: str) -> None:
     elif init == "maml" and shipped.head == "zero":
         body = " (only the head adapts)" if shipped.adapted_keys is not None else " and move the body a little"
         body = " and tune the body at its learned rates" if learned_rates else body
+        body = " and move the body by the steps its learned optimiser sets" if learned_rule and own_rates else body
         st.caption(
             f"This model was meta-trained to adapt {adapts_plainly(shipped)}. Its head "
             "starts at zero, so step 0 is chance; the first step writes each class's mean feature into the head "
@@ -210,6 +221,29 @@ def stepping_area(init: str, lr: float | None, run_steps: int) -> None:
             "by how much (a zero head must move before the body gets any gradient; a prototype head may barely "
             "move)."
         )
+    if learned_rule and init == "maml":
+        learned_optimiser(records[: shown + 1])
+
+
+def learned_optimiser(records: list[dict]) -> None:
+    """The LSTM meta-learner's gates, layer by layer, up to the step looked at: the lesson "a learned optimiser"."""
+    st.subheader("The learned optimiser at work")
+    if not records[-1].get("gates"):
+        st.caption("Take a step to see the gates the LSTM sets for it.")
+        return
+    st.plotly_chart(charts.gates(records, shipped.inner_lr), key="gates")
+    last = records[-1]["gates"]
+    fastest = max(last, key=lambda layer: last[layer]["input"])
+    st.caption(
+        f"MAML takes every step at one fixed lr ({shipped.inner_lr:g}, dotted). This model's LSTM sets each weight's "
+        "step size (left: input gate, mean per layer) and how much of the weight it keeps (right: forget gate) anew "
+        f"at every step, from that weight's gradient and the loss. At step {records[-1]['step']}, "
+        f"{charts.layer_name(fastest)} steps fastest ({last[fastest]['input']:.3g}, "
+        f"{last[fastest]['input'] / shipped.inner_lr:.1f}x MAML's lr)."
+        if own_rates
+        else "The gates are fixed here (forget 1, input at the lr in the box): the same cell update is then plain "
+        "gradient descent. Switch **Use its learned update rule** on to see the learned gates."
+    )
 
 
 def rates_in_words(losses: dict[str, list[float]], accuracies: dict[str, list[float]]) -> str:

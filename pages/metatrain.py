@@ -29,6 +29,7 @@ ALGORITHMS = {
     "reptile": "Reptile",
     "anil": "ANIL (head only in the inner loop)",
     "metasgd": "Meta-SGD (learned per-weight rates)",
+    "lstm": "LSTM meta-learner (a learned update rule)",
     "protonet": "ProtoNet (no inner loop)",
 }
 

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_task, tiny_backbone
-from metacore.algorithms import MAML, LSTMMetaLearner
+from metacore.algorithms import ALGORITHMS, MAML, LSTMMetaLearner
 from metacore.algorithms.lstm import HIDDEN, PREFIX
-from metacore.checkpoint import load_checkpoint, save_checkpoint
+from metacore.checkpoint import adapted_checkpoint, load_checkpoint, save_checkpoint
 from metacore.data import Task
+from metacore.inner import run_to_end
 from metacore.models import Params
 
 
@@ -158,3 +159,17 @@ def test_a_saved_lstm_learner_adapts_the_same_after_loading(tmp_path) -> None:
     a = list(learner.adapt(task.support_x, task.support_y, task.query_x))[-1]
     b = list(loaded.adapt(task.support_x, task.support_y, task.query_x))[-1]
     assert torch.equal(a.query_logits, b.query_logits)
+
+
+@pytest.mark.parametrize("algorithm", ["metasgd", "lstm"])
+def test_an_adapted_model_of_a_learned_update_rule_loads_and_keeps_its_rule(algorithm: str, tmp_path) -> None:
+    """The Features page's download: the adapted body and head, plus the rule's weights (Meta-SGD's rates, the
+    LSTM's), without which the file did not load."""
+    learner = ALGORITHMS[algorithm](tiny_backbone(), 0.3, 2)
+    task = random_task(seed=9)
+    adapted = {k: v.detach() for k, v in run_to_end(learner.adapt(task.support_x, task.support_y)).params.items()}
+    (tmp_path / "adapted.pt").write_bytes(adapted_checkpoint(learner, adapted, task.classes))
+    loaded, meta = load_checkpoint(tmp_path / "adapted.pt")
+    assert torch.equal(meta["adapted_head"]["head.weight"], adapted["head.weight"])
+    rule = [k for k in learner.params if k.startswith(("lr.", PREFIX))]
+    assert rule and all(torch.equal(loaded.params[k], learner.params[k]) for k in rule)

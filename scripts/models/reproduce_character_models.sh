@@ -7,6 +7,8 @@
 #            (models/omniglot_conv4.pt)
 #   stage 4  Meta-SGD: learned rates for the body, the head at lr 0.001 x way/5            -> $RUNS/stage4_metasgd.pt
 #            (models/omniglot_metasgd.pt, the default)
+#   stage 5  the LSTM meta-learner: its cell state starts at stage 3's body, its gates at lr 0.001 -> $RUNS/stage5_lstm.pt
+#            (models/omniglot_lstm.pt)
 # All stages read Omniglot's background alphabets only (the default split; each checkpoint records it). A stage
 # whose checkpoint is complete is skipped and a cut one resumed from its last save (every validation: stage 1 saves
 # every 1000 iterations), so a run can stop and go on (on another machine).
@@ -62,4 +64,8 @@ stage stage3_zero --algo maml --head zero --init "$RUNS/stage2_protomaml.pt" --f
 stage stage4_metasgd --algo metasgd --body-rates-only --head zero --way-scaled-head --init "$RUNS/stage3_zero.pt" \
     --way 5-20 --shot 1-5 --query 10 --meta-batch 4 --steps 5 --inner-lr 0.001 --meta-lr "${STAGE4_META_LR:-5e-5}" \
     --iterations 300 --val-every 100 --val-episodes 100
-echo "done ($(date +%T)): $RUNS/stage2_protomaml.pt (ProtoMAML), $RUNS/stage4_metasgd.pt (the default model)"
+stage stage5_lstm --algo lstm --head zero --init "$RUNS/stage3_zero.pt" --way 5-20 --shot 1-5 --query 10 \
+    --meta-batch 4 --steps 5 --inner-lr 0.001 --meta-lr 5e-5 --rule-meta-lr 5e-3 --iterations 300 --val-every 100 \
+    --val-episodes 100
+echo "done ($(date +%T)): $RUNS/stage2_protomaml.pt (ProtoMAML), $RUNS/stage4_metasgd.pt (the default model)," \
+    "$RUNS/stage5_lstm.pt (the LSTM meta-learner)"
