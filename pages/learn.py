@@ -69,6 +69,34 @@ st.markdown(
     "skips gradient steps and classifies by distance to class means. `metacore` computes the exact term "
     "(checked against finite differences in its tests)."
 )
+st.subheader("Learning how to step: the LSTM meta-learner")
+st.markdown(
+    "MAML learns *where to start* and then takes plain gradient steps; Meta-SGD learns one fixed α per weight. The "
+    "**LSTM meta-learner** (Ravi & Larochelle 2017) learns *the update itself*. Write an LSTM's cell update next to "
+    "a gradient step:"
+)
+st.latex(
+    r"c_t = f_t \odot c_{t-1} + i_t \odot \tilde c_t \qquad\qquad \theta_t = \theta_{t-1} - \alpha\, \nabla_t"
+)
+st.markdown(
+    "With the cell state as the weights (c = θ), the candidate as the negative gradient (c̃ₜ = −∇ₜ), the forget "
+    "gate at 1 and the input gate at α, the two are the same line. Let the gates be computed instead, and the step "
+    "is learned: the input gate iₜ is a **learning rate for each weight at each step**, the forget gate fₜ how much "
+    "of the weight to keep (below 1: a learned weight decay, a way out of a bad start):"
+)
+st.latex(
+    r"i_t = \sigma\big(W_I\,[h_t,\ \theta_{t-1},\ i_{t-1}] + b_I\big) \qquad "
+    r"f_t = \sigma\big(W_F\,[h_t,\ \theta_{t-1},\ f_{t-1}] + b_F\big)"
+)
+st.markdown(
+    "hₜ is the state of a small LSTM (20 numbers per weight) that reads the step's gradient and loss, each as its "
+    "log-magnitude and sign (Andrychowicz et al. 2016), so that one rule serves gradients of any scale. All weights "
+    "share the rule's 2,046 meta-parameters, whatever the network's size. It starts as plain gradient "
+    "descent (b_I = logit α, b_F = 5: f = 0.993), and the outer loop, as MAML's, learns both the initial cell state "
+    "θ₀ and the gates' weights, through every unrolled step (the paper drops the gradient through ∇ₜ and Lₜ, "
+    "`--first-order`). Pick **Characters, learned optimiser** in the sidebar: the *Adapt* page then draws the "
+    "gates it sets, layer by layer, step by step, beside MAML's one fixed rate."
+)
 st.subheader("The photo model, and why meta-learning needs many classes")
 st.markdown(
     "Pick **Photos** in the sidebar. A network pretrained on ImageNet (EfficientNet-Lite2) is kept *frozen*: each "

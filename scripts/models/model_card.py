@@ -60,6 +60,9 @@ SUITES = {
         "lr_grid": [0.0001, 0.0003, 0.001, 0.003],  # features of length 100: the head's step is lr * 100^2
         "reproduce_all": "bash scripts/models/reproduce_character_models.sh",
     },
+}
+SUITES["omniglot_5way"] = SUITES["omniglot"] | {"settings": SUITES["omniglot"]["settings"][:2]}  # 5-way 1/5-shot
+SUITES |= {
     "photo": {
         "benchmark": "Accuracy on classes it never meta-trained on",
         "what": "the frozen EfficientNet-Lite2 ImageNet body's own features (per-image normalised, then L2-normalised "
@@ -259,10 +262,11 @@ def random_init_payload(payload: dict) -> dict:
 
 
 def plain_steps(learner: dict) -> dict:
-    """A learner's settings for plain gradient steps at one lr for every weight: Meta-SGD's learned rates and a
-    way-scaled head are what meta-training gave a model, not something a random initialisation has."""
-    plain = {k: v for k, v in learner.items() if k not in ("way_scaled_head", "body_rates_only")}
-    return plain | ({"algorithm": "maml"} if plain["algorithm"] == "metasgd" else {})
+    """A learner's settings for plain gradient steps at one lr for every weight: Meta-SGD's learned rates, the LSTM's
+    learned rule and a way-scaled head are what meta-training gave a model, not something a random initialisation
+    has."""
+    plain = {k: v for k, v in learner.items() if k not in ("way_scaled_head", "body_rates_only", "first_order")}
+    return plain | ({"algorithm": "maml"} if plain["algorithm"] in ("metasgd", "lstm") else {})
 
 
 def random_init_model(payload: dict, out: Path, suite: dict, args: argparse.Namespace) -> tuple[Path, float, dict]:
@@ -330,6 +334,8 @@ def curve_tables(card: dict, steps: int) -> str:
     sources = [("", card["curves"])]
     if card.get("random_init"):
         sources.append((f" (random init, lr {card['random_init']['inner_lr']:g})", card["random_init"]["curves"]))
+    if card.get("compared"):
+        sources.append((f" ({card['compared']['algorithm']}: {card['compared']['model']})", card["compared"]["curves"]))
     accuracy, loss = [head], [head]
     note = ""
     if card.get("random_init"):
@@ -369,6 +375,7 @@ def card_command(args: argparse.Namespace) -> str:
         + (" --dense" if args.dense else "")
         + (f" --head {args.head}" if args.head else "")
         + (" --contrast" if args.contrast else "")
+        + (f" --compare {args.compare}" if args.compare else "")
     )
 
 
@@ -383,8 +390,8 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-HYPERPARAMETERS = ("way", "shot", "query", "meta_batch", "inner_lr", "inner_steps", "meta_lr", "cosine", "head",
-                   "rotations", "augment", "seed")  # fmt: skip
+HYPERPARAMETERS = ("way", "shot", "query", "meta_batch", "inner_lr", "inner_steps", "meta_lr", "rule_meta_lr",
+                   "first_order", "cosine", "head", "rotations", "augment", "seed")  # fmt: skip
 
 
 def older_run_hardware(device: str) -> str:
@@ -429,6 +436,12 @@ def main() -> None:
         action="store_true",
         help="measure and keep (runs/card_results) only the random-init contrast, write no card: it depends on the "
         "architecture and the defaults alone, so it can be measured before the model to card is trained",
+    )
+    parser.add_argument(
+        "--compare",
+        default=None,
+        help="a shipped model measured on the same episodes and shown beside this one, at its own defaults (e.g. "
+        "models/omniglot_conv4.pt: MAML)",
     )
     parser.add_argument("--command", default="", help="the exact training command, for the card")
     parser.add_argument(
@@ -477,6 +490,8 @@ def main() -> None:
     if args.contrast:
         random_model, best_lr, grid = random_init_model(payload, out, suite, args)
         runs.append(("random init, ", random_model, best_lr))
+    if args.compare:
+        runs.append((f"{Path(args.compare).name}, ", ROOT / args.compare, None))
     measured = measure(runs, suite, args)
     table = {label: {"accuracy": round(r["accuracy"], 2), "ci95": round(r["ci95"], 2)} for label, r in measured[0]}
     curves = {label: rounded(result["curve"]) for label, result in measured[0]}
@@ -493,6 +508,20 @@ def main() -> None:
                 if plain_steps(payload["learner"]) != payload["learner"]
                 else ""
             ),
+        }
+
+    compared = None
+    if args.compare:
+        other, other_meta = load_checkpoint(ROOT / args.compare)
+        compared = {
+            "model": Path(args.compare).name,
+            "sha256": sha256(ROOT / args.compare),
+            "algorithm": other.name,
+            "rates": f"{other.inner_steps} steps at {other.rates_in_words()}",
+            "accuracy": {
+                label: {"accuracy": round(r["accuracy"], 2), "ci95": round(r["ci95"], 2)} for label, r in measured[-1]
+            },  # fmt: skip
+            "curves": {label: rounded(result["curve"]) for label, result in measured[-1]},
         }
 
     training = payload["training"]
@@ -521,6 +550,7 @@ def main() -> None:
         "accuracy": table,
         "curves": curves,
         "random_init": contrast,
+        "compared": compared,
         "command": args.command,
         "card_command": card_command(args),
     }
@@ -538,7 +568,7 @@ def layer_movement(model: Path, data_root: str, setting: tuple, steps: int, epis
     """How far each layer moves (L2) in `steps` inner steps at the default lr: the mean over `episodes` tasks of
     the suite's first setting (seed 0), so the card shows that both the body and the head adapt."""
     from metacore.data import EpisodeSampler, open_dataset
-    from metacore.inner import layer_shift
+    from metacore.inner import layer_gates, layer_shift
 
     label, data_args, way, shot = setting
     parser = argparse.ArgumentParser()
@@ -550,18 +580,25 @@ def layer_movement(model: Path, data_root: str, setting: tuple, steps: int, epis
                            images=data.images)  # fmt: skip
     sampler = EpisodeSampler(dataset, way, shot, int(data.query or 15), seed=0)
     totals: dict[str, float] = {}
+    gates: dict[int, dict[str, dict[str, float]]] = {}  # a learned update's: step -> layer -> gate -> mean
     for _ in range(episodes):
         task = sampler.sample()
         with torch.no_grad():
             snapshots = list(learner.adapt(task.support_x, task.support_y, steps=steps, way=task.way))
         for layer, moved in layer_shift(snapshots[0].params, snapshots[-1].params).items():
             totals[layer] = totals.get(layer, 0.0) + moved / episodes
+        for snapshot in snapshots[1:]:
+            for layer, values in layer_gates(snapshot.gates or {}).items():
+                for gate, value in values.items():
+                    at = gates.setdefault(snapshot.step, {}).setdefault(layer, {})
+                    at[gate] = at.get(gate, 0.0) + value / episodes
     return {
         "setting": label,
         "episodes": episodes,
         "steps": steps,
         "l2": {k: float(f"{v:.3g}") for k, v in totals.items()},
-    }
+    } | ({"gates": {step: {layer: {g: float(f"{v:.4g}") for g, v in values.items()} for layer, values in at.items()}
+                    for step, at in gates.items()}} if gates else {})  # fmt: skip
 
 
 def write_card(card: dict, out: Path, suite: dict) -> None:
@@ -570,6 +607,13 @@ def write_card(card: dict, out: Path, suite: dict) -> None:
     stages, steps = card["stages"], card["default_inner_steps"]
     rates = card.get("default_rates") or f"lr {card['default_inner_lr']:g}"
     rows = "\n".join(f"| {k} | {v['accuracy']:.2f} ± {v['ci95']:.2f} |" for k, v in card["accuracy"].items())
+    beside = ""
+    if card.get("compared"):
+        c = card["compared"]
+        rows += "".join(f"\n| {k} ({c['algorithm']}: {c['model']}) | {v['accuracy']:.2f} ± {v['ci95']:.2f} |"
+                        for k, v in c["accuracy"].items())  # fmt: skip
+        beside = (f"\nBeside it, on the same episodes of each setting (seed 0): {c['model']} ({c['algorithm']}, "
+                  f"{c['rates']}), sha256 `{c['sha256'][:12]}...`.\n")  # fmt: skip
     training_lines = "\n".join(
         f"- **Training{f' stage {i + 1}' if len(stages) > 1 else ''}**: {stage['algorithm']}, {stage['iterations']} "
         f"iterations, {duration(stage['seconds'])} on {stage['hardware']}, torch {stage['torch']}. "
@@ -585,6 +629,8 @@ def write_card(card: dict, out: Path, suite: dict) -> None:
                     + (" ANIL: only the head adapts in the inner loop; the rest stays as "
                        + ("meta-trained." if card.get("meta_trained", True) else "it is.")
                        if card["algorithm"] == "anil" else "") + "\n")  # fmt: skip
+        if m.get("gates"):
+            movement += gate_table(m["gates"], card["default_inner_lr"])
     every_stage = ""
     if suite.get("reproduce_all") and len(stages) > 1 and card.get("command") != suite["reproduce_all"]:
         every_stage = f" Every stage from nothing, each recording its data: `{suite['reproduce_all']}`."
@@ -609,9 +655,23 @@ def write_card(card: dict, out: Path, suite: dict) -> None:
 | setting | accuracy % (95% CI) |
 |---|---|
 {rows}
-{chr(10) + suite["ci_note"] + chr(10) if suite.get("ci_note") else ""}
+{beside}{chr(10) + suite["ci_note"] + chr(10) if suite.get("ci_note") else ""}
 {curve_tables(card, steps)}{movement}{unsure_section(card)}""")
     print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}")
+
+
+def gate_table(gates: dict, inner_lr: float) -> str:
+    """Markdown: a learned update's mean input gate (step size) and forget gate per layer at each step."""
+    steps = sorted(gates, key=int)
+    layers = list(gates[steps[0]])
+    head = "| layer | " + " | ".join(f"step {s}" for s in steps) + " |\n|---|" + "---|" * len(steps)
+    rows = [f"| {layer} | " + " | ".join(f"{gates[s][layer]['input']:.3g} / {gates[s][layer]['forget']:.3f}"
+                                        for s in steps) + " |" for layer in layers]  # fmt: skip
+    return (
+        f"\n### The learned update: input gate (step size) / forget gate, mean per layer\n\nSame tasks. MAML "
+        f"steps every weight at lr {inner_lr:g} and keeps it whole (forget 1); the LSTM started there "
+        f"(input {inner_lr:g}, forget 0.993) and learned these.\n\n" + head + "\n" + "\n".join(rows) + "\n"
+    )
 
 
 def size_in_words(size: int) -> str:
