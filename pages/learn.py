@@ -75,9 +75,7 @@ st.markdown(
     "**LSTM meta-learner** (Ravi & Larochelle 2017) learns *the update itself*. Write an LSTM's cell update next to "
     "a gradient step:"
 )
-st.latex(
-    r"c_t = f_t \odot c_{t-1} + i_t \odot \tilde c_t \qquad\qquad \theta_t = \theta_{t-1} - \alpha\, \nabla_t"
-)
+st.latex(r"c_t = f_t \odot c_{t-1} + i_t \odot \tilde c_t \qquad\qquad \theta_t = \theta_{t-1} - \alpha\, \nabla_t")
 st.markdown(
     "With the cell state as the weights (c = θ), the candidate as the negative gradient (c̃ₜ = −∇ₜ), the forget "
     "gate at 1 and the input gate at α, the two are the same line. Let the gates be computed instead, and the step "

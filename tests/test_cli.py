@@ -328,6 +328,12 @@ def bad_inputs(toy: Path, checkpoint: Path, tmp_path: Path) -> dict[str, tuple[l
             ["train", *data, "--backbone", "feature_adapter", "--augment"],
             "--augment distorts images",
         ),
+        "lstm gate above 1": (["train", *data, "--algo", "lstm", "--inner-lr", "1.5"], "must be between 0 and 1"),
+        "first order for maml": (["train", *data, "--first-order"], "first_order is the LSTM meta-learner's setting"),
+        "lstm with a way-scaled head": (
+            ["train", *data, "--algo", "lstm", "--inner-lr", "0.1", "--way-scaled-head"],
+            "the LSTM meta-learner learns its own steps",
+        ),
         "graph without a GPU": (
             ["train", *data, "--query", "2", "--batching", "graph", "--device", "cpu"],
             "needs a CUDA GPU",
@@ -389,6 +395,7 @@ def test_checkpoint_without_header_is_rejected(tmp_path: Path) -> None:
         (["bench", "--repeats", "0"], "--repeats must be a whole number from 1"),
         (["train", "--meta-lr", "1e6"], "--meta-lr must be a finite number above 0 up to 1"),
         (["train", "--meta-lr", "nan"], "--meta-lr must be a finite number above 0 up to 1"),
+        (["train", "--rule-meta-lr", "0"], "--rule-meta-lr must be a finite number above 0 up to 1"),
         (["train", "--val-every", "0"], "--val-every must be a whole number from 1"),
         (["train", "--val-episodes", "0"], "--val-episodes must be a whole number from 1"),
         (["train", "--resume", "--out", "{tmp}/missing.pt"], "--resume: no checkpoint at"),

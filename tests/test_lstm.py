@@ -3,6 +3,7 @@ and its batching modes."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -173,3 +174,32 @@ def test_an_adapted_model_of_a_learned_update_rule_loads_and_keeps_its_rule(algo
     assert torch.equal(meta["adapted_head"]["head.weight"], adapted["head.weight"])
     rule = [k for k in learner.params if k.startswith(("lr.", PREFIX))]
     assert rule and all(torch.equal(loaded.params[k], learner.params[k]) for k in rule)
+
+
+def test_train_evaluate_and_classify_an_lstm_model_from_the_command_line(tmp_path, capsys) -> None:
+    from metacore.__main__ import main
+    from test_data import make_class_folders
+
+    make_class_folders(tmp_path / "toy", {f"class{i:02d}": 4 for i in range(6)})
+    data = ["--data-root", str(tmp_path), "--dataset", "toy", "--way", "3", "--shot", "1", "--query", "2"]
+    out = tmp_path / "lstm.pt"
+    code = main(["train", *data, "--algo", "lstm", "--first-order", "--inner-lr", "0.1", "--steps", "2",
+                 "--iterations", "2", "--meta-batch", "2", "--rule-meta-lr", "0.01", "--val-every", "2",
+                 "--val-episodes", "2", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    learner, meta = load_checkpoint(out)
+    assert isinstance(learner, LSTMMetaLearner) and learner.first_order
+    assert meta["config"]["rule_meta_lr"] == 0.01
+    start = initial_weights_of(meta)
+    assert not torch.equal(learner.params[PREFIX + "b_input"], start)  # the rule itself was meta-trained
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out), *data, "--episodes", "2", "--json"]) == 0
+    assert "learned update rule" in json.loads(capsys.readouterr().out)["inner_lr"]
+    query = next((tmp_path / "toy" / "class01").iterdir())
+    assert main(["classify", "--checkpoint", str(out), "--support", str(tmp_path / "toy"), str(query)]) == 0
+
+
+def initial_weights_of(meta: dict) -> torch.Tensor:
+    """The input-gate bias a model with this config started from: logit(inner lr)."""
+    lr = meta["config"]["inner_lr"]
+    return torch.tensor([math.log(lr / (1 - lr))])
