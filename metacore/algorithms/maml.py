@@ -129,7 +129,7 @@ class MAML:
         way = way if way is not None else int(support_y.max()) + 1
         if lr is not None:
             check_number(lr, "the inner learning rate", 0, 1000.0, above=True)
-        logits_fn, start, support_in, query_in = self.prepare(_without_lrs(params), support_x, support_y, query_x, way)
+        logits_fn, start, support_in, query_in = self.prepare(_network_params(params), support_x, support_y, query_x, way)
         rates = self.inner_lrs(params) if lr is None else self.rates_for(lr)
         if self.way_scaled_head:
             rates = scale_head_rates(rates, start, way)
@@ -232,7 +232,7 @@ def scale_head_rates(rates: float | Params, params: Params, way: int) -> Params:
     return {k: v * factor if k.startswith("head.") else v for k, v in rates.items()}
 
 
-def _without_lrs(params: Params) -> Params:
+def _network_params(params: Params) -> Params:
     return {k: v for k, v in params.items() if not k.startswith(RULE_PREFIXES)}
 
 
