@@ -141,8 +141,8 @@ def gates(records: list[dict], fixed_lr: float) -> go.Figure:
         forget = [r["gates"][layer]["forget"] for r in stepped]
         traces.append(line(steps, forget, name, colour, legendgroup=layer, showlegend=False, **AXES2))
     last = max(steps, default=1)
-    for value, label, axes in ((fixed_lr, f"MAML's fixed lr {fixed_lr:g}", {}), (1.0, "1: keep every weight", AXES2)):
-        traces.append(line([0, last], [value, value], label, "#444", "dot", mode="lines", **axes))
+    traces.append(line([0, last], [fixed_lr] * 2, f"MAML's fixed lr {fixed_lr:g}", "#444", "dot", mode="lines"))
+    traces.append(line([0, last], [1.0, 1.0], "", "#444", "dot", mode="lines", showlegend=False, **AXES2))  # keep all
     layout = {
         "height": 320,
         "margin": {"t": 30, "b": 10},

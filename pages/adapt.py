@@ -232,17 +232,28 @@ def learned_optimiser(records: list[dict]) -> None:
         st.caption("Take a step to see the gates the LSTM sets for it.")
         return
     st.plotly_chart(charts.gates(records, shipped.inner_lr), key="gates")
+    if not own_rates:
+        st.caption(
+            "The gates are fixed here (forget 1, input at the lr in the box): the same cell update is then plain "
+            "gradient descent. Switch **Use its learned update rule** on to see the learned gates."
+        )
+        return
     last = records[-1]["gates"]
-    fastest = max(last, key=lambda layer: last[layer]["input"])
+    weights = {layer: gates for layer, gates in last.items() if layer != "scale"}  # the scale: one number, below
+    rates = [gates["input"] for gates in weights.values()]
+    kept = min(gates["forget"] for gates in weights.values())
+    scale = (
+        " The feature scale, one number near 100, saturates its input gate (the LSTM also reads each weight's value), "
+        "but its gradient is so small that it barely moves."
+        if "scale" in last
+        else ""
+    )
     st.caption(
         f"MAML takes every step at one fixed lr ({shipped.inner_lr:g}, dotted). This model's LSTM sets each weight's "
         "step size (left: input gate, mean per layer) and how much of the weight it keeps (right: forget gate) anew "
-        f"at every step, from that weight's gradient and the loss. At step {records[-1]['step']}, "
-        f"{charts.layer_name(fastest)} steps fastest ({last[fastest]['input']:.3g}, "
-        f"{last[fastest]['input'] / shipped.inner_lr:.1f}x MAML's lr)."
-        if own_rates
-        else "The gates are fixed here (forget 1, input at the lr in the box): the same cell update is then plain "
-        "gradient descent. Switch **Use its learned update rule** on to see the learned gates."
+        f"at every step, from that weight's gradient and the loss. At step {records[-1]['step']} the layers step at "
+        f"{min(rates):.2g} to {max(rates):.2g} (up to {max(rates) / shipped.inner_lr:.0f}x MAML's lr) and keep at "
+        f"least {kept:.4f} of each weight.{scale}"
     )
 
 

@@ -633,3 +633,24 @@ def test_the_lr_comparison_shows_three_rates_and_says_what_they_change() -> None
     assert len(at.get("plotly_chart")) == charts_before + 2
     caption = next(c.value for c in at.caption if "support loss after the last step" in c.value)
     assert f"{slow:.3g} at lr" in caption and "Accuracy is set by step 1" in caption
+
+
+def test_the_lstm_model_shows_the_gates_it_learned_step_by_step_beside_mamls_fixed_lr() -> None:
+    at = start()
+    label = next(o for o in at.sidebar.radio[0].options if "LSTM" in o)
+    at.sidebar.radio[0].set_value(label).run()
+    at = page(at, "adapt")
+    assert at.toggle(key="own_rates").label == "Use its learned update rule" and at.toggle(key="own_rates").value
+    assert any(s.value == "The learned optimiser at work" for s in at.subheader) is False  # nothing stepped yet
+    button(at, "Run").click().run()
+    records = at.session_state["runs"]["maml"]["records"]
+    assert len(records) == 6 and records[0]["gates"] is None
+    assert set(records[1]["gates"]["head"]) == {"input", "forget"}
+    assert records[1]["gates"] != records[2]["gates"]  # set anew at each step
+    assert any(s.value == "The learned optimiser at work" for s in at.subheader)
+    assert any("the layers step at" in c.value and "x MAML's lr" in c.value for c in at.caption)
+    at.toggle(key="own_rates").set_value(False).run()  # gates fixed: plain SGD at the box's lr
+    button(at, "Step").click().run()
+    records = at.session_state["runs"]["maml"]["records"]
+    assert records[-1]["gates"]["head"] == {"input": pytest.approx(lr_box(at).value), "forget": 1.0}
+    assert any(c.value.startswith("The gates are fixed here") for c in at.caption)

@@ -17,12 +17,12 @@ from metacore.checkpoint import load_checkpoint, read_checkpoint, sha256
 from metacore.data import EpisodeSampler, open_dataset
 from metacore.evaluate import step_curve
 from metacore.images import InputSpec
-from metacore.paths import PHOTO_MODEL, SHIPPED_MODEL
+from metacore.paths import LSTM_MODEL, PHOTO_MODEL, SHIPPED_MODEL
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path[:0] = [str(SCRIPTS), str(SCRIPTS / "models"), str(SCRIPTS / "bench")]  # kept_results, model_card, results
 
-MODELS = {"characters": SHIPPED_MODEL, "photos": PHOTO_MODEL}
+MODELS = {"characters": SHIPPED_MODEL, "photos": PHOTO_MODEL, "characters_lstm": LSTM_MODEL}
 IMAGENET = SHARED_DATA / "imagenet-mini18"
 
 
@@ -67,6 +67,7 @@ def climbs(name: str, dataset_args: tuple, way: int, shot: int, minimum_rise: fl
 def test_the_character_model_climbs_far_above_chance_on_unseen_alphabets() -> None:
     climbs("characters", (OMNIGLOT.parent, "omniglot", "evaluation"), 5, 1, minimum_rise=65)
     climbs("characters", (OMNIGLOT.parent, "omniglot", "evaluation"), 20, 1, minimum_rise=75)
+    climbs("characters_lstm", (OMNIGLOT.parent, "omniglot", "evaluation"), 5, 1, minimum_rise=65)
 
 
 @pytest.mark.skipif(not IMAGENET.is_dir(), reason=f"imagenet-mini18 not found at {IMAGENET} (no shared data)")
@@ -92,7 +93,7 @@ def test_each_checkpoint_records_its_training_data_and_its_card_says_so(name: st
     assert recorded and not any(stage["evaluation_split"] for stage in recorded)
     for stage in recorded:
         assert stage["training_class_list_sha256"][:12] in card["data"]
-    if name == "characters":
+    if name.startswith("characters"):
         assert "No recorded stage used test data (images_evaluation, or any model card's)" in card["data"]
     last, config = recorded[-1], payload["config"]
     dataset_args = (SHARED_DATA, last["dataset"], config["split"])

@@ -8,7 +8,8 @@
 #   stage 4  Meta-SGD: learned rates for the body, the head at lr 0.001 x way/5            -> $RUNS/stage4_metasgd.pt
 #            (models/omniglot_metasgd.pt, the default)
 #   stage 5  the LSTM meta-learner: its cell state starts at stage 3's body, its gates at lr 0.001 -> $RUNS/stage5_lstm.pt
-#            (models/omniglot_lstm.pt)
+#            (models/omniglot_lstm.pt); 5-way tasks only: on a 5-20-way mixture it learned step sizes for 20-way
+#            heads that overshoot at 5-way (docs/character_model.md)
 # All stages read Omniglot's background alphabets only (the default split; each checkpoint records it). A stage
 # whose checkpoint is complete is skipped and a cut one resumed from its last save (every validation: stage 1 saves
 # every 1000 iterations), so a run can stop and go on (on another machine).
@@ -64,7 +65,7 @@ stage stage3_zero --algo maml --head zero --init "$RUNS/stage2_protomaml.pt" --f
 stage stage4_metasgd --algo metasgd --body-rates-only --head zero --way-scaled-head --init "$RUNS/stage3_zero.pt" \
     --way 5-20 --shot 1-5 --query 10 --meta-batch 4 --steps 5 --inner-lr 0.001 --meta-lr "${STAGE4_META_LR:-5e-5}" \
     --iterations 300 --val-every 100 --val-episodes 100
-stage stage5_lstm --algo lstm --head zero --init "$RUNS/stage3_zero.pt" --way 5-20 --shot 1-5 --query 10 \
+stage stage5_lstm --algo lstm --head zero --init "$RUNS/stage3_zero.pt" --way 5 --shot 1-5 --query 10 \
     --meta-batch 4 --steps 5 --inner-lr 0.001 --meta-lr 5e-5 --rule-meta-lr 5e-3 --iterations 300 --val-every 100 \
     --val-episodes 100
 echo "done ($(date +%T)): $RUNS/stage2_protomaml.pt (ProtoMAML), $RUNS/stage4_metasgd.pt (the default model)," \
