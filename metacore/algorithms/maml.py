@@ -129,7 +129,9 @@ class MAML:
         way = way if way is not None else int(support_y.max()) + 1
         if lr is not None:
             check_number(lr, "the inner learning rate", 0, 1000.0, above=True)
-        logits_fn, start, support_in, query_in = self.prepare(_network_params(params), support_x, support_y, query_x, way)
+        logits_fn, start, support_in, query_in = self.prepare(
+            _network_params(params), support_x, support_y, query_x, way
+        )
         rates = self.inner_lrs(params) if lr is None else self.rates_for(lr)
         if self.way_scaled_head:
             rates = scale_head_rates(rates, start, way)
