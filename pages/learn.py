@@ -92,8 +92,11 @@ st.markdown(
     "share the rule's 2,046 meta-parameters, whatever the network's size. It starts as plain gradient "
     "descent (b_I = logit α, b_F = 5: f = 0.993), and the outer loop, as MAML's, learns both the initial cell state "
     "θ₀ and the gates' weights, through every unrolled step (the paper drops the gradient through ∇ₜ and Lₜ, "
-    "`--first-order`). Pick **Characters, learned optimiser** in the sidebar: the *Adapt* page then draws the "
-    "gates it sets, layer by layer, step by step, beside MAML's one fixed rate."
+    "`--first-order`). The lab's model, started from the MAML model, learned a warm-up: steps that grow from "
+    "about 1.2x to 4-6x MAML's rate over its 5 steps, and a forget gate near 0.99; it reaches MAML's accuracy "
+    "(98.5% against 98.6% at 5-way 1-shot) with a support loss five times lower. Pick **Characters, learned "
+    "optimiser** in the sidebar: the *Adapt* page then draws the gates it sets, layer by layer, step by step, "
+    "beside MAML's one fixed rate."
 )
 st.subheader("The photo model, and why meta-learning needs many classes")
 st.markdown(

@@ -138,7 +138,7 @@ class LSTMMetaLearner(MAML):
         return lr if lr is not None else "a learned update rule (LSTM meta-learner: per-weight, per-step rates)"
 
     def rates_in_words(self) -> str:
-        return f"a learned update rule (LSTM gates; they start at lr {self.inner_lr:g}, forget 0.993)"
+        return f"learned update rule (LSTM gates; they start at lr {self.inner_lr:g}, forget 0.993)"
 
     def config(self) -> dict:
         return super().config() | ({"first_order": True} if self.first_order else {})
