@@ -146,8 +146,8 @@ def gates(records: list[dict], fixed_lr: float) -> go.Figure:
     layout = {
         "height": 320,
         "margin": {"t": 30, "b": 10},
-        "xaxis": step_axis(last, domain=[0, 0.47], range=[0, last + 0.2]),
-        "xaxis2": step_axis(last, domain=[0.53, 1], anchor="y2", range=[0, last + 0.2]),
+        "xaxis": step_axis(last, domain=[0, 0.44], range=[0, last + 0.2]),
+        "xaxis2": step_axis(last, domain=[0.58, 1], anchor="y2", range=[0, last + 0.2]),
         "yaxis": {"title": {"text": "input gate: step size (log)"}, "type": "log"},
         "yaxis2": {"title": {"text": "forget gate: weight kept"}, "anchor": "x2"},
         "legend": {"title": {"text": ""}},
