@@ -129,17 +129,19 @@ def comparison(curves: dict[str, list[float]], metric: str) -> go.Figure:
     return go.Figure(traces, layout)
 
 
-def gates(records: list[dict], fixed_lr: float) -> go.Figure:
+def gates(records: list[dict], fixed_lr: float, hidden: tuple[str, ...] = ()) -> go.Figure:
     """A learned update's gates per layer against the step: the input gate (the step size each weight takes, log
-    scale) beside MAML's fixed lr, and the forget gate (the share of each weight kept) beside 1."""
+    scale) beside MAML's fixed lr, and the forget gate (the share of each weight kept) beside 1. Layers in `hidden`
+    start as legend entries only (a click shows them), so an outlier does not squash the axes."""
     stepped = [r for r in records if r.get("gates")]  # step 0 has none: no update led there
     steps = [r["step"] for r in stepped]
     traces = []
     for index, layer in enumerate(stepped[0]["gates"] if stepped else ()):
         colour, name = PALETTE[index % len(PALETTE)], layer_name(layer)
-        traces.append(line(steps, [r["gates"][layer]["input"] for r in stepped], name, colour, legendgroup=layer))
+        shown = {"legendgroup": layer, "visible": "legendonly" if layer in hidden else True}
+        traces.append(line(steps, [r["gates"][layer]["input"] for r in stepped], name, colour, **shown))
         forget = [r["gates"][layer]["forget"] for r in stepped]
-        traces.append(line(steps, forget, name, colour, legendgroup=layer, showlegend=False, **AXES2))
+        traces.append(line(steps, forget, name, colour, showlegend=False, **shown, **AXES2))
     last = max(steps, default=1)
     traces.append(line([0, last], [fixed_lr] * 2, f"MAML's fixed lr {fixed_lr:g}", "#444", "dot", mode="lines"))
     traces.append(line([0, last], [1.0, 1.0], "", "#444", "dot", mode="lines", showlegend=False, **AXES2))  # keep all

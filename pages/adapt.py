@@ -231,7 +231,8 @@ def learned_optimiser(records: list[dict]) -> None:
     if not records[-1].get("gates"):
         st.caption("Take a step to see the gates the LSTM sets for it.")
         return
-    st.plotly_chart(charts.gates(records, shipped.inner_lr), key="gates")
+    hidden = ("scale",) if own_rates else ()  # at a saturated ~1 it would squash the other layers' rates
+    st.plotly_chart(charts.gates(records, shipped.inner_lr, hidden), key="gates")
     if not own_rates:
         st.caption(
             "The gates are fixed here (forget 1, input at the lr in the box): the same cell update is then plain "
@@ -243,8 +244,8 @@ def learned_optimiser(records: list[dict]) -> None:
     rates = [gates["input"] for gates in weights.values()]
     kept = min(gates["forget"] for gates in weights.values())
     scale = (
-        " The feature scale, one number near 100, saturates its input gate (the LSTM also reads each weight's value), "
-        "but its gradient is so small that it barely moves."
+        " The feature scale (hidden; click it in the legend to show it), one number near 100, saturates its input gate "
+        "(the LSTM also reads each weight's value), but its gradient is so small that it barely moves."
         if "scale" in last
         else ""
     )

@@ -649,6 +649,9 @@ def test_the_lstm_model_shows_the_gates_it_learned_step_by_step_beside_mamls_fix
     assert records[1]["gates"] != records[2]["gates"]  # set anew at each step
     assert any(s.value == "The learned optimiser at work" for s in at.subheader)
     assert any("the layers step at" in c.value and "x MAML's lr" in c.value for c in at.caption)
+    traces = json.loads(at.get("plotly_chart")[-1].proto.spec)["data"]
+    hidden = {t["legendgroup"] for t in traces if t.get("visible") == "legendonly"}
+    assert hidden == {"scale"}  # its saturated gate (~1) would squash the rates the lesson is about; one click shows it
     at.toggle(key="own_rates").set_value(False).run()  # gates fixed: plain SGD at the box's lr
     button(at, "Step").click().run()
     records = at.session_state["runs"]["maml"]["records"]
