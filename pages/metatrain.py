@@ -56,6 +56,14 @@ with st.expander("Settings: algorithm, classes and images per task, steps and ra
     )  # fmt: skip
     meta_lr = right.select_slider("Outer lr", [1e-4, 3e-4, 1e-3, 3e-3], default.meta_lr, key="mt_meta_lr",
                                   disabled=busy)  # fmt: skip
+    rule_meta_lr = None
+    if algorithm in ("metasgd", "lstm"):
+        rule_meta_lr = right.select_slider(
+            "Outer lr of the update rule", [None, 1e-3, 3e-3, 1e-2], None, key="mt_rule_lr", disabled=busy,
+            format_func=lambda lr: "as the network's" if lr is None else f"{lr:g}",
+            help="The learned rates (Meta-SGD) or the LSTM's weights take their own Adam step size: the shipped "
+            "LSTM model trained them at 5e-3, 100x its network's outer lr (at the network's rate they barely moved).",
+        )  # fmt: skip
     outer_steps = right.number_input("Outer steps", 10, 5000, default.iterations, 100, key="mt_iters", disabled=busy)
     right.caption(
         f"Data: {data_note}, 10% of its classes held out. Validation: {default.val_episodes} tasks of those classes "
@@ -73,7 +81,7 @@ if buttons[0].button("Start", icon="▶️", type="primary", disabled=busy or (p
     cfg = quick_recipe(
         train_root, dataset, split, algorithm=algorithm, way=str(way), shot=str(shot), meta_batch=meta_batch,
         inner_lr=inner_lr, inner_steps=steps, meta_lr=meta_lr, iterations=int(outer_steps),
-        body_rates_only=body_rates_only,
+        body_rates_only=body_rates_only, rule_meta_lr=rule_meta_lr,
     )  # fmt: skip
     try:
         run = live_training.new_run(cfg, InputSpec())

@@ -154,12 +154,13 @@ def test_meta_sgd_can_learn_the_body_rates_only() -> None:
     assert not at.checkbox  # not for MAML
     at.selectbox(key="mt_algo").set_value("metasgd").run()
     at.checkbox(key="mt_body_rates").check().run()
+    at.select_slider(key="mt_rule_lr").set_value(1e-2).run()  # the rates' own outer lr (also the LSTM's)
     at.number_input(key="mt_iters").set_value(10).run()
     click(at, "Start")
     run = at.session_state["live_run"]
     wait(lambda: not run.active)
     assert run.state == "finished", run.message
     saved = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
-    assert saved["learner"]["body_rates_only"] is True
+    assert saved["learner"]["body_rates_only"] is True and saved["config"]["rule_meta_lr"] == 1e-2
     rates = [k for k in saved["state_dict"] if k.startswith("lr.")]
     assert rates and not [k for k in rates if k.startswith("lr.head")]
