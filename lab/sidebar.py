@@ -15,8 +15,25 @@ from metacore.errors import MetacoreError
 from metacore.yours import restated
 
 
+def leave_the_legacy_pages_mode() -> None:
+    """Streamlit (1.67) runs a `pages/` folder as a legacy multipage app until some session has called
+    `st.navigation`: a fresh server's first visit through a page's own address (a bookmark of /adapt) got file names
+    for a menu and no `app.py` (no wide layout), and so did every visit after it until someone opened /. Here that
+    mode is switched off, as `st.navigation` does, and a session's first page run again, now framed by `app.py`
+    (a later run could carry a click that a rerun would drop; AppTest starts each run in that mode)."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    first_run = "frame_seen" not in st.session_state
+    st.session_state.frame_seen = True
+    if getattr(PagesManager, "uses_pages_directory", None):
+        PagesManager.uses_pages_directory = False
+        if first_run:
+            st.rerun()
+
+
 def sidebar() -> None:
     """Drawn by each page first (AppTest runs a switched-to page without app.py, so the frame is per page)."""
+    leave_the_legacy_pages_mode()
     loading = st.empty()  # the top of the page: where the model's loading is said, not in the sidebar
     with st.sidebar:
         if run := st.session_state.get("live_run"):

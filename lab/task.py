@@ -74,8 +74,12 @@ def image_to_png(image: Image.Image) -> bytes:
 
 
 def session_classes() -> list[TaskClass]:
+    """The session's task; a new session starts with Home's example, whichever page it opens on (a bookmark)."""
     if "classes" not in st.session_state:
-        st.session_state.classes = [TaskClass("class 1"), TaskClass("class 2")]
+        from lab.examples import load_example  # it builds on this module
+        from metacore.examples import sample_characters_task
+
+        load_example(sample_characters_task(way=5, shot=1, query=5, seed=0), "Omniglot characters 5-way 1-shot")
     return st.session_state.classes
 
 

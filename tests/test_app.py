@@ -70,6 +70,22 @@ def test_home_opens_with_the_shipped_model_and_an_example_ready() -> None:
     assert any("Device" in c.value for c in at.sidebar.caption)
 
 
+def test_a_bookmarked_page_opens_framed_by_the_app_with_the_example_ready() -> None:
+    """A new session whose first page is /adapt (a bookmark, a restarted server): Streamlit would run the pages/
+    folder as a legacy multipage app (file names for a menu, no app.py) for it and every later visit; the lab leaves
+    that mode, and the page has Home's example task instead of two empty classes."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(str(Path(APP).parent / "pages" / "adapt.py")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert PagesManager.uses_pages_directory is False  # True here without the lab's switch
+    assert [t.value for t in at.title] == ["📉 Adapt step by step"] and not at.warning
+    assert len(at.session_state["classes"]) == 5 and at.session_state["example"].startswith("Omniglot")
+    button(at, "Step").click().run()
+    assert len(at.session_state["runs"]["maml"]["records"]) == 2
+
+
 def test_build_by_upload_then_step_and_the_support_loss_falls() -> None:
     at = page(start(), "build")
     button(at, "Clear all").click().run()
