@@ -22,13 +22,14 @@ if mismatch := example_mismatch():
 shipped, _ = shared_model()
 controls = st.columns([3, 2, 2])
 INITS = inits()  # the picked model's starting points (your own model: its frozen features)
-init = controls[0].selectbox("Starting point", list(INITS), format_func=INITS.get, key="init")
+init = controls[0].selectbox("Starting point", list(INITS), format_func=INITS.get, key="init", persist_state="session")
 learned_rates = init == "maml" and shipped.learns_rates  # Meta-SGD's rates, or the LSTM's learned update rule
 learned_rule = shipped.name == "lstm"
 own_rates = learned_rates and controls[0].toggle(
     "Use its learned update rule" if learned_rule else "Use its learned per-parameter rates",
     True,
     key="own_rates",
+    persist_state="session",
     help=f"on: {shipped.lr_in_force(None)}; off: one rate for every weight, from the box"
     + (" (the LSTM's gates fixed at forget 1, input lr: plain gradient steps)" if learned_rule else ""),
 )
@@ -44,6 +45,7 @@ lr = controls[1].number_input(
     step=float(shipped.inner_lr),
     format="%.4g",
     key=LR_KEY,
+    persist_state="session",
     disabled=own_rates,
 )
 
@@ -65,7 +67,7 @@ for column, (label, factor) in zip(presets, (("÷10", 0.1), ("default", 1.0), ("
     )
 trained_steps = max(1, min(50, shipped.inner_steps))  # Run takes the steps the model was meta-trained for
 st.session_state.setdefault(run_steps_key(), trained_steps)  # in the session, as the lr box: a saved task sets it
-run_steps = controls[2].slider("Steps per Run", 1, 50, key=run_steps_key())
+run_steps = controls[2].slider("Steps per Run", 1, 50, key=run_steps_key(), persist_state="session")
 if run_steps > shipped.inner_steps and shipped.inner_steps > 0:
     controls[2].caption(
         f"Meta-trained for {plural(shipped.inner_steps, 'step')}: past that, the steps may overshoot and accuracy "

@@ -56,9 +56,9 @@ def burst_capture(classes: list[TaskClass]) -> None:
             )
         target = controls.selectbox("Into class", range(len(classes)), format_func=lambda i: classes[i].name,
                                     key="burst_class")  # fmt: skip
-        part = controls.radio("As", ["support", "query"], horizontal=True, key="burst_part")
-        rate = controls.slider("Frames a second", 1, 10, 5, key="burst_rate")
-        limit = controls.slider("At most", 5, 50, 30, 5, key="burst_limit")
+        part = controls.radio("As", ["support", "query"], horizontal=True, key="burst_part", persist_state="session")
+        rate = controls.slider("Frames a second", 1, 10, 5, key="burst_rate", persist_state="session")
+        limit = controls.slider("At most", 5, 50, 30, 5, key="burst_limit", persist_state="session")
         start, stop = controls.columns(2)
         if start.button("Record", icon="🔴", disabled=recorder.recording, help="START the camera first"):
             st.session_state.pop("burst_added", None)
@@ -95,9 +95,9 @@ messages: dict = st.session_state.setdefault("upload_messages", {})
 
 with st.expander("Start from an example", expanded=not any(c.support for c in classes)):
     cols = st.columns(3)
-    way = cols[0].slider("Classes (N)", 2, 20, 5, key="ex_way")
-    shot = cols[1].slider("Support images per class (K)", 1, 10, 1, key="ex_shot")
-    query = cols[2].slider("Query images per class", 0, 10, 5, key="ex_query")
+    way = cols[0].slider("Classes (N)", 2, 20, 5, key="ex_way", persist_state="session")
+    shot = cols[1].slider("Support images per class (K)", 1, 10, 1, key="ex_shot", persist_state="session")
+    query = cols[2].slider("Query images per class", 0, 10, 5, key="ex_query", persist_state="session")
     left, right = st.columns(2)
     if left.button(
         "Omniglot characters (built in)",

@@ -35,11 +35,11 @@ if st.session_state.get("ck_src") != "A features file (no model)":
 sets = class_folder_sets(data_root())
 left, right = st.columns(2)
 SOURCES = ["From the data root", "Upload a .zip of class folders", "A features file (no model)"]
-source = left.radio("Images", SOURCES, horizontal=True, key="ck_src")
+source = left.radio("Images", SOURCES, horizontal=True, key="ck_src", persist_state="session")
 folder, label, table = None, "", None
 if source == SOURCES[0]:
     if sets:
-        name = left.selectbox("Folder of class folders", list(sets), key="ck_set")
+        name = left.selectbox("Folder of class folders", list(sets), key="ck_set", persist_state="session")
         folder, label = sets[name], f"{name} (data root)"
     else:
         left.info(f"No folder of class folders under the data root ({data_root()}). Upload a .zip instead.")
@@ -72,10 +72,18 @@ else:
         except MetacoreError as exc:
             left.error(str(exc), icon="🚫")
 per_class = right.select_slider(
-    "Images per class (at most)", [10, 20, 50, 100, 200, 500, 1000, "all"], 100, key="ck_per_class"
+    "Images per class (at most)",
+    [10, 20, 50, 100, 200, 500, 1000, "all"],
+    100,
+    key="ck_per_class",
+    persist_state="session",
 )
-episodes = right.select_slider("Episodes per setting", [100, 200, 600, 1000, 2000], 600, key="ck_episodes")
-with_baselines = right.toggle("Baselines (random init, the photo model)", True, key="ck_baselines")
+episodes = right.select_slider(
+    "Episodes per setting", [100, 200, 600, 1000, 2000], 600, key="ck_episodes", persist_state="session"
+)
+with_baselines = right.toggle(
+    "Baselines (random init, the photo model)", True, key="ck_baselines", persist_state="session"
+)
 
 run: CheckRun | None = st.session_state.get("check_run")
 busy = run is not None and run.running

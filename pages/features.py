@@ -58,7 +58,7 @@ except MetacoreError as exc:  # a diverged adaptation picked on the Adapt page
     st.stop()
 
 controls = st.columns([2, 3, 2])
-method = controls[0].radio("Map", ["t-SNE", "PCA"], horizontal=True, key="proj")
+method = controls[0].radio("Map", ["t-SNE", "PCA"], horizontal=True, key="proj", persist_state="session")
 n = len(all_x)
 if n < 3:
     st.warning("A map needs at least 3 images in the task.")
@@ -72,7 +72,7 @@ perplexity = controls[1].slider(
     disabled=method == "PCA",
     help=f"kept below (n−1)/3 = {max_perplexity:.1f} for {n} images",
 )
-thumbs = controls[2].toggle("Draw the images", value=n <= 60, key="thumbs")
+thumbs = controls[2].toggle("Draw the images", value=n <= 60, key="thumbs", persist_state="session")
 
 
 @st.cache_data(show_spinner="Computing the map ...", max_entries=32)

@@ -41,30 +41,31 @@ busy = run is not None and run.active
 queued_when_drawn = run is not None and run.state == "queued"
 
 with st.expander("Settings: algorithm, classes and images per task, steps and rates", expanded=not busy):
+    settings = {"disabled": busy, "persist_state": "session"}  # kept while the user looks at other pages
     left, middle, right = st.columns(3)  # collapsed while a run goes on: its live charts come up, above the fold
-    algorithm = left.selectbox("Algorithm", list(ALGORITHMS), format_func=ALGORITHMS.get, key="mt_algo", disabled=busy)
-    way = left.slider("Classes per task (N)", 2, 20, int(default.way), key="mt_way", disabled=busy)
-    shot = left.slider("Support images per class (K)", 1, 5, int(default.shot), key="mt_shot", disabled=busy)
-    steps = middle.slider("Inner steps", 1, 5, default.inner_steps, key="mt_steps", disabled=busy)
+    algorithm = left.selectbox("Algorithm", list(ALGORITHMS), format_func=ALGORITHMS.get, key="mt_algo", **settings)
+    way = left.slider("Classes per task (N)", 2, 20, int(default.way), key="mt_way", **settings)
+    shot = left.slider("Support images per class (K)", 1, 5, int(default.shot), key="mt_shot", **settings)
+    steps = middle.slider("Inner steps", 1, 5, default.inner_steps, key="mt_steps", **settings)
     inner_lr = middle.number_input("Inner lr", 0.001, 2.0, default.inner_lr, 0.05, format="%.3f", key="mt_lr",
-                                   disabled=busy)  # fmt: skip
-    meta_batch = middle.slider("Tasks per outer step", 1, 16, default.meta_batch, key="mt_batch", disabled=busy)
+                                   **settings)  # fmt: skip
+    meta_batch = middle.slider("Tasks per outer step", 1, 16, default.meta_batch, key="mt_batch", **settings)
     body_rates_only = algorithm == "metasgd" and middle.checkbox(
-        "Learn the body's rates only", key="mt_body_rates", disabled=busy,
+        "Learn the body's rates only", key="mt_body_rates", **settings,
         help="As the shipped character model: a rate is learned for every body weight, and the head steps at the "
         "inner lr (learned head rates tend to grow until the head overshoots).",
     )  # fmt: skip
     meta_lr = right.select_slider("Outer lr", [1e-4, 3e-4, 1e-3, 3e-3], default.meta_lr, key="mt_meta_lr",
-                                  disabled=busy)  # fmt: skip
+                                  **settings)  # fmt: skip
     rule_meta_lr = None
     if algorithm in ("metasgd", "lstm"):
         rule_meta_lr = right.select_slider(
-            "Outer lr of the update rule", [None, 1e-3, 3e-3, 1e-2], None, key="mt_rule_lr", disabled=busy,
+            "Outer lr of the update rule", [None, 1e-3, 3e-3, 1e-2], None, key="mt_rule_lr", **settings,
             format_func=lambda lr: "as the network's" if lr is None else f"{lr:g}",
             help="The learned rates (Meta-SGD) or the LSTM's weights take their own Adam step size: the shipped "
             "LSTM model trained them at 5e-3, 100x its network's outer lr (at the network's rate they barely moved).",
         )  # fmt: skip
-    outer_steps = right.number_input("Outer steps", 10, 5000, default.iterations, 100, key="mt_iters", disabled=busy)
+    outer_steps = right.number_input("Outer steps", 10, 5000, default.iterations, 100, key="mt_iters", **settings)
     right.caption(
         f"Data: {data_note}, 10% of its classes held out. Validation: {default.val_episodes} tasks of those classes "
         f"every {default.val_every} outer steps. On the bundled characters the defaults reached about 75% after 175 "

@@ -86,6 +86,23 @@ def test_a_bookmarked_page_opens_framed_by_the_app_with_the_example_ready() -> N
     assert len(at.session_state["runs"]["maml"]["records"]) == 2
 
 
+def test_settings_are_kept_while_the_user_looks_at_other_pages() -> None:
+    """A teacher sets the lr and the steps on Adapt, looks at Features, comes back: the settings are as left."""
+    at = page(start(), "features")
+    at.radio(key="proj").set_value("PCA").run()
+    at = page(at, "adapt")
+    at.toggle(key="own_rates").set_value(False).run()
+    lr_box(at).set_value(0.005).run()
+    next(s for s in at.slider if s.label == "Steps per Run").set_value(12).run()
+    at = page(at, "features")
+    assert at.radio(key="proj").value == "PCA"
+    at = page(at, "adapt")
+    assert lr_box(at).value == 0.005 and at.toggle(key="own_rates").value is False
+    assert next(s for s in at.slider if s.label == "Steps per Run").value == 12
+    button(at, "Run").click().run()
+    assert len(at.session_state["runs"]["maml"]["records"]) == 13  # steps 0..12 at the kept settings
+
+
 def test_build_by_upload_then_step_and_the_support_loss_falls() -> None:
     at = page(start(), "build")
     button(at, "Clear all").click().run()

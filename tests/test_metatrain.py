@@ -148,6 +148,15 @@ def test_one_inner_step_from_a_zero_head_is_flagged_before_start() -> None:
     assert not at.warning and not at.error and not [b for b in at.button if b.label == "Start"][0].disabled
 
 
+def test_the_settings_stay_as_set_when_the_user_looks_at_another_page() -> None:
+    at = meta_train_page()
+    at.selectbox(key="mt_algo").set_value("lstm").run()
+    at.select_slider(key="mt_rule_lr").set_value(3e-3).run()
+    at.switch_page("pages/learn.py").run()
+    at.switch_page("pages/metatrain.py").run()
+    assert at.selectbox(key="mt_algo").value == "lstm" and at.select_slider(key="mt_rule_lr").value == 3e-3
+
+
 def test_meta_sgd_can_learn_the_body_rates_only() -> None:
     """The checkbox (shown for Meta-SGD only) trains the shipped character model's variant: rates for the body."""
     at = meta_train_page()
