@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from lab.models import available_models, model_label, model_path, picked_card, picked_yours, shared_model
-from lab.runs import reset_runs
+from lab.runs import lr_key, reset_runs, run_steps_key
 from lab.text import adapts_plainly
 from lab.yours import MAX_MB, YourModel, add, describe, loaded, save_upload, your_models
 from metacore.errors import MetacoreError
@@ -68,8 +68,12 @@ def sidebar() -> None:
 
 
 def pick(label: str) -> None:
+    """Switch the session to another model: its runs go, and Adapt's settings start at the new model's defaults
+    (they are otherwise kept across pages, and would come back from an earlier pick of the same model)."""
     st.session_state.model_label = label
     reset_runs()  # runs were made with the other model
+    for key in (lr_key(), run_steps_key(), "own_rates"):
+        st.session_state.pop(key, None)
     st.rerun()
 
 

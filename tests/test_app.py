@@ -101,6 +101,9 @@ def test_settings_are_kept_while_the_user_looks_at_other_pages() -> None:
     assert next(s for s in at.slider if s.label == "Steps per Run").value == 12
     button(at, "Run").click().run()
     assert len(at.session_state["runs"]["maml"]["records"]) == 13  # steps 0..12 at the kept settings
+    at.sidebar.radio[0].set_value(next(o for o in at.sidebar.radio[0].options if "LSTM" in o)).run()
+    assert at.toggle(key="own_rates").value is True  # a newly picked model starts at its own defaults
+    assert next(s for s in at.slider if s.label == "Steps per Run").value == 5
 
 
 def test_build_by_upload_then_step_and_the_support_loss_falls() -> None:
