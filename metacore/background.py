@@ -8,6 +8,7 @@ thread's priority could not arrange. The parent pauses, resumes and stops it bet
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import queue
 import time
@@ -99,11 +100,19 @@ class TrainingProcess:
         return self._process.pid if self._process else None
 
 
+def warm_up() -> None:
+    """Start the fork server now, so that a run started later does not wait for its imports (~3 s on 2 cores):
+    it returns at once, and the server imports in its own process."""
+    _context()
+    multiprocessing.forkserver.ensure_running()
+
+
 def _context():
     """Children forked from a fork server that has imported this module once: no copy of the server's threads and
-    locks (as with spawn), and no second or later run waits for torch to import again (~3 s on 2 cores)."""
+    locks (as with spawn), and no run waits for torch to import again. torch._dynamo too: Adam's constructor
+    imports it (~1.7 s on 2 cores), and each child would otherwise import it again."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["metacore.background"])
+    context.set_forkserver_preload(["metacore.background", "torch._dynamo"])
     return context
 
 

@@ -9,6 +9,7 @@ from lab import charts, live_training
 from lab.examples import data_root
 from lab.sidebar import sidebar
 from lab.text import plural
+from metacore.background import warm_up
 from metacore.errors import MetacoreError
 from metacore.examples import meta_training_data
 from metacore.images import InputSpec
@@ -38,6 +39,7 @@ default = quick_recipe(train_root, dataset, split)
 
 run: live_training.LiveRun | None = st.session_state.get("live_run")
 busy = run is not None and run.active
+warm_up()  # the process that forks the runs imports torch while the settings are read, not after Start
 queued_when_drawn = run is not None and run.state == "queued"
 
 with st.expander("Settings: algorithm, classes and images per task, steps and rates", expanded=not busy):
@@ -199,6 +201,9 @@ def live_view() -> None:
                   "stopped": "Stopped"}[run.state]  # fmt: skip
         line = f"**{status}**" + (f": outer step {last['iteration']} of {run.cfg.iterations}, "
                                   f"{last['seconds']:.0f} s" if last else "")  # fmt: skip
+        if run.state == "running" and not last:
+            line = ("**Starting**: the first outer step" if run.curves else "**Starting**: reading the classes and "
+                    f"measuring the starting point on {live_training.PROBE_TASKS} held-out tasks")  # fmt: skip
         if run.validations:
             best = run.validations[-1]
             line += f"; validation {best['val_accuracy']:.1f}% ± {best['val_ci95']:.1f}"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -173,3 +176,33 @@ def test_meta_sgd_can_learn_the_body_rates_only() -> None:
     assert saved["learner"]["body_rates_only"] is True and saved["config"]["rule_meta_lr"] == 1e-2
     rates = [k for k in saved["state_dict"] if k.startswith("lr.")]
     assert rates and not [k for k in rates if k.startswith("lr.head")]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads a process's children from Linux's /proc")
+def test_opening_the_page_starts_the_fork_server_with_what_a_run_imports(tmp_path: Path) -> None:
+    """A Start click does not wait for torch to import: opening the page starts the fork server that forks the runs,
+    and they have torch._dynamo (which Adam's constructor imports, ~1.7 s on 2 cores) already. In a fresh process:
+    this one's fork server was started by the tests before."""
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from streamlit.testing.v1 import AppTest
+        from metacore.background import _context
+
+        def fork_servers():
+            children = " ".join(p.read_text() for p in Path("/proc/self/task").glob("*/children")).split()
+            return [c for c in children if "forkserver" in Path(f"/proc/{{c}}/cmdline").read_text()]
+
+        at = AppTest.from_file({APP!r}, default_timeout=120).run()
+        assert not fork_servers(), "started before the Meta-train page was opened"
+        at.switch_page("pages/metatrain.py").run()
+        assert not at.exception and len(fork_servers()) == 1, fork_servers()
+        probe = "import sys; sys.exit(0 if 'torch._dynamo' in sys.modules else 3)"
+        child = _context().Process(target=exec, args=(probe,))
+        child.start()
+        child.join()
+        assert child.exitcode == 0, f"a run's process imports torch._dynamo itself (exit code {{child.exitcode}})"
+    """)
+    env = {**os.environ, "METACORE_DATA_ROOT": str(tmp_path / "no-data")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(APP).parent, env=env, capture_output=True, text=True,
+                          timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
