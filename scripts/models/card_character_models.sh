@@ -23,11 +23,11 @@ card() {  # stage file, model name, default steps, default lr
         --curve-steps "${CURVE_STEPS:-50}" ${CONTRAST---contrast} --command "bash scripts/models/reproduce_character_models.sh" &&
         copy "$name"  # && throughout: set -e is off inside a function called before ||
 }
-lstm_card() {  # the LSTM meta-learner: 5-way 1- and 5-shot, curves to step 10, beside MAML on the same episodes
+lstm_card() {  # the LSTM meta-learner: 5-way 1- and 5-shot, curves to step 10, beside MAML and a random init
     echo "card omniglot_lstm ($(date +%T))"
     python scripts/models/model_card.py "$RUNS/stage5_lstm.pt" --suite omniglot_5way --out models/omniglot_lstm.pt \
         --data-root "$DATA_ROOT" --steps 5 --inner-lr 0.001 --jobs "$JOBS" --episodes "${EPISODES:-600}" \
-        --curve-steps 10 --compare models/omniglot_conv4.pt \
+        --curve-steps 10 --compare models/omniglot_conv4.pt ${CONTRAST---contrast} \
         --command "bash scripts/models/reproduce_character_models.sh" && copy omniglot_lstm
 }
 unsure() {  # model name, steps, lr[, suite]: the threshold classify reads from the card
