@@ -199,11 +199,13 @@ def live_view() -> None:
         last = run.steps[-1] if run.steps else None
         status = {"running": "Training", "paused": "Paused", "stopping": "Stopping", "finished": "Done",
                   "stopped": "Stopped"}[run.state]  # fmt: skip
-        line = f"**{status}**" + (f": outer step {last['iteration']} of {run.cfg.iterations}, "
-                                  f"{last['seconds']:.0f} s" if last else "")  # fmt: skip
-        if run.state == "running" and not last:
+        if last:
+            line = f"**{status}**: outer step {last['iteration']} of {run.cfg.iterations}, {last['seconds']:.0f} s"
+        elif run.state == "running":
             line = ("**Starting**: the first outer step" if run.curves else "**Starting**: reading the classes and "
                     f"measuring the starting point on {live_training.PROBE_TASKS} held-out tasks")  # fmt: skip
+        else:
+            line = f"**{status}**"
         if run.validations:
             best = run.validations[-1]
             line += f"; validation {best['val_accuracy']:.1f}% ± {best['val_ci95']:.1f}"
